@@ -1,0 +1,91 @@
+"""The attack calling convention and the registry every contract test runs over."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from jaxadv import _validate
+from jaxadv._struct import replace
+from jaxadv.models import as_model
+from jaxadv.result import AttackResult
+
+Array = jax.Array
+
+#: name -> attack class; every public attack registers itself (contract tests iterate over it).
+REGISTRY: dict[str, type] = {}
+
+
+def register(cls: type) -> type:
+    REGISTRY[cls.__name__] = cls
+    return cls
+
+
+def example_keys(key: Array, batch: int, offset: int | Array = 0) -> Array:
+    """One key per example, ``fold_in(key, example_index)``.
+
+    Randomness then belongs to the example, not to its slot: results do not depend on the batch
+    size, on how the batch is sharded, or on which examples an ensemble re-runs.
+    """
+    if not isinstance(key, jax.Array) or not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        key = jax.random.wrap_key_data(jnp.asarray(key, jnp.uint32))
+    idx = jnp.arange(batch, dtype=jnp.uint32) + jnp.asarray(offset, jnp.uint32)
+    return jax.vmap(lambda i: jax.random.fold_in(key, i))(idx)
+
+
+@jax.jit
+def _run_jit(attack, keys, model, x, y, target):
+    return attack.run(keys, model, x, y, target=target)
+
+
+class AbstractAttack:
+    """Base class. Subclasses are ``@pytree_dataclass`` values with a ``threat`` field and implement
+    ``run(keys, model, x, y, *, target=None) -> AttackResult`` (pure, jittable, per-example keys).
+    """
+
+    threat: Any
+
+    def run(self, keys: Array, model: Any, x: Array, y: Array, *, target: Array | None = None):
+        raise NotImplementedError
+
+    def __call__(
+        self,
+        key: Array,
+        model: Any,
+        x: Array,
+        y: Array,
+        *,
+        target: Array | None = None,
+        validate: bool = True,
+    ) -> AttackResult:
+        """Attack the batch ``x[B, H, W, K]`` (pixels in the threat's box) with labels ``y[B]``.
+
+        Args:
+            key: a JAX PRNG key; per-example keys are derived as ``fold_in(key, i)``.
+            model: a :class:`jaxadv.Model` (``from_nnx`` / ``from_linen`` / ``from_apply``), an NNX
+                module, or any callable ``x -> logits[B, C]``.
+            x: images, float, NHWC.
+            y: true integer labels ``[B]``.
+            target: optional target labels ``[B]``: the attack is then targeted.
+            validate: run the host-side input checks first (shape, dtype, range, NaN, labels).
+        """
+        model = as_model(model)
+        if validate:
+            _validate.check_inputs(
+                model, x, y, lo=_bound(self.threat.lo, min), hi=_bound(self.threat.hi, max), target=target
+            )
+        keys = example_keys(key, x.shape[0])
+        return _run_jit(self, keys, model, x, y, target)
+
+    def with_eps(self, eps: float | Array):
+        """The same attack with a new budget (no retrace: ``eps`` is a leaf)."""
+        return replace(self, threat=replace(self.threat, eps=eps))
+
+
+def _bound(v: Any, pick) -> float:
+    """A concrete lower/upper box bound for the range check (per-channel bounds: the extreme)."""
+    import numpy as np
+
+    return float(pick(np.asarray(v).ravel().tolist()))

@@ -1,0 +1,58 @@
+"""The result every attack returns, and the step that makes it honest."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from jaxadv import losses as L
+from jaxadv._struct import pytree_dataclass
+
+Array = jax.Array
+
+
+@pytree_dataclass
+class AttackResult:
+    """Per-example outcome of an attack (every field has a leading batch axis ``B``).
+
+    Attributes:
+        adv: adversarial images ``[B, H, W, K]``, always inside the threat set and the box.
+        success: ``bool[B]``, recomputed by the library on ``adv``: misclassified (untargeted) or
+            classified as the target (targeted). Clean errors count as successes.
+        loss: ``f32[B]`` the attack's loss at ``adv`` (attacks maximise it).
+        norm: ``f32[B]`` size of ``adv - x`` in the threat model's norm (pixels changed for L0).
+        queries: ``int32[B]`` forward passes spent on that example (gradient attacks count one per
+            gradient evaluation).
+    """
+
+    adv: Array
+    success: Array
+    loss: Array
+    norm: Array
+    queries: Array
+
+    @property
+    def robust(self) -> Array:
+        """``bool[B]``: the example withstood the attack."""
+        return ~self.success
+
+
+def finalize(threat, model, x, adv, y, *, target=None, loss_fn=None, queries=None) -> AttackResult:
+    """Enforce the threat model on ``adv`` and re-evaluate the model there (one forward pass).
+
+    The library, not the attack, decides success: whatever an attack returns is projected into the
+    threat set and the box, and success is recomputed from the model's logits on that projection.
+    """
+    adv = jax.lax.stop_gradient(threat.project(x, adv))
+    logits = model(adv)
+    lbl = y if target is None else target
+    loss_fn = loss_fn or (L.margin if target is None else L.margin_targeted)
+    b = x.shape[0]
+    q = jnp.zeros((b,), jnp.int32) if queries is None else queries.astype(jnp.int32)
+    return AttackResult(
+        adv=adv,
+        success=L.is_adversarial(logits, y, target),
+        loss=loss_fn(logits, lbl).astype(jnp.float32),
+        norm=threat.norm(adv - x).astype(jnp.float32),
+        queries=q + 1,
+    )

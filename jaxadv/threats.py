@@ -1,0 +1,211 @@
+"""Threat models: the set of allowed adversarial inputs around ``x``.
+
+A threat model is a value (a frozen pytree). ``eps`` and the box bounds are leaves, so a new eps never
+retraces and an eps grid is a ``vmap``. Every method works on a whole batch ``[B, ...]``.
+
+The allowed set is ``{x' : ||x' - x||_p <= eps} ∩ [lo, hi]^D``. ``project`` first projects the
+perturbation onto the norm ball and then clips to the box; because ``x`` itself lies in the box,
+clipping only shrinks each ``|delta_i|``, so the result is inside both sets (and projecting again leaves
+it unchanged).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import ClassVar
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxadv._struct import is_concrete, pytree_dataclass, static
+
+Array = jax.Array
+_TINY = 1e-12
+
+
+def _flat(x: Array) -> Array:
+    return x.reshape(x.shape[0], -1)
+
+
+def _bcast(v: Array, x: Array) -> Array:
+    """Per-example scalars ``[B]`` broadcast against ``x[B, ...]``."""
+    return v.reshape(v.shape + (1,) * (x.ndim - v.ndim))
+
+
+class AbstractThreat:
+    """Base of all threat models. Subclasses set ``p`` and implement the ball operations."""
+
+    p: ClassVar[float]
+    eps: float | Array
+    lo: float | Array
+    hi: float | Array
+
+    def __post_init__(self) -> None:
+        if is_concrete(self.eps):
+            e = np.asarray(self.eps)
+            if np.any(np.isnan(e)) or np.any(e < 0):
+                raise ValueError(
+                    f"{type(self).__name__}: eps must be >= 0 and not NaN, got {self.eps!r}. "
+                    "Use eps=0 for a clean evaluation."
+                )
+        if is_concrete(self.lo) and is_concrete(self.hi):
+            if np.any(np.asarray(self.lo) >= np.asarray(self.hi)):
+                raise ValueError(
+                    f"{type(self).__name__}: box must satisfy lo < hi, got lo={self.lo}, hi={self.hi}."
+                )
+
+    # -- per-norm pieces -------------------------------------------------------------------
+    def norm(self, delta: Array) -> Array:
+        """Per-example norm ``[B]`` of ``delta[B, ...]``."""
+        raise NotImplementedError
+
+    def project_ball(self, delta: Array) -> Array:
+        """Euclidean projection of each ``delta`` onto the ball of radius ``eps``."""
+        raise NotImplementedError
+
+    def ascent_step(self, grad: Array, step_size: Array | float) -> Array:
+        """Steepest-ascent step of the given length in this norm."""
+        raise NotImplementedError
+
+    def sample_ball(self, key: Array, shape: tuple[int, ...], dtype=jnp.float32) -> Array:
+        """One random point of the ball (unbatched ``shape``), for random starts."""
+        raise NotImplementedError
+
+    # -- shared -----------------------------------------------------------------------------
+    def clip_box(self, x: Array) -> Array:
+        return jnp.clip(x, self.lo, self.hi)
+
+    def project(self, x: Array, x_adv: Array) -> Array:
+        """Map ``x_adv`` into the threat set around ``x``: norm ball first, then the box."""
+        return self.clip_box(x + self.project_ball(x_adv - x))
+
+    def random_init(self, keys: Array, x: Array) -> Array:
+        """A random start per example; ``keys`` holds one key per example ``[B]``."""
+        delta = jax.vmap(lambda k: self.sample_ball(k, x.shape[1:], x.dtype))(keys)
+        return self.project(x, x + delta)
+
+    def contains(self, x: Array, x_adv: Array, tol: float = 1e-5) -> Array:
+        """Per-example check ``[B]`` that ``x_adv`` lies in the set (up to ``tol``)."""
+        in_ball = self.norm(x_adv - x) <= self.eps * (1 + tol) + tol
+        in_box = jnp.all(_flat((x_adv >= self.lo - tol) & (x_adv <= self.hi + tol)), axis=1)
+        return in_ball & in_box
+
+
+@pytree_dataclass
+class LinfBall(AbstractThreat):
+    """L∞ ball ``max_i |delta_i| <= eps`` intersected with the box ``[lo, hi]``.
+
+    Example:
+        >>> import jax.numpy as jnp, jaxadv
+        >>> t = jaxadv.LinfBall(eps=0.1)
+        >>> x = jnp.full((1, 2, 2, 1), 0.5)
+        >>> float(t.project(x, x + 1.0).max())
+        0.6
+    """
+
+    p: ClassVar[float] = math.inf
+    eps: float | Array
+    lo: float | Array = 0.0
+    hi: float | Array = 1.0
+
+    def norm(self, delta):
+        return jnp.max(jnp.abs(_flat(delta)), axis=1)
+
+    def project_ball(self, delta):
+        eps = jnp.asarray(self.eps, delta.dtype)
+        return jnp.clip(delta, -eps, eps)
+
+    def ascent_step(self, grad, step_size):
+        return jnp.asarray(step_size, grad.dtype) * jnp.sign(grad)
+
+    def sample_ball(self, key, shape, dtype=jnp.float32):
+        eps = jnp.asarray(self.eps, dtype)
+        return jax.random.uniform(key, shape, dtype, -1.0, 1.0) * eps
+
+
+@pytree_dataclass
+class L2Ball(AbstractThreat):
+    """L2 ball ``||delta||_2 <= eps`` intersected with the box ``[lo, hi]``."""
+
+    p: ClassVar[float] = 2.0
+    eps: float | Array
+    lo: float | Array = 0.0
+    hi: float | Array = 1.0
+
+    def norm(self, delta):
+        return jnp.sqrt(jnp.sum(jnp.square(_flat(delta)), axis=1))
+
+    def project_ball(self, delta):
+        n = self.norm(delta)
+        eps = jnp.asarray(self.eps, delta.dtype)
+        scale = jnp.minimum(1.0, eps / jnp.maximum(n, _TINY)).astype(delta.dtype)
+        return delta * _bcast(scale, delta)
+
+    def ascent_step(self, grad, step_size):
+        n = jnp.sqrt(jnp.sum(jnp.square(_flat(grad)), axis=1))
+        return jnp.asarray(step_size, grad.dtype) * grad / _bcast(jnp.maximum(n, _TINY), grad)
+
+    def sample_ball(self, key, shape, dtype=jnp.float32):
+        k1, k2 = jax.random.split(key)
+        d = jax.random.normal(k1, shape, dtype)
+        d = d / jnp.maximum(jnp.sqrt(jnp.sum(d * d)), _TINY)
+        r = jax.random.uniform(k2, (), dtype)
+        return d * r * jnp.asarray(self.eps, dtype)
+
+
+def _project_l1_ball(v: Array, eps: Array) -> Array:
+    """Exact projection of each row of ``v[B, D]`` onto the L1 ball (Duchi et al., 2008)."""
+    a = jnp.abs(v)
+    inside = jnp.sum(a, axis=1) <= eps
+    s = -jnp.sort(-a, axis=1)
+    cs = jnp.cumsum(s, axis=1)
+    k = jnp.arange(1, v.shape[1] + 1, dtype=v.dtype)
+    cond = s * k > (cs - eps[:, None])
+    rho = jnp.sum(cond, axis=1)  # number of positive entries after shrinkage (>= 1)
+    theta = (jnp.take_along_axis(cs, (rho - 1)[:, None], axis=1)[:, 0] - eps) / rho.astype(v.dtype)
+    w = jnp.sign(v) * jnp.maximum(a - jnp.maximum(theta, 0.0)[:, None], 0.0)
+    return jnp.where(inside[:, None], v, w)
+
+
+@pytree_dataclass
+class L1Ball(AbstractThreat):
+    """L1 ball ``sum_i |delta_i| <= eps`` intersected with the box ``[lo, hi]``.
+
+    ``ascent_step`` is the sparse steepest-ascent step of Tramèr & Boneh (2019): it moves only the
+    coordinates whose gradient magnitude is in the top ``sparsity`` fraction, spreading the step
+    length over them (a pure sign step on one coordinate stalls on the box).
+    """
+
+    p: ClassVar[float] = 1.0
+    eps: float | Array
+    lo: float | Array = 0.0
+    hi: float | Array = 1.0
+    sparsity: float = static(default=0.01)
+
+    def norm(self, delta):
+        return jnp.sum(jnp.abs(_flat(delta)), axis=1)
+
+    def project_ball(self, delta):
+        eps = jnp.broadcast_to(jnp.asarray(self.eps, delta.dtype), (delta.shape[0],))
+        return _project_l1_ball(_flat(delta), eps).reshape(delta.shape)
+
+    def ascent_step(self, grad, step_size):
+        g = _flat(grad)
+        d = g.shape[1]
+        k = max(1, int(round(self.sparsity * d)))
+        thresh = jax.lax.top_k(jnp.abs(g), k)[0][:, -1:]
+        sel = jnp.abs(g) >= thresh
+        cnt = jnp.maximum(jnp.sum(sel, axis=1, keepdims=True), 1).astype(g.dtype)
+        step = jnp.where(sel, jnp.sign(g), 0.0) / cnt
+        return (jnp.asarray(step_size, g.dtype) * step).reshape(grad.shape)
+
+    def sample_ball(self, key, shape, dtype=jnp.float32):
+        k1, k2 = jax.random.split(key)
+        d = jax.random.laplace(k1, shape, dtype)
+        d = d / jnp.maximum(jnp.sum(jnp.abs(d)), _TINY)
+        r = jax.random.uniform(k2, (), dtype)
+        return d * r * jnp.asarray(self.eps, dtype)
+
+
+THREATS = (LinfBall, L2Ball, L1Ball)

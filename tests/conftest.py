@@ -1,0 +1,50 @@
+"""Test set-up: 8 fake CPU devices (before JAX starts), strict promotion, shared fixtures."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+
+os.environ.setdefault("XLA_FLAGS", "")
+import jax  # noqa: E402
+
+jax.config.update("jax_num_cpu_devices", 8)
+jax.config.update("jax_numpy_dtype_promotion", "strict")
+jax.config.update("jax_numpy_rank_promotion", "raise")
+
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SHARED_DATA = pathlib.Path(
+    os.environ.get("JAXADV_SHARED_DATA", ROOT.parent / "shared" / "data")
+)
+PNEUMONIA = SHARED_DATA / "pneumoniamnist.npz"
+
+requires_pneumonia = pytest.mark.skipif(
+    not PNEUMONIA.exists(),
+    reason=f"real-data test: {PNEUMONIA} is absent (CI always has it; set JAXADV_SHARED_DATA)",
+)
+
+
+@pytest.fixture(scope="session")
+def pneumonia_path() -> pathlib.Path:
+    if not PNEUMONIA.exists():
+        pytest.skip(f"real-data test: {PNEUMONIA} is absent (set JAXADV_SHARED_DATA)")
+    return PNEUMONIA
+
+
+def linear_model(num_classes: int = 2, shape=(4, 4, 1), seed: int = 0):
+    """A linear classifier ``logits = flat(x) @ W + b`` as a jaxadv Model."""
+    import jaxadv
+
+    d = int(np.prod(shape))
+    k1, k2 = jax.random.split(jax.random.key(seed))
+    w = jax.random.normal(k1, (d, num_classes), jnp.float32)
+    b = 0.1 * jax.random.normal(k2, (num_classes,), jnp.float32)
+    return jaxadv.from_apply(_linear_apply, {"w": w, "b": b})
+
+
+def _linear_apply(p, x):
+    return x.reshape(x.shape[0], -1) @ p["w"] + p["b"]
