@@ -5,15 +5,31 @@ integer labels; ``res.adv`` always lies in the threat set and ``res.success`` is
 Attacks maximise their loss; success means misclassified (or classified as the target).
 """
 
-from jaxadv import losses
-from jaxadv.attacks import FGSM, PGD, REGISTRY, AbstractAttack
+from jaxadv import losses, metrics
+from jaxadv.attacks import APGD, APGDT, FGSM, FMN, PGD, REGISTRY, AbstractAttack, AutoAttack
+from jaxadv.eps_sweep import EpsCurve, sweep_eps
+from jaxadv.metrics import (
+    accuracy,
+    attack_success_rate,
+    auc,
+    auc_under_attack,
+    clean_accuracy,
+    robust_accuracy,
+    ssim,
+)
 from jaxadv.models import Model, from_apply, from_linen, from_nnx
 from jaxadv.result import AttackResult
+from jaxadv.sanity import SanityWarning, check_model
 from jaxadv.threats import L1Ball, L2Ball, LinfBall
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "APGD",
+    "APGDT",
+    "AutoAttack",
+    "EpsCurve",
+    "FMN",
     "FGSM",
     "PGD",
     "REGISTRY",
@@ -23,8 +39,19 @@ __all__ = [
     "L2Ball",
     "LinfBall",
     "Model",
+    "SanityWarning",
+    "check_model",
     "from_apply",
     "from_linen",
     "from_nnx",
+    "accuracy",
+    "attack_success_rate",
+    "auc",
+    "auc_under_attack",
+    "clean_accuracy",
     "losses",
+    "metrics",
+    "robust_accuracy",
+    "ssim",
+    "sweep_eps",
 ]

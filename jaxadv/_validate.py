@@ -27,7 +27,9 @@ def check_images(x: Any, *, lo: float = 0.0, hi: float = 1.0, name: str = "x") -
             "Add a batch axis with x[None] or a channel axis with x[..., None]."
         )
     if shape[0] == 0:
-        raise ValueError(f"{name} is an empty batch (shape {tuple(shape)}); pass at least one image")
+        raise ValueError(
+            f"{name} is an empty batch (shape {tuple(shape)}); pass at least one image"
+        )
     if shape[1] in (1, 3, 4) and shape[3] not in (1, 3, 4):
         raise ValueError(
             f"{name} looks like NCHW (shape {tuple(shape)}); jaxadv uses NHWC [B, H, W, C]. "

@@ -99,5 +99,7 @@ def resolve(loss: str | LossFn, targeted: bool) -> LossFn:
     if callable(loss):
         return loss
     if loss not in LOSSES:
-        raise ValueError(f"unknown loss {loss!r}; choose one of {sorted(LOSSES)} or pass a callable")
+        raise ValueError(
+            f"unknown loss {loss!r}; choose one of {sorted(LOSSES)} or pass a callable"
+        )
     return LOSSES[loss][1 if targeted else 0]

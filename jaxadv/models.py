@@ -43,9 +43,9 @@ class Model:
         if self.grey_to_rgb and x.shape[-1] == 1:
             x = jnp.repeat(x, 3, axis=-1)
         if self.mean is not None:
-            x = x - jnp.asarray(self.mean, x.dtype)
+            x = x - _expand(jnp.asarray(self.mean, x.dtype), x)
         if self.std is not None:
-            x = x / jnp.asarray(self.std, x.dtype)
+            x = x / _expand(jnp.asarray(self.std, x.dtype), x)
         return x
 
     def __call__(self, x: Array) -> Array:
@@ -63,6 +63,11 @@ class Model:
             std=self.std,
             grey_to_rgb=self.grey_to_rgb,
         )
+
+
+def _expand(v: Array, x: Array) -> Array:
+    """Per-channel ``[K]`` (or scalar) statistics shaped to broadcast against NHWC ``x``."""
+    return v.reshape((1,) * (x.ndim - v.ndim) + v.shape)
 
 
 def _norm_arrays(mean, std):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 
@@ -23,6 +25,8 @@ class AttackResult:
         norm: ``f32[B]`` size of ``adv - x`` in the threat model's norm (pixels changed for L0).
         queries: ``int32[B]`` forward passes spent on that example (gradient attacks count one per
             gradient evaluation).
+        info: attack-specific per-example extras (leading axis ``B``), e.g. AutoAttack's
+            ``stage_success[B, S]``.
     """
 
     adv: Array
@@ -30,6 +34,7 @@ class AttackResult:
     loss: Array
     norm: Array
     queries: Array
+    info: dict = dataclasses.field(default_factory=dict)
 
     @property
     def robust(self) -> Array:

@@ -33,6 +33,12 @@ def _bcast(v: Array, x: Array) -> Array:
     return v.reshape(v.shape + (1,) * (x.ndim - v.ndim))
 
 
+def _step(step_size, g: Array) -> Array:
+    """A scalar or per-example ``[B]`` step length, ready to multiply ``g[B, ...]``."""
+    s = jnp.asarray(step_size, g.dtype)
+    return _bcast(s, g) if s.ndim == 1 else s
+
+
 class AbstractThreat:
     """Base of all threat models. Subclasses set ``p`` and implement the ball operations."""
 
@@ -42,6 +48,11 @@ class AbstractThreat:
     hi: float | Array
 
     def __post_init__(self) -> None:
+        # Python numbers become float32 scalars: eps=0 (int) and eps=0.1 then share one trace.
+        for name in ("eps", "lo", "hi"):
+            v = getattr(self, name)
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                object.__setattr__(self, name, np.float32(v))
         if is_concrete(self.eps):
             e = np.asarray(self.eps)
             if np.any(np.isnan(e)) or np.any(e < 0):
@@ -117,7 +128,7 @@ class LinfBall(AbstractThreat):
         return jnp.clip(delta, -eps, eps)
 
     def ascent_step(self, grad, step_size):
-        return jnp.asarray(step_size, grad.dtype) * jnp.sign(grad)
+        return _step(step_size, grad) * jnp.sign(grad)
 
     def sample_ball(self, key, shape, dtype=jnp.float32):
         eps = jnp.asarray(self.eps, dtype)
@@ -144,7 +155,7 @@ class L2Ball(AbstractThreat):
 
     def ascent_step(self, grad, step_size):
         n = jnp.sqrt(jnp.sum(jnp.square(_flat(grad)), axis=1))
-        return jnp.asarray(step_size, grad.dtype) * grad / _bcast(jnp.maximum(n, _TINY), grad)
+        return _step(step_size, grad) * grad / _bcast(jnp.maximum(n, _TINY), grad)
 
     def sample_ball(self, key, shape, dtype=jnp.float32):
         k1, k2 = jax.random.split(key)
@@ -160,7 +171,7 @@ def _project_l1_ball(v: Array, eps: Array) -> Array:
     inside = jnp.sum(a, axis=1) <= eps
     s = -jnp.sort(-a, axis=1)
     cs = jnp.cumsum(s, axis=1)
-    k = jnp.arange(1, v.shape[1] + 1, dtype=v.dtype)
+    k = jnp.arange(1, v.shape[1] + 1, dtype=v.dtype)[None, :]
     cond = s * k > (cs - eps[:, None])
     rho = jnp.sum(cond, axis=1)  # number of positive entries after shrinkage (>= 1)
     theta = (jnp.take_along_axis(cs, (rho - 1)[:, None], axis=1)[:, 0] - eps) / rho.astype(v.dtype)
@@ -198,7 +209,7 @@ class L1Ball(AbstractThreat):
         sel = jnp.abs(g) >= thresh
         cnt = jnp.maximum(jnp.sum(sel, axis=1, keepdims=True), 1).astype(g.dtype)
         step = jnp.where(sel, jnp.sign(g), 0.0) / cnt
-        return (jnp.asarray(step_size, g.dtype) * step).reshape(grad.shape)
+        return (_step(step_size, g) * step).reshape(grad.shape)
 
     def sample_ball(self, key, shape, dtype=jnp.float32):
         k1, k2 = jax.random.split(key)

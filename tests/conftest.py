@@ -17,9 +17,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-SHARED_DATA = pathlib.Path(
-    os.environ.get("JAXADV_SHARED_DATA", ROOT.parent / "shared" / "data")
-)
+SHARED_DATA = pathlib.Path(os.environ.get("JAXADV_SHARED_DATA", ROOT.parent / "shared" / "data"))
 PNEUMONIA = SHARED_DATA / "pneumoniamnist.npz"
 
 requires_pneumonia = pytest.mark.skipif(
@@ -47,4 +45,4 @@ def linear_model(num_classes: int = 2, shape=(4, 4, 1), seed: int = 0):
 
 
 def _linear_apply(p, x):
-    return x.reshape(x.shape[0], -1) @ p["w"] + p["b"]
+    return x.reshape(x.shape[0], -1) @ p["w"] + p["b"][None, :]

@@ -1,6 +1,20 @@
 """Attacks. Every public attack is registered in :data:`REGISTRY`."""
 
+from jaxadv.attacks.apgd import APGD, APGDT
+from jaxadv.attacks.autoattack import AutoAttack
 from jaxadv.attacks.base import REGISTRY, AbstractAttack, example_keys, register
+from jaxadv.attacks.fmn import FMN
 from jaxadv.attacks.gradient import FGSM, PGD
 
-__all__ = ["REGISTRY", "AbstractAttack", "FGSM", "PGD", "example_keys", "register"]
+__all__ = [
+    "APGD",
+    "APGDT",
+    "FGSM",
+    "FMN",
+    "PGD",
+    "REGISTRY",
+    "AbstractAttack",
+    "AutoAttack",
+    "example_keys",
+    "register",
+]

@@ -74,7 +74,12 @@ class AbstractAttack:
         model = as_model(model)
         if validate:
             _validate.check_inputs(
-                model, x, y, lo=_bound(self.threat.lo, min), hi=_bound(self.threat.hi, max), target=target
+                model,
+                x,
+                y,
+                lo=_bound(self.threat.lo, min),
+                hi=_bound(self.threat.hi, max),
+                target=target,
             )
         keys = example_keys(key, x.shape[0])
         return _run_jit(self, keys, model, x, y, target)

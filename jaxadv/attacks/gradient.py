@@ -68,7 +68,13 @@ class FGSM(AbstractAttack):
         g, _, _ = loss_grad(model, loss_fn, x, lbl)
         adv = x + self.threat.ascent_step(g, self.threat.eps)
         return finalize(
-            self.threat, model, x, adv, y, target=target, loss_fn=loss_fn,
+            self.threat,
+            model,
+            x,
+            adv,
+            y,
+            target=target,
+            loss_fn=loss_fn,
             queries=jnp.ones((x.shape[0],), jnp.int32),
         )
 

@@ -1,0 +1,236 @@
+"""Auto-PGD (Croce & Hein, ICML 2020): step-size-free PGD with momentum and a per-example
+step-size schedule, and its targeted version APGD-T.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from jaxadv import losses as L
+from jaxadv._struct import pytree_dataclass, static
+from jaxadv.attacks.base import AbstractAttack, register
+from jaxadv.attacks.gradient import _bsel, keep_best, loss_grad
+from jaxadv.result import AttackResult, finalize
+
+Array = jax.Array
+
+
+def _apgd_single(threat, model, x, y, lbl, target, loss_fn, x0, num_steps, rho, momentum, unroll):
+    """One APGD run from ``x0``. Returns the best point per example (success first, then loss)
+    and the number of gradient evaluations.
+
+    State machine (per example, vectorised): the step size starts at ``2 eps``; the check interval
+    starts at ``ceil(0.22 N)`` and shrinks by ``0.03 N`` per check down to ``0.06 N`` (shared by the
+    batch). At each check an example halves its step and restarts from its best point when fewer
+    than ``rho`` of the steps since the last check increased the loss, or when the previous check
+    did not halve and the best loss did not improve since.
+    """
+    b = x.shape[0]
+    n_check0 = max(int(0.22 * num_steps), 1)
+    n_check_min = max(int(0.06 * num_steps), 1)
+    n_decr = max(int(0.03 * num_steps), 1)
+
+    g, loss, logits = loss_grad(model, loss_fn, x0, lbl)
+    succ = L.is_adversarial(logits, y, target)
+    step = jnp.broadcast_to(2.0 * jnp.asarray(threat.eps, x.dtype), (b,))
+
+    state = dict(
+        xa=x0,
+        x_prev=x0,
+        g=g,
+        step=step,
+        loss_prev=loss,
+        # best by loss (restart point) and its gradient
+        x_max=x0,
+        g_max=g,
+        loss_max=loss,
+        # best overall (success first, then loss): what the attack returns
+        best=keep_best(
+            (x0, jnp.zeros((b,), bool), jnp.full((b,), -jnp.inf, x.dtype)), x0, succ, loss
+        ),
+        n_inc=jnp.zeros((b,), jnp.int32),
+        loss_max_last=loss,
+        reduced_last=jnp.zeros((b,), bool),
+        counter=jnp.zeros((), jnp.int32),
+        interval=jnp.asarray(n_check0, jnp.int32),
+    )
+
+    def body(i, s):
+        a = jnp.where(i == 0, 1.0, momentum).astype(x.dtype)
+        z = threat.project(x, s["xa"] + threat.ascent_step(s["g"], s["step"]))
+        xn = threat.project(x, s["xa"] + a * (z - s["xa"]) + (1 - a) * (s["xa"] - s["x_prev"]))
+        g, loss, logits = loss_grad(model, loss_fn, xn, lbl)
+        succ = L.is_adversarial(logits, y, target)
+        best = keep_best(s["best"], xn, succ, loss)
+        improved = loss > s["loss_max"]
+        x_max = _bsel(improved, xn, s["x_max"])
+        g_max = _bsel(improved, g, s["g_max"])
+        loss_max = jnp.where(improved, loss, s["loss_max"])
+        n_inc = s["n_inc"] + (loss > s["loss_prev"]).astype(jnp.int32)
+        counter = s["counter"] + 1
+
+        # Checkpoint (same iteration for the whole batch, decisions per example).
+        at_check = counter == s["interval"]
+        oscillating = n_inc.astype(x.dtype) <= rho * s["interval"].astype(x.dtype)
+        no_progress = ~s["reduced_last"] & (s["loss_max_last"] >= loss_max)
+        reduce = at_check & (oscillating | no_progress)
+        step = jnp.where(reduce, s["step"] / 2, s["step"])
+        xa = _bsel(reduce, x_max, xn)
+        g = _bsel(reduce, g_max, g)
+        return dict(
+            xa=xa,
+            x_prev=s["xa"],
+            g=g,
+            step=step,
+            loss_prev=loss,
+            x_max=x_max,
+            g_max=g_max,
+            loss_max=loss_max,
+            best=best,
+            n_inc=jnp.where(at_check, 0, n_inc),
+            loss_max_last=jnp.where(at_check, loss_max, s["loss_max_last"]),
+            reduced_last=jnp.where(at_check, reduce, s["reduced_last"]),
+            counter=jnp.where(at_check, 0, counter),
+            interval=jnp.where(
+                at_check, jnp.maximum(s["interval"] - n_decr, n_check_min), s["interval"]
+            ),
+        )
+
+    state = jax.lax.fori_loop(0, num_steps, body, state, unroll=unroll)
+    return state["best"]
+
+
+def _num_queries(b, n):
+    return jnp.full((b,), n, jnp.int32)
+
+
+@register
+@pytree_dataclass
+class APGD(AbstractAttack):
+    """Auto-PGD with cross-entropy or DLR loss (Croce & Hein, 2020).
+
+    No step size to tune: it starts at ``2 eps`` and is halved per example when progress stalls,
+    restarting from the best point found. Momentum 0.75. Works with ``LinfBall`` and ``L2Ball``
+    (with ``L1Ball`` it runs the same schedule with the sparse L1 step; the paper's APGD-L1 differs).
+
+    Attributes:
+        threat: the threat model.
+        num_steps: iterations per restart (100 in AutoAttack).
+        num_restarts: random restarts, best kept per example.
+        loss: ``'ce'``, ``'dlr'`` (targeted DLR when a target is given), ``'margin'`` or a callable.
+        rho: the oscillation threshold (0.75).
+        momentum: the weight of the new step (0.75).
+
+    Example:
+        >>> import jax, jax.numpy as jnp, jaxadv
+        >>> model = jaxadv.from_apply(lambda w, x: x.reshape(x.shape[0], -1) @ w, jnp.eye(4, 3))
+        >>> apgd = jaxadv.APGD(threat=jaxadv.LinfBall(eps=0.1), num_steps=10, loss="dlr")
+        >>> apgd(jax.random.key(0), model, jnp.full((2, 2, 2, 1), 0.5), jnp.array([0, 1])).norm.shape
+        (2,)
+    """
+
+    threat: Any
+    num_steps: int = static(default=100)
+    num_restarts: int = static(default=1)
+    loss: str | Callable = static(default="ce")
+    random_start: bool = static(default=True)
+    rho: float = 0.75
+    momentum: float = 0.75
+    unroll: int | bool = static(default=1)
+
+    def _loss_fn(self, y, target):
+        if self.loss == "dlr" and target is not None:
+            return lambda logits, t: L.dlr_targeted(logits, t, y)
+        return L.resolve(self.loss, target is not None)
+
+    def _run_from(self, keys, model, x, y, target, best):
+        loss_fn = self._loss_fn(y, target)
+        lbl = y if target is None else target
+
+        def restart(r, best):
+            rkeys = jax.vmap(lambda k: jax.random.fold_in(k, r))(keys)
+            x0 = self.threat.random_init(rkeys, x) if self.random_start else x
+            cand = _apgd_single(
+                self.threat,
+                model,
+                x,
+                y,
+                lbl,
+                target,
+                loss_fn,
+                x0,
+                self.num_steps,
+                jnp.asarray(self.rho, x.dtype),
+                jnp.asarray(self.momentum, x.dtype),
+                self.unroll,
+            )
+            return keep_best(best, *cand)
+
+        return jax.lax.fori_loop(0, self.num_restarts, restart, best), loss_fn
+
+    def run(self, keys, model, x, y, *, target=None) -> AttackResult:
+        b = x.shape[0]
+        best0 = (x, jnp.zeros((b,), bool), jnp.full((b,), -jnp.inf, x.dtype))
+        (adv, _, _), loss_fn = self._run_from(keys, model, x, y, target, best0)
+        q = _num_queries(b, self.num_restarts * (self.num_steps + 1))
+        return finalize(self.threat, model, x, adv, y, target=target, loss_fn=loss_fn, queries=q)
+
+
+@register
+@pytree_dataclass
+class APGDT(AbstractAttack):
+    """APGD-T: targeted APGD with the targeted DLR loss against each of the ``num_target_classes``
+    highest-scoring wrong classes in turn (Croce & Hein, 2020). Untargeted in effect: an example
+    counts as broken when it is misclassified; the first target that succeeds is kept.
+
+    With fewer than 4 classes the targeted DLR loss falls back to the targeted margin, and with 2
+    classes APGD-T is targeted APGD toward the only other class.
+    """
+
+    threat: Any
+    num_steps: int = static(default=100)
+    num_target_classes: int = static(default=9)
+    num_restarts: int = static(default=1)
+    random_start: bool = static(default=True)
+    rho: float = 0.75
+    momentum: float = 0.75
+    unroll: int | bool = static(default=1)
+
+    def run(self, keys, model, x, y, *, target=None) -> AttackResult:
+        if target is not None:
+            raise ValueError("APGDT chooses its own targets; use APGD(loss='dlr') with target=")
+        b = x.shape[0]
+        logits0 = model(x)
+        c = logits0.shape[1]
+        n_t = min(self.num_target_classes, c - 1)
+        order = jnp.argsort(logits0, axis=1)  # ascending: the top class is last
+        inner = APGD(
+            threat=self.threat,
+            num_steps=self.num_steps,
+            num_restarts=self.num_restarts,
+            loss="dlr",
+            random_start=self.random_start,
+            rho=self.rho,
+            momentum=self.momentum,
+            unroll=self.unroll,
+        )
+
+        def per_target(j, state):
+            adv, succ = state
+            # j-th most likely class other than the top one (the usual APGD-T target choice).
+            t = order[:, c - 2 - j]
+            t = jnp.where(t == y, order[:, c - 1], t)
+            tkeys = jax.vmap(lambda k: jax.random.fold_in(k, 1000 + j))(keys)
+            best0 = (x, jnp.zeros((b,), bool), jnp.full((b,), -jnp.inf, x.dtype))
+            (cand, _, _), _ = inner._run_from(tkeys, model, x, y, t, best0)
+            cand_succ = L.is_adversarial(model(cand), y)
+            take = cand_succ & ~succ
+            return _bsel(take, cand, adv), succ | cand_succ
+
+        adv, _ = jax.lax.fori_loop(0, n_t, per_target, (x, L.is_adversarial(logits0, y)))
+        q = _num_queries(b, 1 + n_t * (self.num_restarts * (self.num_steps + 1) + 1))
+        return finalize(self.threat, model, x, adv, y, loss_fn=L.margin, queries=q)
