@@ -63,6 +63,11 @@ def check_labels(y: Any, batch: int, num_classes: int | None, *, name: str = "y"
     dtype = getattr(y, "dtype", None)
     if shape is None:
         raise TypeError(f"{name} must be an integer array [B], got {type(y).__name__}")
+    if len(shape) == 2 and shape[1] > 1:
+        raise ValueError(
+            f"{name} has shape {tuple(shape)}, which looks like one-hot or multi-label targets; "
+            "pass integer class indices [B], e.g. y.argmax(-1)"
+        )
     if len(shape) != 1:
         hint = " Flatten MedMNIST-style [B, 1] labels with y[:, 0]." if len(shape) == 2 else ""
         raise ValueError(f"{name} must have shape [B]; got {tuple(shape)}.{hint}")

@@ -53,8 +53,8 @@ def check_model(model: Any, x: Any, y: Any, *, num_repeats: int = 2) -> list[str
             "the model seems to return probabilities (rows in [0, 1] summing to 1), not logits; "
             "remove the final softmax: attacks on probabilities suffer vanishing gradients"
         )
-    if any(not np.array_equal(z, o) for o in outs[1:]):
-        diff = max(float(np.max(np.abs(z - o))) for o in outs[1:])
+    if any(not np.array_equal(z, o, equal_nan=True) for o in outs[1:]):
+        diff = max(float(np.nanmax(np.abs(z - o))) for o in outs[1:])
         problems.append(
             f"the model is not deterministic (outputs differ by up to {diff:.3g} between two "
             "identical calls); switch it to eval mode (dropout off) or use EOT-aware attacks"
