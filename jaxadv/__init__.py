@@ -5,7 +5,7 @@ integer labels; ``res.adv`` always lies in the threat set and ``res.success`` is
 Attacks maximise their loss; success means misclassified (or classified as the target).
 """
 
-from jaxadv import losses, metrics
+from jaxadv import checkpoint, data, losses, metrics
 from jaxadv.attacks import APGD, APGDT, FGSM, FMN, PGD, REGISTRY, AbstractAttack, AutoAttack
 from jaxadv.eps_sweep import EpsCurve, sweep_eps
 from jaxadv.metrics import (
@@ -45,6 +45,8 @@ __all__ = [
     "from_linen",
     "from_nnx",
     "accuracy",
+    "checkpoint",
+    "data",
     "attack_success_rate",
     "auc",
     "auc_under_attack",

@@ -52,12 +52,14 @@ def sweep_eps(
     y: Array,
     target: Array | None = None,
     validate: bool = True,
+    index_offset: int = 0,
 ) -> EpsCurve:
     """Run ``attack`` at every budget in ``eps`` as one compiled program (``vmap`` over eps).
 
     The attack's other settings are kept; in particular an explicit ``step_size`` stays absolute
     (``PGD(step_size=None)`` scales its step with each eps). Each eps uses the same per-example keys,
-    so the curve differs only through the budget.
+    so the curve differs only through the budget. ``index_offset`` is the data-set index of ``x[0]``
+    when a data set is swept in batches (per-example keys then do not depend on the batching).
 
     Example:
         >>> import jax, jax.numpy as jnp, jaxadv
@@ -83,5 +85,5 @@ def sweep_eps(
             hi=_bound(attack.threat.hi, max),
             target=target,
         )
-    keys = example_keys(key, x.shape[0])
+    keys = example_keys(key, x.shape[0], index_offset)
     return _sweep(attack, jnp.asarray(e), keys, model, x, y, target)

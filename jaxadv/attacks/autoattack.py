@@ -90,14 +90,18 @@ class AutoAttack(AbstractAttack):
             skeys = jax.vmap(lambda k, i=i: jax.random.fold_in(k, i))(keys)
             res = atk.run(skeys, model, x, y)
             q = q + jnp.where(succ, 0, res.queries)
-            take = res.success & ~succ
+            # The first stage's point is kept for examples no stage breaks (its highest-loss
+            # point, better than x for margins and AUC); later stages replace it only on success.
+            take = (res.success | (i == 0)) & ~succ
             adv = _bsel(take, res.adv, adv)
             succ = succ | res.success
             stage_success.append(succ)
         out = finalize(self.threat, model, x, adv, y, loss_fn=L.margin, queries=q)
         return replace(out, info={"stage_success": jnp.stack(stage_success, axis=1)})
 
-    def __call__(self, key, model, x, y, *, target=None, validate=True) -> AttackResult:
+    def __call__(
+        self, key, model, x, y, *, target=None, validate=True, index_offset=0
+    ) -> AttackResult:
         if target is not None:
             raise ValueError("AutoAttack is untargeted; pass target=None")
         model = as_model(model)
@@ -106,7 +110,7 @@ class AutoAttack(AbstractAttack):
                 model, x, y, lo=_bound(self.threat.lo, min), hi=_bound(self.threat.hi, max)
             )
         b = x.shape[0]
-        keys = example_keys(key, b)
+        keys = example_keys(key, b, index_offset)
         succ = np.asarray(_clean_success(model, x, y))
         adv = x
         q = np.ones((b,), np.int32)
@@ -121,7 +125,8 @@ class AutoAttack(AbstractAttack):
                 res = _run_jit(atk, skeys, model, x[pad], y[pad], None)
                 s = np.asarray(res.success)[: idx.size]
                 won = idx[s]
-                adv = adv.at[won].set(res.adv[: idx.size][s])
+                keep = np.ones_like(s) if i == 0 else s
+                adv = adv.at[idx[keep]].set(res.adv[: idx.size][keep])
                 q[idx] += np.asarray(res.queries)[: idx.size]
                 succ = succ.copy()
                 succ[won] = True

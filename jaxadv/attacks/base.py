@@ -59,6 +59,7 @@ class AbstractAttack:
         *,
         target: Array | None = None,
         validate: bool = True,
+        index_offset: int = 0,
     ) -> AttackResult:
         """Attack the batch ``x[B, H, W, K]`` (pixels in the threat's box) with labels ``y[B]``.
 
@@ -70,6 +71,8 @@ class AbstractAttack:
             y: true integer labels ``[B]``.
             target: optional target labels ``[B]``: the attack is then targeted.
             validate: run the host-side input checks first (shape, dtype, range, NaN, labels).
+            index_offset: data-set index of ``x[0]`` when a data set is attacked in batches, so each
+                example keeps its own key ``fold_in(key, index)`` whatever the batching.
         """
         model = as_model(model)
         if validate:
@@ -81,7 +84,7 @@ class AbstractAttack:
                 hi=_bound(self.threat.hi, max),
                 target=target,
             )
-        keys = example_keys(key, x.shape[0])
+        keys = example_keys(key, x.shape[0], index_offset)
         return _run_jit(self, keys, model, x, y, target)
 
     def with_eps(self, eps: float | Array):

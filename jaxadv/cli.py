@@ -1,0 +1,402 @@
+"""The ``jaxadv`` command line: ``demo``, ``attack`` and ``train``.
+
+Every sub-command takes its settings from flags or from a YAML/JSON file (``--config``); flags given
+explicitly win over the file. Errors in user input exit with status 2 and a one-line message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import pathlib
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+log = logging.getLogger("jaxadv")
+
+
+class CLIError(Exception):
+    """A user error: printed as one line, exit status 2."""
+
+
+# ----------------------------------------------------------------------------- helpers
+def _load_config(path: str | None) -> dict[str, Any]:
+    if not path:
+        return {}
+    p = pathlib.Path(path)
+    if not p.is_file():
+        raise CLIError(f"config file not found: {p}")
+    text = p.read_text()
+    try:
+        if p.suffix in (".yaml", ".yml"):
+            import yaml
+
+            cfg = yaml.safe_load(text)
+        else:
+            cfg = json.loads(text)
+    except Exception as e:  # noqa: BLE001 - any parse error becomes a clear message
+        raise CLIError(f"cannot parse config {p}: {e}") from e
+    if not isinstance(cfg, dict):
+        raise CLIError(f"config {p} must be a mapping of option names to values")
+    return {k.replace("-", "_"): v for k, v in cfg.items()}
+
+
+def _merge(args: argparse.Namespace, parser: argparse.ArgumentParser) -> argparse.Namespace:
+    """Config file values fill in options not given on the command line."""
+    cfg = _load_config(getattr(args, "config", None))
+    known = {a.dest for a in parser._actions}
+    unknown = sorted(set(cfg) - known)
+    if unknown:
+        raise CLIError(f"unknown option(s) in config: {', '.join(unknown)}")
+    defaults = {a.dest: a.default for a in parser._actions}
+    for k, v in cfg.items():
+        if getattr(args, k) == defaults.get(k):
+            setattr(args, k, v)
+    return args
+
+
+def _eps_list(v: Any) -> list[float]:
+    """'0,1,2,4,8' (in 1/255 units) or a list of floats in [0, 1]."""
+    if isinstance(v, (list, tuple)):
+        vals = [float(e) for e in v]
+    else:
+        try:
+            vals = [float(e) / 255 for e in str(v).split(",") if e.strip()]
+        except ValueError as e:
+            raise CLIError(
+                f"--eps must be comma-separated numbers in 1/255 units, got {v!r}"
+            ) from e
+    if not vals or any(e < 0 for e in vals):
+        raise CLIError(f"--eps needs at least one non-negative value, got {v!r}")
+    return vals
+
+
+def _progress_enabled(quiet: bool) -> bool:
+    return not quiet and sys.stderr.isatty()
+
+
+def _say(quiet: bool):
+    def say(msg: str) -> None:
+        if not quiet:
+            print(msg, file=sys.stderr, flush=True)
+
+    return say
+
+
+# ----------------------------------------------------------------------------- demo
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from jaxadv import report
+    from jaxadv.demo import TABLE_COLS, run_demo
+
+    t0 = time.perf_counter()
+    res = run_demo(
+        args.out,
+        eps=_eps_list(args.eps),
+        num_examples=args.num_examples or None,
+        num_steps=args.num_steps,
+        attacks=args.attacks.split(",") if isinstance(args.attacks, str) else args.attacks,
+        models=args.models.split(",") if isinstance(args.models, str) else args.models,
+        seed=args.seed,
+        progress=_say(args.quiet),
+    )
+    print(report.format_table(res["rows"], TABLE_COLS))
+    m = res["manifest"]
+    print(
+        f"\n{m['num_examples']} images, jax {m['jax']} on {m['backend']} "
+        f"({m['device_count']} device(s)), commit {m['git_commit']}, "
+        f"{time.perf_counter() - t0:.1f}s. Wrote {args.out}/results.json, results.csv, "
+        "robust_accuracy.png, examples.png"
+    )
+    return 0
+
+
+# ----------------------------------------------------------------------------- data / models
+def _dataset(name: str, split: str, size: int | None, channels: int | None):
+    from jaxadv import data
+
+    if name == "default":
+        return data.load_default(channels=channels)
+    p = pathlib.Path(name)
+    if p.suffix == ".npz" or p.is_file():
+        return data.load_medmnist(p, split=split, channels=channels)
+    if p.is_dir():
+        if size is None:
+            raise CLIError("--image-size is required for an image folder")
+        return data.load_image_folder(p, size=size, channels=channels or 3)
+    if name.startswith("tfds:"):
+        return data.load_tfds(name[5:], split=split, size=size, channels=channels)
+    raise CLIError(
+        f"data {name!r} not found: give 'default', a MedMNIST .npz file, an image folder "
+        "(one sub-folder per class) or tfds:NAME"
+    )
+
+
+def _model(spec: str):
+    from jaxadv import checkpoint
+
+    if spec in checkpoint.REFERENCE_MODELS:
+        return checkpoint.reference_model(spec)
+    p = pathlib.Path(spec)
+    if not p.exists():
+        raise CLIError(
+            f"model {spec!r} not found: give a shipped reference model "
+            f"({', '.join(checkpoint.REFERENCE_MODELS)}) or a checkpoint saved by `jaxadv train`"
+        )
+    from jaxadv.models import from_nnx
+
+    try:
+        module, meta = checkpoint.load(p)
+    except checkpoint.CheckpointError as e:
+        raise CLIError(str(e)) from e
+    return from_nnx(module, mean=meta.get("mean"), std=meta.get("std"))
+
+
+def _attack(name: str, eps: float, args: argparse.Namespace):
+    import jaxadv
+
+    norm = {"linf": jaxadv.LinfBall, "l2": jaxadv.L2Ball, "l1": jaxadv.L1Ball}.get(args.norm)
+    if norm is None:
+        raise CLIError(f"--norm must be linf, l2 or l1, got {args.norm!r}")
+    t = norm(eps=eps)
+    n = args.num_steps
+    table = {
+        "fgsm": lambda: jaxadv.FGSM(threat=t),
+        "pgd": lambda: jaxadv.PGD(threat=t, num_steps=n, num_restarts=args.restarts),
+        "apgd": lambda: jaxadv.APGD(threat=t, num_steps=n, num_restarts=args.restarts),
+        "apgd-dlr": lambda: jaxadv.APGD(threat=t, num_steps=n, loss="dlr"),
+        "apgdt": lambda: jaxadv.APGDT(threat=t, num_steps=n),
+        "fmn": lambda: jaxadv.FMN(threat=t, num_steps=n),
+        "autoattack": lambda: jaxadv.AutoAttack.standard(t, num_steps=n),
+    }
+    key = name.lower()
+    if key not in table:
+        raise CLIError(f"unknown attack {name!r}; choose from {', '.join(table)}")
+    return table[key]()
+
+
+def _cmd_attack(args: argparse.Namespace) -> int:
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    import jaxadv
+    from jaxadv import metrics, report
+
+    eps = _eps_list(args.eps)
+    ds = _dataset(args.data, args.split, args.image_size, args.channels)
+    model = _model(args.model)
+    attack = _attack(args.attack, eps[0], args)
+    key = jax.random.key(args.seed)
+    n = len(ds) if args.num_examples is None else min(args.num_examples, len(ds))
+    say = _say(args.quiet)
+    batches = list(range(0, n, args.batch_size))
+    successes: list[np.ndarray] = []
+    summaries = []
+    t0 = time.perf_counter()
+    for bi, start in enumerate(batches):
+        idx = np.arange(start, min(start + args.batch_size, n))
+        xb, yb = ds.get(idx)
+        x, y = jnp.asarray(xb), jnp.asarray(yb, jnp.int32)
+        curve = jaxadv.sweep_eps(attack, eps, key=key, model=model, x=x, y=y, index_offset=start)
+        successes.append(np.asarray(curve.result.success))
+        for i in range(len(eps)):
+            r = jax.tree_util.tree_map(lambda a, i=i: a[i], curve.result)
+            summaries.append((i, len(idx), metrics.summarize(model, x, y, r)))
+        say(
+            f"batch {bi + 1}/{len(batches)}  {idx[-1] + 1}/{n} images  {time.perf_counter() - t0:.1f}s"
+        )
+    succ = np.concatenate(successes, axis=1)
+    rows = []
+    for i, e in enumerate(eps):
+        parts = [(m, s) for j, m, s in summaries if j == i]
+        total = sum(m for m, _ in parts)
+        row = {"attack": args.attack, "eps": e, "eps_255": round(e * 255, 3), "num_examples": n}
+        for k in ("clean_accuracy", "l2_mean", "linf_mean", "ssim_mean"):
+            vals = [(m, s.get(k)) for m, s in parts if s.get(k) is not None]
+            ok = [(m, v) for m, v in vals if np.isfinite(v)]
+            row[k] = sum(m * v for m, v in ok) / sum(m for m, _ in ok) if ok else float("nan")
+        row["robust_accuracy"] = float(1 - succ[i].mean())
+        row["num_robust"] = int((~succ[i]).sum())
+        row["examples_total"] = total
+        rows.append(row)
+    out = pathlib.Path(args.out)
+    report.write_json(
+        out / "results.json",
+        {"manifest": report.manifest(seed=args.seed, args=vars(args)), "rows": rows},
+    )
+    report.write_csv(out / "results.csv", rows)
+    print(
+        report.format_table(
+            rows,
+            ("attack", "eps_255", "clean_accuracy", "robust_accuracy", "linf_mean", "ssim_mean"),
+        )
+    )
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    import numpy as np
+    from flax import nnx
+
+    import jaxadv
+    from jaxadv import checkpoint, train
+
+    ds = _dataset(args.data, "train", args.image_size, args.channels)
+    val = (
+        _dataset(args.data, "test", args.image_size, args.channels)
+        if args.data != "default"
+        else None
+    )
+    x, y = ds.arrays()
+    if args.num_examples:
+        x, y = x[: args.num_examples], y[: args.num_examples]
+    arch = args.arch
+    kwargs = {"num_classes": ds.num_classes, "in_channels": x.shape[-1]}
+    if arch == "small_cnn":
+        kwargs["input_size"] = x.shape[1]
+    if arch not in checkpoint.ARCHITECTURES:
+        raise CLIError(f"unknown --arch {arch!r}; choose from {sorted(checkpoint.ARCHITECTURES)}")
+    module = checkpoint.ARCHITECTURES[arch](**kwargs, rngs=nnx.Rngs(args.seed))
+    mean = [float(np.mean(x[..., c])) for c in range(x.shape[-1])]
+    std = [float(np.std(x[..., c])) + 1e-6 for c in range(x.shape[-1])]
+    adversarial = None
+    if args.adversarial:
+        adversarial = train.AdversarialTraining(
+            attack=jaxadv.PGD(
+                threat=jaxadv.LinfBall(eps=args.adv_eps / 255), num_steps=args.adv_steps
+            )
+        )
+    history = train.train(
+        module,
+        x,
+        y,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.lr,
+        key=args.seed,
+        adversarial=adversarial,
+        val=None if val is None else val.arrays(),
+        mean=mean,
+        std=std,
+    )
+    acc = None
+    if val is not None:
+        xv, yv = val.arrays()
+        acc = float(train.evaluate(module, xv, yv, mean=mean, std=std))
+    meta = {
+        "architecture": arch,
+        "kwargs": kwargs,
+        "seed": args.seed,
+        "test_accuracy": acc,
+        "epochs": args.epochs,
+        "adversarial": bool(args.adversarial),
+        "mean": mean,
+        "std": std,
+    }
+    checkpoint.save(args.out, module, meta)
+    print(
+        f"saved {args.out}; final {json.dumps(history[-1] if history else {}, default=str)}"
+        + ("" if acc is None else f"; test accuracy {acc:.4f}")
+    )
+    return 0
+
+
+# ----------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="jaxadv", description="Adversarial robustness evaluation in JAX"
+    )
+    p.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser(
+        "demo", help="the main job on the embedded PneumoniaMNIST default (no network)"
+    )
+    d.add_argument("--out", required=True, help="output folder")
+    d.add_argument("--config", help="YAML/JSON file with these options")
+    d.add_argument("--eps", default="0,1,2,4,8", help="L∞ budgets in 1/255 units, comma-separated")
+    d.add_argument(
+        "--num-examples",
+        type=int,
+        default=200,
+        help="class-stratified subset of the 624 test images (0: all)",
+    )
+    d.add_argument("--num-steps", type=int, default=20, help="iterations of the iterative attacks")
+    d.add_argument("--attacks", default=None, help="comma-separated subset of the suite")
+    d.add_argument("--models", default="small_cnn_clean,small_cnn_pgdat")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--quiet", action="store_true")
+    d.set_defaults(func=_cmd_demo)
+
+    a = sub.add_parser("attack", help="attack a model on a data set over an eps grid")
+    a.add_argument("--config", help="YAML/JSON file with these options")
+    a.add_argument(
+        "--data", default="default", help="'default', a MedMNIST .npz, an image folder or tfds:NAME"
+    )
+    a.add_argument("--split", default="test")
+    a.add_argument("--image-size", type=int, default=None)
+    a.add_argument("--channels", type=int, default=None)
+    a.add_argument(
+        "--model", default="small_cnn_clean", help="reference model name or checkpoint path"
+    )
+    a.add_argument(
+        "--attack", default="pgd", help="fgsm, pgd, apgd, apgd-dlr, apgdt, fmn, autoattack"
+    )
+    a.add_argument("--norm", default="linf", help="linf, l2 or l1")
+    a.add_argument("--eps", default="0,1,2,4,8", help="budgets in 1/255 units, comma-separated")
+    a.add_argument("--num-steps", type=int, default=20)
+    a.add_argument("--restarts", type=int, default=1)
+    a.add_argument("--batch-size", type=int, default=256)
+    a.add_argument("--num-examples", type=int, default=None)
+    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--out", default="jaxadv-attack")
+    a.add_argument("--quiet", action="store_true")
+    a.set_defaults(func=_cmd_attack)
+
+    t = sub.add_parser(
+        "train", help="train a model (optionally adversarially) and save a checkpoint"
+    )
+    t.add_argument("--config", help="YAML/JSON file with these options")
+    t.add_argument(
+        "--data", default="default", help="a MedMNIST .npz, an image folder or tfds:NAME"
+    )
+    t.add_argument("--image-size", type=int, default=None)
+    t.add_argument("--channels", type=int, default=None)
+    t.add_argument("--arch", default="small_cnn", help="small_cnn, resnet18 or resnet50")
+    t.add_argument("--epochs", type=int, default=5)
+    t.add_argument("--batch-size", type=int, default=128)
+    t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--num-examples", type=int, default=None)
+    t.add_argument("--adversarial", action="store_true", help="PGD adversarial training (Madry)")
+    t.add_argument("--adv-eps", type=float, default=2.0, help="L∞ eps in 1/255 units")
+    t.add_argument("--adv-steps", type=int, default=7)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--out", required=True, help="checkpoint path (.msgpack)")
+    t.add_argument("--quiet", action="store_true")
+    t.set_defaults(func=_cmd_train)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    sub = parser._subparsers._group_actions[0].choices[args.command]  # type: ignore[union-attr]
+    try:
+        args = _merge(args, sub)
+        return int(args.func(args) or 0)
+    except CLIError as e:
+        print(f"jaxadv {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, ValueError, TypeError) as e:
+        print(f"jaxadv {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"jaxadv {args.command}: interrupted", file=sys.stderr)
+        return 130

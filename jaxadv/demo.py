@@ -1,0 +1,200 @@
+"""The main job on the embedded default: shipped reference CNNs on the shipped PneumoniaMNIST test
+images, the white-box suite over an eps grid, and a report (JSON, CSV, plots, a table).
+
+No network, no files outside the package. ``jaxadv demo --out DIR`` calls :func:`run_demo`.
+"""
+
+from __future__ import annotations
+
+import logging
+import pathlib
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import jaxadv
+from jaxadv import metrics, report
+from jaxadv.result import finalize
+
+log = logging.getLogger(__name__)
+
+DEFAULT_EPS = (0.0, 1 / 255, 2 / 255, 4 / 255, 8 / 255)
+DEFAULT_MODELS = ("small_cnn_clean", "small_cnn_pgdat")
+
+
+def suite(num_steps: int = 20) -> dict[str, Any]:
+    """The white-box suite of the demo, L∞ (eps is set per grid point)."""
+    t = jaxadv.LinfBall(eps=0.0)
+    return {
+        "FGSM": jaxadv.FGSM(threat=t),
+        f"PGD-{num_steps}": jaxadv.PGD(threat=t, num_steps=num_steps),
+        f"APGD-CE-{num_steps}": jaxadv.APGD(threat=t, num_steps=num_steps, loss="ce"),
+        "AutoAttack": jaxadv.AutoAttack.standard(t, num_steps=num_steps),
+    }
+
+
+def _eps_rows(model_name, attack_name, model, x, y, eps, results, elapsed) -> list[dict[str, Any]]:
+    rows = []
+    for e, res in zip(eps, results, strict=True):
+        s = metrics.summarize(model, x, y, res)
+        rows.append(
+            {
+                "model": model_name,
+                "attack": attack_name,
+                "eps": float(e),
+                "eps_255": round(float(e) * 255, 3),
+                **s,
+                "seconds": elapsed,
+            }
+        )
+    return rows
+
+
+def _clean_result(model, x, y):
+    """The eps = 0 point of every curve: no attack can move x, one forward pass scores it."""
+    return finalize(jaxadv.LinfBall(eps=0.0), model, x, x, y)
+
+
+def _subset(y: np.ndarray, n: int | None, seed: int) -> np.ndarray:
+    """A fixed random subset of ``n`` indices stratified by class (all of them when ``n`` is None)."""
+    if n is None or n >= y.shape[0]:
+        return np.arange(y.shape[0])
+    rng = np.random.default_rng(seed)
+    classes, counts = np.unique(y, return_counts=True)
+    take = np.floor(counts / counts.sum() * n).astype(int)
+    take[np.argmax(counts)] += n - take.sum()
+    idx = [rng.permutation(np.nonzero(y == c)[0])[:k] for c, k in zip(classes, take, strict=True)]
+    return np.sort(np.concatenate(idx))
+
+
+def run_demo(
+    out: str | pathlib.Path,
+    *,
+    eps: Sequence[float] = DEFAULT_EPS,
+    models: Sequence[str] = DEFAULT_MODELS,
+    num_examples: int | None = 200,
+    num_steps: int = 20,
+    attacks: Sequence[str] | None = None,
+    seed: int = 0,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Run the demo and write ``out/results.json``, ``results.csv``, ``robust_accuracy.png`` and
+    ``examples.png``. Returns the results dictionary.
+
+    Args:
+        out: output folder (created).
+        eps: L∞ budgets in [0, 1] pixel units.
+        models: names of shipped reference models.
+        num_examples: a fixed class-stratified random subset of N test images (None: all 624).
+        num_steps: iterations of the iterative attacks.
+        attacks: subset of the suite's names (default: all).
+        seed: the PRNG seed.
+        progress: called with a one-line message after each step (the CLI prints it).
+    """
+    from jaxadv.checkpoint import load_reference, reference_model
+    from jaxadv.data import load_default
+
+    out = pathlib.Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    say = progress or (lambda msg: log.info(msg))
+    t_start = time.perf_counter()
+
+    ds = load_default()
+    x_np, y_np = ds.arrays()
+    pick = _subset(y_np, num_examples, seed)
+    x_np, y_np = x_np[pick], y_np[pick]
+    x, y = jnp.asarray(x_np), jnp.asarray(y_np, jnp.int32)
+    key = jax.random.key(seed)
+    all_attacks = suite(num_steps)
+    names = list(all_attacks) if attacks is None else list(attacks)
+    unknown = [a for a in names if a not in all_attacks]
+    if unknown:
+        raise ValueError(f"unknown attack(s) {unknown}; the demo suite has {list(all_attacks)}")
+
+    rows: list[dict[str, Any]] = []
+    curves = []
+    model_meta = {}
+    targets = {}
+    example_pick = None
+    for mname in models:
+        _, meta = load_reference(mname)
+        model = reference_model(mname)
+        targets[mname] = model
+        model_meta[mname] = {k: v for k, v in meta.items() if k not in ("versions",)}
+        clean = _clean_result(model, x, y)
+        positive = [e for e in eps if e > 0]
+        for aname in names:
+            t0 = time.perf_counter()
+            curve = None
+            if positive:
+                curve = jaxadv.sweep_eps(
+                    all_attacks[aname], positive, key=key, model=model, x=x, y=y
+                )
+                jax.block_until_ready(curve.robust_accuracy)
+            dt = time.perf_counter() - t0
+            per_eps, k = [], 0
+            for e in eps:
+                if e <= 0:
+                    per_eps.append(clean)
+                else:
+                    per_eps.append(jax.tree_util.tree_map(lambda a, k=k: a[k], curve.result))
+                    k += 1
+            rows.extend(_eps_rows(mname, aname, model, x, y, eps, per_eps, dt))
+            acc = np.asarray([1.0 - float(np.mean(np.asarray(r.success))) for r in per_eps])
+            curves.append((mname, aname, list(map(float, eps)), acc.tolist()))
+            say(
+                f"{mname:>16s}  {aname:<14s} robust acc "
+                + " ".join(f"{a:.3f}" for a in acc)
+                + f"  ({dt:.1f}s)"
+            )
+            if example_pick is None and aname.startswith("PGD"):
+                example_pick = (mname, aname, per_eps)
+
+    results = {
+        "manifest": report.manifest(
+            seed=seed,
+            data="PneumoniaMNIST test split (embedded, 28x28 grey, CC BY 4.0)",
+            num_examples=int(x.shape[0]),
+            example_indices=pick.tolist(),
+            num_steps=num_steps,
+            eps=list(map(float, eps)),
+            models=model_meta,
+        ),
+        "rows": rows,
+        "seconds": time.perf_counter() - t_start,
+    }
+    report.write_json(out / "results.json", results)
+    report.write_csv(out / "results.csv", rows)
+    report.plot_curves(out / "robust_accuracy.png", curves, title="PneumoniaMNIST, L∞ attacks")
+    if example_pick is not None:
+        mname, aname, per_eps = example_pick
+        j = len(eps) - 1
+        idx = np.arange(min(8, x.shape[0]))
+        adv = np.asarray(per_eps[j].adv)[idx]
+        pred = np.asarray(jnp.argmax(targets[mname](jnp.asarray(adv)), 1))
+        labels = [f"y={int(y_np[i])} adv→{int(p)}" for i, p in zip(idx, pred, strict=True)]
+        report.image_grid(
+            out / "examples.png",
+            x_np[idx],
+            adv,
+            labels=labels,
+            title=f"{mname}, {aname}, eps={eps[j] * 255:.0f}/255",
+        )
+    return results
+
+
+TABLE_COLS = (
+    "model",
+    "attack",
+    "eps_255",
+    "clean_accuracy",
+    "robust_accuracy",
+    "attack_success_rate",
+    "linf_mean",
+    "ssim_mean",
+    "auc_under_attack",
+)

@@ -1,0 +1,588 @@
+"""Training of Flax NNX classifiers with optax: standard and adversarial training.
+
+The model sees pixels in ``[0, 1]`` (NHWC); normalisation ``(x - mean) / std`` is applied by the
+library, exactly as :func:`jaxadv.from_nnx` does at attack time, so ``eps`` is always measured in
+pixel units.
+
+Adversarial training (:class:`AdversarialTraining`) solves the saddle-point problem of Madry et al.
+(2018), ``min_θ E[max_{x' ∈ S(x)} L(f_θ(x'), y)]``, with any jaxadv attack as the inner maximiser,
+and optionally the weighted objective of the review (Eq. 1)
+
+    ``min_θ E[L(f_θ(x_adv), y)] + λ · D(·, ·)``
+
+or Goodfellow et al.'s (2015) mix ``α · L(f_θ(x), y) + (1 − α) · L(f_θ(x_adv), y)``.
+
+Example:
+    >>> import numpy as np, jaxadv
+    >>> from flax import nnx
+    >>> from jaxadv.nn import SmallCNN
+    >>> from jaxadv.train import train, evaluate
+    >>> rng = np.random.default_rng(0)
+    >>> y = rng.integers(0, 2, 64).astype(np.int32)
+    >>> x = (rng.random((64, 28, 28, 1)) * 0.2 + 0.6 * y[:, None, None, None]).astype(np.float32)
+    >>> net = SmallCNN(2, 1, width=4, rngs=nnx.Rngs(0))
+    >>> hist = train(net, x, y, epochs=2, batch_size=32, key=0, mean=0.5, std=0.3)
+    >>> evaluate(net, x, y, mean=0.5, std=0.3) > 0.9
+    True
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from jaxadv import losses as L
+from jaxadv._struct import is_concrete, pytree_dataclass, static
+from jaxadv.attacks.base import example_keys
+from jaxadv.models import Model, from_apply
+
+Array = jax.Array
+logger = logging.getLogger(__name__)
+
+_OBJECTIVES = ("madry", "mix", "penalty")
+_PENALTY_ON = ("logits", "inputs")
+_DISTANCES = ("l2sq", "l2", "kl")
+
+
+# --------------------------------------------------------------------------------------------------
+# Adversarial objective
+# --------------------------------------------------------------------------------------------------
+
+
+@pytree_dataclass
+class AdversarialTraining:
+    """How to train against an attack.
+
+    The inner maximiser ``attack`` is run on the *current* weights with the network in **eval mode**
+    (batch norm uses its running statistics, dropout is off), the usual practice: crafting then
+    neither updates the running statistics nor sees dropout noise, and the points are adversarial for
+    the network that will be deployed. The outer loss is then computed in train mode. Gradients do
+    not flow through the attack (Danskin's theorem: ``x_adv`` is treated as a constant).
+
+    Objectives (``L`` is the cross-entropy, averaged over the batch):
+
+    * ``'madry'`` (PGD-AT, Madry et al., 2018): ``L(f(x_adv), y)``.
+    * ``'mix'`` (Goodfellow et al., 2015): ``α · L(f(x), y) + (1 − α) · L(f(x_adv), y)``.
+    * ``'penalty'`` (review Eq. 1): ``L(f(x_adv), y) + λ · mean_i D_i``, with ``D`` a per-example
+      distance (``distance``) between ``f(x)`` and ``f(x_adv)`` (``penalty_on='logits'``, the
+      default: the logit pairing of Kannan et al., 2018; with ``distance='kl'`` on softmax outputs it
+      is the TRADES regulariser of Zhang et al., 2019) or between ``x`` and ``x_adv``
+      (``penalty_on='inputs'``, Eq. 1 read literally). Note that the input-space term does not depend
+      on ``θ`` once ``x_adv`` is fixed, so it changes the reported loss but not the gradient; it is
+      offered for fidelity to the formula and for logging.
+
+    For ``'mix'`` and ``'penalty'`` on logits the clean and adversarial halves go through the
+    network as one concatenated batch, so batch norm's batch statistics are taken over both.
+
+    Attributes:
+        attack: any jaxadv attack value, e.g. ``jaxadv.PGD(threat=jaxadv.LinfBall(eps=4/255),
+            num_steps=7)``; its ``eps`` and ``step_size`` are leaves (no recompile when changed).
+        objective: ``'madry'``, ``'mix'`` or ``'penalty'`` (static).
+        alpha: weight of the clean loss for ``'mix'``, in ``[0, 1]``.
+        lam: weight ``λ >= 0`` of the distance term for ``'penalty'``.
+        distance: ``'l2sq'`` (squared L2, the default), ``'l2'``, ``'kl'`` (logits only:
+            ``KL(softmax f(x) || softmax f(x_adv))``) or a callable ``(a[B, ...], b[B, ...]) -> [B]``
+            (static).
+        penalty_on: ``'logits'`` or ``'inputs'`` (static).
+
+    Example:
+        >>> import jaxadv
+        >>> from jaxadv.train import AdversarialTraining
+        >>> pgd = jaxadv.PGD(threat=jaxadv.LinfBall(eps=4 / 255), num_steps=7)
+        >>> at = AdversarialTraining(attack=pgd)  # PGD-AT
+        >>> alp = AdversarialTraining(attack=pgd, objective="penalty", lam=0.5)
+        >>> at.objective, alp.distance
+        ('madry', 'l2sq')
+    """
+
+    attack: Any
+    objective: str = static(default="madry")
+    alpha: float | Array = 0.5
+    lam: float | Array = 0.0
+    distance: str | Callable[[Array, Array], Array] = static(default="l2sq")
+    penalty_on: str = static(default="logits")
+
+    def __post_init__(self) -> None:
+        if not hasattr(self.attack, "run"):
+            raise TypeError(
+                f"attack must be a jaxadv attack (with a .run method), got {type(self.attack)}"
+            )
+        if self.objective not in _OBJECTIVES:
+            raise ValueError(f"objective must be one of {_OBJECTIVES}, got {self.objective!r}")
+        if self.penalty_on not in _PENALTY_ON:
+            raise ValueError(f"penalty_on must be one of {_PENALTY_ON}, got {self.penalty_on!r}")
+        if not callable(self.distance) and self.distance not in _DISTANCES:
+            raise ValueError(
+                f"distance must be one of {_DISTANCES} or a callable (a, b) -> [B], "
+                f"got {self.distance!r}"
+            )
+        if self.distance == "kl" and self.penalty_on != "logits":
+            raise ValueError("distance='kl' compares softmax outputs: use penalty_on='logits'")
+        if is_concrete(self.alpha) and not 0.0 <= float(np.asarray(self.alpha)) <= 1.0:
+            raise ValueError(f"alpha must lie in [0, 1], got {self.alpha}")
+        if is_concrete(self.lam) and float(np.asarray(self.lam)) < 0.0:
+            raise ValueError(f"lam must be >= 0, got {self.lam}")
+
+
+def pairwise_distance(kind: str | Callable, a: Array, b: Array) -> Array:
+    """Per-example distance ``D(a_i, b_i)`` ``[B]`` between two batches of the same shape.
+
+    ``'l2sq'``: ``||a - b||²``; ``'l2'``: ``||a - b||`` (guarded at 0, where the gradient of the square
+    root is infinite); ``'kl'``: ``KL(softmax a || softmax b)`` over the last axis (logits).
+    """
+    if callable(kind):
+        return kind(a, b)
+    if kind == "kl":
+        la, lb = jax.nn.log_softmax(a, axis=-1), jax.nn.log_softmax(b, axis=-1)
+        return jnp.sum(jnp.exp(la) * (la - lb), axis=-1)
+    sq = jnp.sum(jnp.square((a - b).reshape(a.shape[0], -1)), axis=1)
+    if kind == "l2sq":
+        return sq
+    if kind == "l2":
+        return jnp.sqrt(sq + jnp.asarray(1e-12, sq.dtype))
+    raise ValueError(f"unknown distance {kind!r}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Pure pieces (graphdefs are static, states are jit arguments)
+# --------------------------------------------------------------------------------------------------
+
+
+class _EvalApply:
+    """Hashable static apply ``(state, x) -> logits`` for an eval-mode NNX graphdef, normalising
+    pixels first (done here, with explicit broadcasting, rather than by the adapter)."""
+
+    def __init__(self, graphdef, mean, std):
+        self.graphdef = graphdef
+        self.mean, self.std = mean, std
+
+    def _key(self):
+        norm = tuple(
+            None if v is None else tuple(np.ravel(v).tolist()) for v in (self.mean, self.std)
+        )
+        return (self.graphdef, norm)
+
+    def __call__(self, state, x):
+        return nnx.merge(self.graphdef, *state, copy=True)(_normalise(x, self.mean, self.std))
+
+    def __hash__(self):
+        return hash(self._key())
+
+    def __eq__(self, other):
+        return isinstance(other, _EvalApply) and self._key() == other._key()
+
+
+def _channelwise(v, x: Array) -> Array:
+    """``v`` (scalar or per channel ``[K]``) shaped to broadcast against ``x[B, H, W, K]``
+    explicitly (rank promotion may be set to 'raise')."""
+    v = jnp.asarray(v, x.dtype)
+    return v.reshape((1,) * (x.ndim - 1) + (-1,)) if v.ndim == 1 else v
+
+
+def _normalise(x: Array, mean, std) -> Array:
+    if mean is not None:
+        x = x - _channelwise(mean, x)
+    if std is not None:
+        x = x / _channelwise(std, x)
+    return x
+
+
+def _objective(gd_train, gd_eval, mean, std, params, rest, adversarial, x, y, key):
+    """Batch loss in train mode. Returns ``(loss, (new_rest, logits_for_accuracy, x_adv))``."""
+    if adversarial is not None:
+        target = from_apply(_EvalApply(gd_eval, mean, std), (params, rest))
+        res = adversarial.attack.run(example_keys(key, x.shape[0]), target, x, y)
+        x_adv = jax.lax.stop_gradient(res.adv)
+    else:
+        x_adv = x
+
+    module = nnx.merge(gd_train, params, rest, copy=True)
+    b = x.shape[0]
+    if adversarial is None:
+        logits = module(_normalise(x, mean, std))
+        loss = jnp.mean(L.ce(logits, y))
+        logits_acc = logits
+    elif adversarial.objective == "madry" or (
+        adversarial.objective == "penalty" and adversarial.penalty_on == "inputs"
+    ):
+        logits_acc = module(_normalise(x_adv, mean, std))
+        loss = jnp.mean(L.ce(logits_acc, y))
+        if adversarial.objective == "penalty":
+            d = pairwise_distance(adversarial.distance, x, x_adv)
+            loss = loss + jnp.asarray(adversarial.lam, loss.dtype) * jnp.mean(d)
+    else:
+        both = module(_normalise(jnp.concatenate([x, x_adv], axis=0), mean, std))
+        logits_clean, logits_acc = both[:b], both[b:]
+        loss_adv = jnp.mean(L.ce(logits_acc, y))
+        if adversarial.objective == "mix":
+            alpha = jnp.asarray(adversarial.alpha, loss_adv.dtype)
+            loss = alpha * jnp.mean(L.ce(logits_clean, y)) + (1 - alpha) * loss_adv
+        else:
+            d = pairwise_distance(adversarial.distance, logits_clean, logits_acc)
+            loss = loss_adv + jnp.asarray(adversarial.lam, loss_adv.dtype) * jnp.mean(d)
+    _, _, new_rest = nnx.split(module, nnx.Param, ...)
+    return loss, (new_rest, logits_acc, x_adv)
+
+
+def _train_step(
+    gd_train, gd_eval, tx, mean, std, augment, params, rest, opt_state, adversarial, x, y, key
+):
+    if augment is not None:
+        k_aug, key = jax.random.split(key)
+        x = augment(k_aug, x)
+    grad_fn = jax.value_and_grad(
+        functools.partial(_objective, gd_train, gd_eval, mean, std), has_aux=True
+    )
+    (loss, (rest, logits, _)), grads = grad_fn(params, rest, adversarial, x, y, key)
+    # optax mixes Python floats with int32 step counts (e.g. Adam's bias correction ``b1 ** count``),
+    # which fails under ``jax_numpy_dtype_promotion='strict'``; standard promotion is scoped to the
+    # optimiser only, so our own code stays checked.
+    with jax.numpy_dtype_promotion("standard"):
+        updates, opt_state = tx.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+    correct = jnp.sum(jnp.argmax(logits, axis=1) == y)
+    return params, rest, opt_state, loss, correct
+
+
+def _as_key(key: Array | int) -> Array:
+    if isinstance(key, (int, np.integer)):
+        return jax.random.key(int(key))
+    if isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        return key
+    raise TypeError(f"key must be an int seed or a jax.random.key, got {type(key).__name__}")
+
+
+def _reseed_streams(module: nnx.Module, key: Array) -> None:
+    """Give every RNG stream (dropout) of ``module`` a key derived from ``key``: training randomness
+    then belongs to the training seed, not to the seed the module was built with."""
+    i = 0
+    for _, node in nnx.iter_graph(module):
+        if isinstance(node, nnx.RngStream):
+            new = jax.random.fold_in(key, i)
+            if node.key.shape:
+                new = jax.random.split(new, node.key.shape)
+            node.key.set_value(new)
+            node.count.set_value(jnp.zeros(node.key.shape, jnp.uint32))
+            i += 1
+
+
+def _check_xy(x, y, name: str = "x") -> tuple[np.ndarray, np.ndarray]:
+    x = np.asarray(x)
+    y = np.asarray(y)
+    if x.ndim < 2 or not np.issubdtype(x.dtype, np.floating):
+        raise ValueError(
+            f"{name} must be float images [N, H, W, K] in [0, 1], got {x.dtype} {x.shape}; "
+            "convert uint8 with x.astype(np.float32) / 255"
+        )
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.ndim != 1 or y.shape[0] != x.shape[0] or not np.issubdtype(y.dtype, np.integer):
+        raise ValueError(
+            f"labels must be integers [N] matching {name} (N={x.shape[0]}), got {y.dtype} {y.shape}"
+        )
+    return x, y.astype(np.int32)
+
+
+def _norm_arg(v) -> np.ndarray | None:
+    return None if v is None else np.asarray(v, np.float32)
+
+
+# --------------------------------------------------------------------------------------------------
+# Public API
+# --------------------------------------------------------------------------------------------------
+
+
+def batch_loss(
+    module: nnx.Module,
+    x: Array,
+    y: Array,
+    *,
+    key: Array | int = 0,
+    adversarial: AdversarialTraining | None = None,
+    mean: Sequence[float] | float | None = None,
+    std: Sequence[float] | float | None = None,
+) -> tuple[Array, dict[str, Array]]:
+    """The training loss of one batch, in train mode, without updating anything.
+
+    What :func:`train` differentiates; exposed for inspection and tests. The module is not modified
+    (it is evaluated on a copy).
+
+    Args:
+        module: an NNX classifier ``x[B, H, W, K] -> logits[B, C]``.
+        x: images ``[B, H, W, K]`` in ``[0, 1]``; y: labels ``int[B]``.
+        key: key (or int seed) of the attack's random start.
+        adversarial: the adversarial objective, or ``None`` for the clean loss.
+        mean, std: normalisation applied before the module (pixel units).
+
+    Returns:
+        ``(loss, {'logits': logits[B, C], 'x_adv': x_adv[B, H, W, K]})`` (``x_adv`` is ``x`` when
+        ``adversarial`` is ``None``; ``logits`` are those of the points the loss is computed on).
+    """
+    work = nnx.clone(module)
+    work.train()
+    gd_train, params, rest = nnx.split(work, nnx.Param, ...)
+    work.eval()
+    gd_eval, _, _ = nnx.split(work, nnx.Param, ...)
+    # Run eagerly: a one-off jit would compile a program used once (slower, measured).
+    loss, (_, logits, x_adv) = _objective(
+        gd_train,
+        gd_eval,
+        _norm_arg(mean),
+        _norm_arg(std),
+        params,
+        rest,
+        adversarial,
+        jnp.asarray(x),
+        jnp.asarray(y, jnp.int32),
+        _as_key(key),
+    )
+    return loss, {"logits": logits, "x_adv": x_adv}
+
+
+def train(
+    module: nnx.Module,
+    x: Any,
+    y: Any,
+    *,
+    epochs: int,
+    batch_size: int = 128,
+    optimizer: optax.GradientTransformation | None = None,
+    learning_rate: float = 1e-3,
+    key: Array | int = 0,
+    adversarial: AdversarialTraining | None = None,
+    val: tuple[Any, Any] | None = None,
+    mean: Sequence[float] | float | None = None,
+    std: Sequence[float] | float | None = None,
+    augment: Callable[[Array, Array], Array] | None = None,
+    callback: Callable[[nnx.Module, dict[str, Any]], bool | None] | None = None,
+) -> list[dict[str, Any]]:
+    """Train an NNX classifier in place with optax; optionally adversarially.
+
+    Each step runs in train mode (batch norm updates its running statistics, dropout is on) under one
+    ``jax.jit`` (graphdef static, state and optimiser state as arguments); evaluation is in eval
+    mode. With ``adversarial``, the inner attack is run in eval mode on the current weights (see
+    :class:`AdversarialTraining`).
+
+    Deterministic: the key fixes the shuffling, the dropout masks (every RNG stream of the module is
+    re-seeded from it) and the attack's random starts, so the same key and data give bit-identical
+    weights on CPU. Batches of exactly ``batch_size`` are used (the remainder of each shuffled epoch
+    is dropped, so one program is compiled); if ``N < batch_size`` the batch is the whole set.
+
+    Args:
+        module: the NNX classifier (pixel input after normalisation), updated in place. Its RNG
+            streams are left as they were; its Param and BatchStat state is replaced after each
+            epoch.
+        x: training images ``[N, H, W, K]`` float in ``[0, 1]`` (numpy or jax); y: labels ``int[N]``
+            (``[N, 1]`` is accepted).
+        epochs: passes over the data.
+        batch_size: examples per step.
+        optimizer: an optax transformation; default ``optax.adam(learning_rate)``.
+        learning_rate: used only when ``optimizer`` is ``None``.
+        key: ``jax.random.key`` or int seed.
+        adversarial: an :class:`AdversarialTraining`, or ``None`` for standard training.
+        val: optional ``(x_val, y_val)``: clean accuracy logged after each epoch.
+        mean, std: normalisation ``(x - mean) / std`` applied before the module; use the same values
+            in ``jaxadv.from_nnx(module, mean=..., std=...)`` afterwards.
+        augment: optional jittable data augmentation ``augment(key, x[B, H, W, K]) -> x`` applied
+            to each batch inside the step, before the attack (e.g. :func:`random_shift`).
+        callback: ``callback(module, metrics)`` after each epoch (the module already holds the
+            epoch's weights); return ``True`` to stop early.
+
+    Returns:
+        One dict per epoch: ``epoch``, ``loss`` (mean training objective), ``train_accuracy`` (on the
+        points the loss is computed on: adversarial ones under adversarial training), ``seconds``,
+        and ``val_accuracy`` when ``val`` is given.
+    """
+    if not isinstance(module, nnx.Module):
+        raise TypeError(f"train needs a flax.nnx.Module, got {type(module).__name__}")
+    if epochs < 0 or batch_size < 1:
+        raise ValueError(f"need epochs >= 0 and batch_size >= 1, got {epochs}, {batch_size}")
+    if adversarial is not None and not isinstance(adversarial, AdversarialTraining):
+        raise TypeError(
+            "adversarial must be a jaxadv.train.AdversarialTraining (e.g. "
+            "AdversarialTraining(attack=jaxadv.PGD(threat=jaxadv.LinfBall(eps=4/255))))"
+        )
+    x, y = _check_xy(x, y)
+    if val is not None:
+        val = _check_xy(*val, name="val x")
+    n = x.shape[0]
+    if n == 0:
+        raise ValueError("empty training set")
+    bs = min(batch_size, n)
+    steps = n // bs
+    mean_a, std_a = _norm_arg(mean), _norm_arg(std)
+    tx = optimizer if optimizer is not None else optax.adam(learning_rate)
+
+    key = _as_key(key)
+    k_rng, k_shuffle, k_step = jax.random.split(key, 3)
+    work = nnx.clone(module)
+    _reseed_streams(work, k_rng)
+    work.eval()
+    gd_eval, _, _ = nnx.split(work, nnx.Param, ...)
+    work.train()
+    gd_train, params, rest = nnx.split(work, nnx.Param, ...)
+    opt_state = tx.init(params)
+    step_fn = jax.jit(functools.partial(_train_step, gd_train, gd_eval, tx, mean_a, std_a, augment))
+
+    logger.info(
+        "training %s on %d examples: %d epochs x %d steps of %d%s",
+        type(module).__name__,
+        n,
+        epochs,
+        steps,
+        bs,
+        "" if adversarial is None else f", adversarial objective {adversarial.objective!r}",
+    )
+    history: list[dict[str, Any]] = []
+    for epoch in range(epochs):
+        t0 = time.perf_counter()
+        perm = np.asarray(jax.random.permutation(jax.random.fold_in(k_shuffle, epoch), n))
+        loss_sum = jnp.zeros((), jnp.float32)
+        correct = jnp.zeros((), jnp.int32)
+        for s in range(steps):
+            idx = perm[s * bs : (s + 1) * bs]
+            skey = jax.random.fold_in(k_step, epoch * steps + s)
+            params, rest, opt_state, loss, c = step_fn(
+                params, rest, opt_state, adversarial, x[idx], y[idx], skey
+            )
+            loss_sum = loss_sum + loss
+            correct = correct + c
+        nnx.update(module, nnx.state(nnx.merge(gd_train, params, rest), nnx.Not(nnx.RngState)))
+        metrics: dict[str, Any] = {
+            "epoch": epoch + 1,
+            "loss": float(loss_sum) / max(steps, 1),
+            "train_accuracy": int(correct) / max(steps * bs, 1),
+        }
+        if val is not None:
+            metrics["val_accuracy"] = evaluate(module, *val, mean=mean, std=std)
+        metrics["seconds"] = time.perf_counter() - t0
+        history.append(metrics)
+        logger.info(
+            "epoch %d/%d  loss %.4f  train acc %.4f%s  (%.1fs)",
+            epoch + 1,
+            epochs,
+            metrics["loss"],
+            metrics["train_accuracy"],
+            f"  val acc {metrics['val_accuracy']:.4f}" if val is not None else "",
+            metrics["seconds"],
+        )
+        if callback is not None and callback(module, metrics):
+            logger.info("callback asked to stop after epoch %d", epoch + 1)
+            break
+    return history
+
+
+def random_shift(max_shift: int = 2) -> Callable[[Array, Array], Array]:
+    """Augmentation: translate each image by an integer offset in ``[-max_shift, max_shift]`` per
+    axis (edge padding), independently per example. Returns ``augment(key, x) -> x`` for
+    :func:`train`.
+    """
+    if max_shift < 0:
+        raise ValueError(f"max_shift must be >= 0, got {max_shift}")
+
+    def augment(key: Array, x: Array) -> Array:
+        b, h, w = x.shape[0], x.shape[1], x.shape[2]
+        pad = ((max_shift, max_shift), (max_shift, max_shift), (0, 0))
+        offs = jax.random.randint(key, (b, 2), 0, 2 * max_shift + 1)
+
+        def one(img, off):
+            padded = jnp.pad(img, pad, mode="edge")
+            return jax.lax.dynamic_slice(padded, (off[0], off[1], 0), (h, w, img.shape[-1]))
+
+        return jax.vmap(one)(x, offs)
+
+    return augment
+
+
+@jax.jit
+def _correct(model, x, y, mask):
+    return jnp.sum((jnp.argmax(model(x), axis=1) == y) & mask)
+
+
+@jax.jit
+def _robust(attack, keys, model, x, y, mask):
+    res = attack.run(keys, model, x, y)
+    return jnp.sum(res.robust & mask)
+
+
+def evaluate(
+    model: nnx.Module | Model,
+    x: Any,
+    y: Any,
+    *,
+    batch_size: int = 256,
+    mean: Sequence[float] | float | None = None,
+    std: Sequence[float] | float | None = None,
+    attack: Any = None,
+    key: Array | int = 0,
+) -> float:
+    """Accuracy in eval mode: clean, or robust under ``attack``.
+
+    Batches are padded to ``batch_size`` (one compiled program); the attack's per-example keys are
+    ``fold_in(key, example_index)`` over the whole set, so the result does not depend on
+    ``batch_size``.
+
+    Args:
+        model: an NNX module (evaluated in eval mode on a copy, after ``(x - mean) / std``) or a
+            ready :class:`jaxadv.Model` (``mean``/``std`` must then be ``None``).
+        x: images ``[N, H, W, K]`` in ``[0, 1]``; y: labels ``int[N]``.
+        batch_size: examples per forward pass.
+        attack: optional jaxadv attack: the fraction of examples it does *not* fool is returned.
+        key: key or int seed for the attack.
+
+    Returns:
+        Accuracy in ``[0, 1]`` as a Python float (host code, outside any jit).
+    """
+    if isinstance(model, Model):
+        if mean is not None or std is not None:
+            raise ValueError("mean/std are baked into a jaxadv.Model already; pass them as None")
+        target = model
+    elif isinstance(model, nnx.Module):
+        work = nnx.clone(model)
+        work.eval()
+        gd, params, rest = nnx.split(work, nnx.Param, ...)
+        target = from_apply(_EvalApply(gd, _norm_arg(mean), _norm_arg(std)), (params, rest))
+    else:
+        raise TypeError(
+            f"model must be an nnx.Module or a jaxadv.Model, got {type(model).__name__}"
+        )
+    x, y = _check_xy(x, y)
+    n = x.shape[0]
+    if n == 0:
+        raise ValueError("empty evaluation set")
+    bs = min(batch_size, n)
+    akey = _as_key(key) if attack is not None else None
+    total = 0
+    for start in range(0, n, bs):
+        xb, yb = x[start : start + bs], y[start : start + bs]
+        m = xb.shape[0]
+        mask = np.arange(bs) < m
+        if m < bs:
+            pad = bs - m
+            xb = np.concatenate([xb, np.repeat(xb[-1:], pad, axis=0)])
+            yb = np.concatenate([yb, np.repeat(yb[-1:], pad, axis=0)])
+        if attack is None:
+            total += int(_correct(target, xb, yb, mask))
+        else:
+            keys = example_keys(akey, bs, offset=start)
+            total += int(_robust(attack, keys, target, jnp.asarray(xb), jnp.asarray(yb), mask))
+    return total / n
+
+
+__all__ = [
+    "AdversarialTraining",
+    "batch_loss",
+    "evaluate",
+    "pairwise_distance",
+    "random_shift",
+    "train",
+]
