@@ -125,20 +125,9 @@ def test_l1_projection_matches_sort_free_reference():
 
 
 # ------------------------------------------------------------------------------ contract
-def _small_attack(name, threat):
-    cls = REGISTRY[name]
-    kwargs = {
-        "FGSM": {},
-        "PGD": {"num_steps": 3},
-        "APGD": {"num_steps": 3},
-        "APGDT": {"num_steps": 3, "num_target_classes": 2},
-        "FMN": {"num_steps": 3},
-    }
-    if name == "AutoAttack":
-        return jaxadv.AutoAttack.standard(threat, num_steps=3)
-    if name not in kwargs:
-        pytest.skip(f"{name} has no small configuration in this contract test yet")
-    return cls(threat=threat, **kwargs[name])
+def _small_attack(name, threat=None):
+    atk = REGISTRY[name].small()
+    return atk if threat is None else atk.with_eps(threat.eps)
 
 
 WHITE_BOX = ["FGSM", "PGD", "APGD", "APGDT", "FMN", "AutoAttack"]
@@ -152,11 +141,11 @@ def test_registry_covers_white_box_suite():
 def test_attack_contract(name):
     """Every registered attack: result shapes/dtypes, adv in the threat set, success recomputed,
     same key ⇒ identical result, and new eps / weights / key reuse the compiled program."""
-    threat = jaxadv.LinfBall(eps=0.1)
     model = linear_model(4, SHAPE)
     x = _batch(5, lo=0.0, hi=1.0)
     y = _labels(model, x)
-    atk = _small_attack(name, threat)
+    atk = _small_attack(name)
+    threat = atk.threat
     res = atk(jax.random.key(3), model, x, y)
     b = x.shape[0]
     assert res.adv.shape == x.shape and res.adv.dtype == x.dtype

@@ -15,6 +15,7 @@ from jaxadv._struct import pytree_dataclass, static
 from jaxadv.attacks.base import AbstractAttack, register
 from jaxadv.attacks.gradient import _bsel, keep_best, loss_grad
 from jaxadv.result import AttackResult, finalize
+from jaxadv.threats import LinfBall
 
 Array = jax.Array
 
@@ -133,6 +134,11 @@ class APGD(AbstractAttack):
         (2,)
     """
 
+    @classmethod
+    def small(cls) -> APGD:
+        """A tiny configuration for contract tests and smoke runs."""
+        return cls(threat=LinfBall(eps=0.1), num_steps=3)
+
     threat: Any
     num_steps: int = static(default=100)
     num_restarts: int = static(default=1)
@@ -190,6 +196,11 @@ class APGDT(AbstractAttack):
     With fewer than 4 classes the targeted DLR loss falls back to the targeted margin, and with 2
     classes APGD-T is targeted APGD toward the only other class.
     """
+
+    @classmethod
+    def small(cls) -> APGDT:
+        """A tiny configuration for contract tests and smoke runs."""
+        return cls(threat=LinfBall(eps=0.1), num_steps=3, num_target_classes=2)
 
     threat: Any
     num_steps: int = static(default=100)

@@ -64,6 +64,11 @@ class AutoAttack(AbstractAttack):
         True
     """
 
+    @classmethod
+    def small(cls) -> AutoAttack:
+        """A tiny configuration for contract tests and smoke runs."""
+        return cls.standard(LinfBall(eps=0.1), num_steps=3)
+
     threat: Any
     attacks: tuple
 

@@ -41,6 +41,11 @@ class FMN(AbstractAttack):
         gamma_init, gamma_final: cosine-annealed factor by which the radius grows or shrinks.
     """
 
+    @classmethod
+    def small(cls) -> FMN:
+        """A tiny configuration for contract tests and smoke runs."""
+        return cls(threat=LinfBall(eps=0.1), num_steps=3)
+
     threat: Any
     num_steps: int = static(default=100)
     alpha_init: float = 1.0

@@ -12,6 +12,7 @@ from jaxadv import losses as L
 from jaxadv._struct import pytree_dataclass, static
 from jaxadv.attacks.base import AbstractAttack, register
 from jaxadv.result import AttackResult, finalize
+from jaxadv.threats import LinfBall
 
 Array = jax.Array
 
@@ -59,6 +60,11 @@ class FGSM(AbstractAttack):
         0.1...
     """
 
+    @classmethod
+    def small(cls) -> FGSM:
+        """A tiny configuration for contract tests and smoke runs."""
+        return cls(threat=LinfBall(eps=0.1))
+
     threat: Any
     loss: str | Callable = static(default="ce")
 
@@ -105,6 +111,11 @@ class PGD(AbstractAttack):
         >>> res.adv.shape, res.success.dtype
         ((2, 2, 2, 1), dtype('bool'))
     """
+
+    @classmethod
+    def small(cls) -> PGD:
+        """A tiny configuration for contract tests and smoke runs."""
+        return cls(threat=LinfBall(eps=0.1), num_steps=3)
 
     threat: Any
     step_size: float | Array | None = None
