@@ -225,7 +225,12 @@ def _cmd_attack(args: argparse.Namespace) -> int:
     out = pathlib.Path(args.out)
     report.write_json(
         out / "results.json",
-        {"manifest": report.manifest(seed=args.seed, args=vars(args)), "rows": rows},
+        {
+            "manifest": report.manifest(
+                seed=args.seed, args={k: v for k, v in vars(args).items() if k != "func"}
+            ),
+            "rows": rows,
+        },
     )
     report.write_csv(out / "results.csv", rows)
     print(
@@ -244,15 +249,21 @@ def _cmd_train(args: argparse.Namespace) -> int:
     import jaxadv
     from jaxadv import checkpoint, train
 
+    if args.data == "default":
+        raise CLIError(
+            "the embedded default holds only the 624 test images; train on a MedMNIST file, "
+            "e.g. --data pneumoniamnist.npz"
+        )
     ds = _dataset(args.data, "train", args.image_size, args.channels)
-    val = (
-        _dataset(args.data, "test", args.image_size, args.channels)
-        if args.data != "default"
-        else None
-    )
-    x, y = ds.arrays()
+    is_folder = pathlib.Path(args.data).is_dir()
+    val = None if is_folder else _dataset(args.data, "test", args.image_size, args.channels)
     if args.num_examples:
-        x, y = x[: args.num_examples], y[: args.num_examples]
+        # a fixed random subset: stored splits can be sorted by label
+        rng = np.random.default_rng(args.seed)
+        pick = np.sort(rng.permutation(len(ds))[: args.num_examples])
+        x, y = ds.get(pick)
+    else:
+        x, y = ds.arrays()
     arch = args.arch
     kwargs = {"num_classes": ds.num_classes, "in_channels": x.shape[-1]}
     if arch == "small_cnn":

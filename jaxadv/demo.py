@@ -31,8 +31,8 @@ def suite(num_steps: int = 20) -> dict[str, Any]:
     t = jaxadv.LinfBall(eps=0.0)
     return {
         "FGSM": jaxadv.FGSM(threat=t),
-        f"PGD-{num_steps}": jaxadv.PGD(threat=t, num_steps=num_steps),
-        f"APGD-CE-{num_steps}": jaxadv.APGD(threat=t, num_steps=num_steps, loss="ce"),
+        "PGD": jaxadv.PGD(threat=t, num_steps=num_steps),
+        "APGD-CE": jaxadv.APGD(threat=t, num_steps=num_steps, loss="ce"),
         "AutoAttack": jaxadv.AutoAttack.standard(t, num_steps=num_steps),
     }
 

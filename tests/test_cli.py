@@ -1,0 +1,156 @@
+"""The command line: demo on a reduced setting, attack and train, bad flags and missing files."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from jaxadv.cli import main
+
+
+def test_demo_reduced(tmp_path, capsys):
+    out = tmp_path / "demo"
+    rc = main(
+        [
+            "demo",
+            "--out",
+            str(out),
+            "--num-examples",
+            "16",
+            "--eps",
+            "0,8",
+            "--attacks",
+            "FGSM,PGD",
+            "--models",
+            "small_cnn_clean",
+            "--num-steps",
+            "5",
+            "--quiet",
+        ]
+    )
+    assert rc == 0
+    for f in ("results.json", "results.csv", "robust_accuracy.png", "examples.png"):
+        assert (out / f).stat().st_size > 0, f
+    res = json.loads((out / "results.json").read_text())
+    rows = res["rows"]
+    assert {r["attack"] for r in rows} == {"FGSM", "PGD"}
+    assert res["manifest"]["jax"] and res["manifest"]["num_examples"] == 16
+    zero = [r for r in rows if r["eps"] == 0]
+    assert all(r["robust_accuracy"] == r["clean_accuracy"] for r in zero)
+    pgd8 = next(r for r in rows if r["attack"] == "PGD" and r["eps"] > 0)
+    assert pgd8["robust_accuracy"] < pgd8["clean_accuracy"]
+    assert (out / "robust_accuracy.png").read_bytes()[:4] == b"\x89PNG"
+    table = capsys.readouterr().out
+    assert "robust_accuracy" in table and "PGD" in table
+
+
+def test_demo_config_file(tmp_path):
+    cfg = tmp_path / "demo.yaml"
+    cfg.write_text(
+        "num_examples: 8\neps: '0,2'\nattacks: FGSM\nmodels: small_cnn_pgdat\nquiet: true\n"
+    )
+    out = tmp_path / "o"
+    assert main(["demo", "--out", str(out), "--config", str(cfg)]) == 0
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert {r["model"] for r in rows} == {"small_cnn_pgdat"} and len(rows) == 2
+
+
+def test_attack_on_default(tmp_path):
+    out = tmp_path / "a"
+    rc = main(
+        [
+            "attack",
+            "--attack",
+            "pgd",
+            "--eps",
+            "0,4",
+            "--num-examples",
+            "20",
+            "--batch-size",
+            "8",
+            "--num-steps",
+            "3",
+            "--out",
+            str(out),
+            "--quiet",
+        ]
+    )
+    assert rc == 0
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert [r["eps_255"] for r in rows] == [0.0, 4.0]
+    assert rows[0]["robust_accuracy"] >= rows[1]["robust_accuracy"]
+
+
+def test_train_then_attack_checkpoint(tmp_path, pneumonia_path):
+    ckpt = tmp_path / "m.msgpack"
+    rc = main(
+        [
+            "train",
+            "--data",
+            str(pneumonia_path),
+            "--epochs",
+            "1",
+            "--num-examples",
+            "256",
+            "--batch-size",
+            "64",
+            "--out",
+            str(ckpt),
+            "--quiet",
+        ]
+    )
+    assert rc == 0 and ckpt.exists()
+    rc = main(
+        [
+            "attack",
+            "--model",
+            str(ckpt),
+            "--attack",
+            "fgsm",
+            "--eps",
+            "2",
+            "--num-examples",
+            "8",
+            "--out",
+            str(tmp_path / "a"),
+            "--quiet",
+        ]
+    )
+    assert rc == 0
+
+
+@pytest.mark.parametrize(
+    "argv, msg",
+    [
+        (["attack", "--attack", "nope", "--num-examples", "2"], "unknown attack"),
+        (["attack", "--eps", "a,b"], "--eps"),
+        (["attack", "--eps", "-1"], "non-negative"),
+        (["attack", "--data", "/nonexistent/x.npz"], "no such file"),
+        (["attack", "--model", "/nonexistent/m.msgpack"], "not found"),
+        (["attack", "--norm", "l7", "--num-examples", "2"], "--norm"),
+        (["demo", "--out", "/tmp/x", "--config", "/nonexistent.yaml"], "config file not found"),
+        (["train", "--out", "/tmp/m.msgpack"], "only the 624 test images"),
+    ],
+)
+def test_bad_input_exits_2(argv, msg, capsys, tmp_path):
+    if "--out" not in argv:
+        argv = [*argv, "--out", str(tmp_path / "o")]
+    assert main(argv) == 2
+    assert msg in capsys.readouterr().err
+
+
+def test_unknown_config_key(tmp_path, capsys):
+    cfg = tmp_path / "c.json"
+    cfg.write_text('{"num_exampels": 3}')
+    assert main(["demo", "--out", str(tmp_path / "o"), "--config", str(cfg)]) == 2
+    assert "num_exampels" in capsys.readouterr().err
+
+
+def test_bad_flag_and_module_entry_point():
+    r = subprocess.run([sys.executable, "-m", "jaxadv", "demo"], capture_output=True, text=True)
+    assert r.returncode == 2 and "--out" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "jaxadv", "--help"], capture_output=True, text=True)
+    assert r.returncode == 0 and "demo" in r.stdout
