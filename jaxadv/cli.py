@@ -78,6 +78,34 @@ def _progress_enabled(quiet: bool) -> bool:
     return not quiet and sys.stderr.isatty()
 
 
+class _Bar:
+    """A rich progress bar with ETA on stderr (only when stderr is a terminal)."""
+
+    def __init__(self, total: int, desc: str):
+        from rich.console import Console
+        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self._p = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total}"),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+        )
+        self._p.start()
+        self._t = self._p.add_task(desc, total=total)
+
+    def advance(self) -> None:
+        self._p.advance(self._t)
+
+    def close(self) -> None:
+        self._p.stop()
+
+
+def _progress_bar(total: int, desc: str, quiet: bool) -> _Bar | None:
+    return _Bar(total, desc) if _progress_enabled(quiet) else None
+
+
 def _say(quiet: bool):
     def say(msg: str) -> None:
         if not quiet:
@@ -196,6 +224,7 @@ def _cmd_attack(args: argparse.Namespace) -> int:
     successes: list[np.ndarray] = []
     summaries = []
     t0 = time.perf_counter()
+    bar = _progress_bar(len(batches), f"{args.attack} on {n} images", args.quiet)
     for bi, start in enumerate(batches):
         idx = np.arange(start, min(start + args.batch_size, n))
         xb, yb = ds.get(idx)
@@ -205,9 +234,15 @@ def _cmd_attack(args: argparse.Namespace) -> int:
         for i in range(len(eps)):
             r = jax.tree_util.tree_map(lambda a, i=i: a[i], curve.result)
             summaries.append((i, len(idx), metrics.summarize(model, x, y, r)))
-        say(
-            f"batch {bi + 1}/{len(batches)}  {idx[-1] + 1}/{n} images  {time.perf_counter() - t0:.1f}s"
-        )
+        if bar is not None:
+            bar.advance()
+        else:
+            say(
+                f"batch {bi + 1}/{len(batches)}  {idx[-1] + 1}/{n} images  {time.perf_counter() - t0:.1f}s"
+            )
+    if bar is not None:
+        bar.close()
+
     succ = np.concatenate(successes, axis=1)
     rows = []
     for i, e in enumerate(eps):
