@@ -7,6 +7,8 @@ Attacks maximise their loss; success means misclassified (or classified as the t
 
 from jaxadv import checkpoint, data, losses, metrics
 from jaxadv.attacks import APGD, APGDT, FGSM, FMN, PGD, REGISTRY, AbstractAttack, AutoAttack
+from jaxadv.attacks.evolution import DGDE, OnePixel
+from jaxadv.attacks.sparse_threat import L0Pixels
 from jaxadv.eps_sweep import EpsCurve, sweep_eps
 from jaxadv.metrics import (
     accuracy,
@@ -28,6 +30,7 @@ __all__ = [
     "APGD",
     "APGDT",
     "AutoAttack",
+    "DGDE",
     "EpsCurve",
     "FMN",
     "FGSM",
@@ -35,10 +38,12 @@ __all__ = [
     "REGISTRY",
     "AbstractAttack",
     "AttackResult",
+    "L0Pixels",
     "L1Ball",
     "L2Ball",
     "LinfBall",
     "Model",
+    "OnePixel",
     "SanityWarning",
     "check_model",
     "from_apply",
