@@ -1,4 +1,4 @@
-"""The ``jaxadv`` command line: ``demo``, ``attack`` and ``train``.
+"""The ``jaxadv`` command line: ``demo``, ``attack``, ``train``, ``sweep``, ``merge`` and ``report``.
 
 Every sub-command takes its settings from flags or from a YAML/JSON file (``--config``); flags given
 explicitly win over the file. Errors in user input exit with status 2 and a one-line message.
@@ -142,67 +142,34 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------- data / models
+# The vocabulary lives in jaxadv.sweep.vocab so that sweep configs use the same names.
 def _dataset(name: str, split: str, size: int | None, channels: int | None):
-    from jaxadv import data
+    from jaxadv.sweep.vocab import SpecError, load_dataset
 
-    if name == "default":
-        return data.load_default(channels=channels)
-    p = pathlib.Path(name)
-    if p.suffix == ".npz" or p.is_file():
-        return data.load_medmnist(p, split=split, channels=channels)
-    if p.is_dir():
-        if size is None:
-            raise CLIError("--image-size is required for an image folder")
-        return data.load_image_folder(p, size=size, channels=channels or 3)
-    if name.startswith("tfds:"):
-        return data.load_tfds(name[5:], split=split, size=size, channels=channels)
-    raise CLIError(
-        f"data {name!r} not found: give 'default', a MedMNIST .npz file, an image folder "
-        "(one sub-folder per class) or tfds:NAME"
-    )
+    try:
+        return load_dataset(name, split, size, channels)
+    except SpecError as e:
+        raise CLIError(str(e)) from e
 
 
 def _model(spec: str):
-    from jaxadv import checkpoint
-
-    if spec in checkpoint.REFERENCE_MODELS:
-        return checkpoint.reference_model(spec)
-    p = pathlib.Path(spec)
-    if not p.exists():
-        raise CLIError(
-            f"model {spec!r} not found: give a shipped reference model "
-            f"({', '.join(checkpoint.REFERENCE_MODELS)}) or a checkpoint saved by `jaxadv train`"
-        )
-    from jaxadv.models import from_nnx
+    from jaxadv.sweep.vocab import SpecError, load_model
 
     try:
-        module, meta = checkpoint.load(p)
-    except checkpoint.CheckpointError as e:
+        return load_model(spec)
+    except SpecError as e:
         raise CLIError(str(e)) from e
-    return from_nnx(module, mean=meta.get("mean"), std=meta.get("std"))
 
 
 def _attack(name: str, eps: float, args: argparse.Namespace):
-    import jaxadv
+    from jaxadv.sweep.vocab import SpecError, make_attack
 
-    norm = {"linf": jaxadv.LinfBall, "l2": jaxadv.L2Ball, "l1": jaxadv.L1Ball}.get(args.norm)
-    if norm is None:
-        raise CLIError(f"--norm must be linf, l2 or l1, got {args.norm!r}")
-    t = norm(eps=eps)
-    n = args.num_steps
-    table = {
-        "fgsm": lambda: jaxadv.FGSM(threat=t),
-        "pgd": lambda: jaxadv.PGD(threat=t, num_steps=n, num_restarts=args.restarts),
-        "apgd": lambda: jaxadv.APGD(threat=t, num_steps=n, num_restarts=args.restarts),
-        "apgd-dlr": lambda: jaxadv.APGD(threat=t, num_steps=n, loss="dlr"),
-        "apgdt": lambda: jaxadv.APGDT(threat=t, num_steps=n),
-        "fmn": lambda: jaxadv.FMN(threat=t, num_steps=n),
-        "autoattack": lambda: jaxadv.AutoAttack.standard(t, num_steps=n),
-    }
-    key = name.lower()
-    if key not in table:
-        raise CLIError(f"unknown attack {name!r}; choose from {', '.join(table)}")
-    return table[key]()
+    try:
+        return make_attack(
+            name, eps, norm=args.norm, num_steps=args.num_steps, restarts=args.restarts
+        )
+    except SpecError as e:
+        raise CLIError(str(e)) from e
 
 
 def _cmd_attack(args: argparse.Namespace) -> int:
@@ -350,6 +317,117 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- sweeps
+def _init_distributed(args: argparse.Namespace) -> None:
+    """``jax.distributed.initialize`` before anything touches a JAX backend."""
+    given = [args.coordinator, args.num_processes, args.process_id]
+    if not args.distributed and all(v is None for v in given):
+        return
+    import jax
+
+    if args.coordinator is None:
+        if any(v is not None for v in given):
+            raise CLIError("--num-processes/--process-id need --coordinator HOST:PORT")
+        jax.distributed.initialize()  # cluster auto-detection (SLURM, TPU pods, Kubernetes, ...)
+        return
+    if args.num_processes is None or args.process_id is None:
+        raise CLIError("--coordinator needs --num-processes and --process-id")
+    if not 0 <= args.process_id < args.num_processes:
+        raise CLIError(
+            f"--process-id must lie in [0, {args.num_processes - 1}], got {args.process_id}"
+        )
+    jax.distributed.initialize(
+        coordinator_address=args.coordinator,
+        num_processes=args.num_processes,
+        process_id=args.process_id,
+    )
+
+
+def _sweep_table(root: str) -> str:
+    from jaxadv import report
+    from jaxadv.sweep.report import load_sweep, summary_rows
+
+    _, cells, _ = load_sweep(root)
+    rows = summary_rows(cells)
+    cols = ("model", "dataset", "attack", "seed", "eps_255", "clean_accuracy", "robust_accuracy")
+    return report.format_table(rows, cols)
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    _init_distributed(args)
+    import jax
+
+    from jaxadv import sweep
+
+    writer = jax.process_index() == 0
+    quiet = args.quiet or not writer
+    say = _say(quiet)
+    try:
+        cfg = sweep.load_config(args.spec)
+        outcome = sweep.run_sweep(
+            cfg,
+            args.out,
+            num_shards=args.num_shards,
+            shard_index=args.shard_index,
+            force=args.force,
+            batch_size=args.batch_size,
+            progress=_progress_enabled(quiet),
+            say=say,
+        )
+    except sweep.SweepError as e:
+        raise CLIError(str(e)) from e
+    if not writer:
+        return 0
+    done = len(outcome.computed) + len(outcome.skipped)
+    if outcome.interrupted:
+        print(
+            f"jaxadv sweep: interrupted; {done} of {len(outcome.cells)} cells are saved in "
+            f"{args.out}. Run the same command again to resume.",
+            file=sys.stderr,
+        )
+        return 130
+    shard = f" (shard {args.shard_index} of {args.num_shards})" if args.num_shards > 1 else ""
+    print(_sweep_table(args.out))
+    msg = (
+        f"\n{len(outcome.computed)} cells computed, {len(outcome.skipped)} resumed{shard}, "
+        f"{outcome.seconds:.1f}s; results in {args.out}"
+    )
+    if args.num_shards > 1:
+        msg += ". Combine the shards with `jaxadv merge DIR... --out MERGED`."
+    elif not args.no_report:
+        msg += f"; report {sweep.write_report(args.out)}"
+    print(msg)
+    return 0
+
+
+def _cmd_merge(args: argparse.Namespace) -> int:
+    from jaxadv import sweep
+
+    try:
+        res = sweep.merge(args.dirs, args.out, allow_identical=args.allow_duplicates)
+    except sweep.SweepError as e:
+        raise CLIError(str(e)) from e
+    msg = f"merged {res.total - len(res.missing)} of {res.total} cells into {res.out}"
+    if res.missing:
+        shown = ", ".join(res.missing[:10]) + (" ..." if len(res.missing) > 10 else "")
+        print(f"jaxadv merge: warning: {len(res.missing)} cells missing: {shown}", file=sys.stderr)
+    elif not args.no_report:
+        msg += f"; report {sweep.write_report(res.out)}"
+    print(msg)
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from jaxadv import sweep
+
+    try:
+        path = sweep.write_report(args.dir, args.out)
+    except sweep.SweepError as e:
+        raise CLIError(str(e)) from e
+    print(f"wrote {path} and {path.with_suffix('.md')} (+ CSV/JSONL exports) in {path.parent}")
+    return 0
+
+
 # ----------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -423,6 +501,54 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", required=True, help="checkpoint path (.msgpack)")
     t.add_argument("--quiet", action="store_true")
     t.set_defaults(func=_cmd_train)
+
+    from jaxadv.sweep.config import builtin_names
+
+    sw = sub.add_parser(
+        "sweep",
+        help="run a robustness grid (models x data x attacks x eps x seeds) from a config",
+        description="Run a robustness grid from a YAML/JSON config on every local device; "
+        "finished cells are saved as they complete, so re-running the command resumes. "
+        f"Built-in configs: {', '.join(builtin_names())}. See docs/sweeps.md.",
+    )
+    sw.add_argument("spec", metavar="CONFIG", help="a YAML/JSON file or a built-in config name")
+    sw.add_argument("--out", required=True, help="sweep folder (created; resumed if it exists)")
+    sw.add_argument("--num-shards", type=int, default=1, help="split the cells into N shards...")
+    sw.add_argument("--shard-index", type=int, default=0, help="...and run shard I (0-based)")
+    sw.add_argument(
+        "--force",
+        action="store_true",
+        help="resume although the config changed (keeps "
+        "unchanged finished cells, moves the others aside)",
+    )
+    sw.add_argument("--batch-size", type=int, default=None, help="override the config's")
+    sw.add_argument("--no-report", action="store_true", help="do not write the report at the end")
+    sw.add_argument("--coordinator", default=None, help="HOST:PORT of process 0 (multi-host)")
+    sw.add_argument("--num-processes", type=int, default=None, help="processes in the job")
+    sw.add_argument("--process-id", type=int, default=None, help="this process (0 writes)")
+    sw.add_argument(
+        "--distributed",
+        action="store_true",
+        help="jax.distributed.initialize() with cluster auto-detection",
+    )
+    sw.add_argument("--quiet", action="store_true")
+    sw.set_defaults(func=_cmd_sweep)
+
+    mg = sub.add_parser("merge", help="combine sweep folders (shards) of one config")
+    mg.add_argument("dirs", nargs="+", metavar="DIR", help="sweep folders to combine")
+    mg.add_argument("--out", required=True, help="merged folder (new, or one of the DIRs)")
+    mg.add_argument(
+        "--allow-duplicates",
+        action="store_true",
+        help="accept a cell present in several folders when its results are identical",
+    )
+    mg.add_argument("--no-report", action="store_true")
+    mg.set_defaults(func=_cmd_merge)
+
+    rp = sub.add_parser("report", help="write the HTML/Markdown report of a sweep folder")
+    rp.add_argument("dir", metavar="DIR", help="a sweep folder")
+    rp.add_argument("--out", default=None, help="report folder (default DIR/report)")
+    rp.set_defaults(func=_cmd_report)
     return p
 
 

@@ -1,0 +1,491 @@
+"""Sweep configs: parsing, validation with clear errors, hashing, and expansion into cells.
+
+A config is a YAML or JSON mapping (see ``docs/sweeps.md``)::
+
+    name: smoke
+    seeds: [0]
+    batch_size: 64
+    eps: [0, 2, 8]          # in 1/255 units (eps_scale: 255); "8/255" strings also work
+    models: [small_cnn_clean, small_cnn_pgdat]
+    datasets: [{data: default, num_examples: 64}]
+    attacks: [fgsm, {attack: pgd, num_steps: 5}]
+
+A *cell* is one (model, dataset, attack with its whole eps grid, seed); its id is built from the
+labels (stable, readable, a file name) and its hash from everything that decides its results.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import math
+import pathlib
+import re
+from collections.abc import Mapping, Sequence
+from importlib import resources
+from typing import Any
+
+from jaxadv.sweep.vocab import NORMS, SpecError, check_dataset_name, check_model_name, make_attack
+
+FORMAT = "jaxadv-sweep/1"
+
+#: Settings that change neither which cells exist nor their per-example results: a resumed sweep
+#: may change them freely (results do not depend on the batch size, by construction).
+UNHASHED = ("name", "description", "batch_size", "num_images")
+
+_TOP = {
+    "name": "a short name for the report",
+    "description": "free text for the report",
+    "seed": "one PRNG seed (or use seeds)",
+    "seeds": "list of PRNG seeds: one cell per seed",
+    "batch_size": "examples per device batch step (default 128)",
+    "num_images": "adversarial examples kept per cell for image grids (default 6)",
+    "num_examples": "default number of examples per data set (default: all)",
+    "split": "default split (default test)",
+    "norm": "default threat model: linf, l2 or l1",
+    "eps": "default eps grid",
+    "eps_scale": "eps numbers are divided by this (default 255: 1/255 units)",
+    "num_steps": "default iterations of iterative attacks (default 20)",
+    "restarts": "default restarts (default 1)",
+    "models": "list of models",
+    "datasets": "list of data sets",
+    "attacks": "list of attacks",
+}
+_MODEL_KEYS = {"model", "label"}
+_DATA_KEYS = {
+    "data",
+    "label",
+    "split",
+    "num_examples",
+    "subset",
+    "subset_seed",
+    "image_size",
+    "channels",
+}
+_ATTACK_KEYS = {
+    "attack",
+    "label",
+    "norm",
+    "eps",
+    "eps_scale",
+    "num_steps",
+    "restarts",
+    "black_box",
+    "options",
+}
+
+
+class ConfigError(ValueError):
+    """The sweep config is invalid; the message names the offending entry and what to do."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    """One unit of work: a model, a data set, an attack with its eps grid, and a seed.
+
+    Attributes:
+        id: stable readable id ``model__data__attack__seedS`` (also the result file's name).
+        hash: 16 hex digits over everything that decides the cell's results.
+        model: the normalised model entry (``label``, ``model``).
+        dataset: the normalised data entry (``label``, ``data``, ``split``, ``num_examples``, ...).
+        attack: the normalised attack entry (``label``, ``attack``, ``norm``, ``eps``, ...).
+        seed: the PRNG seed; example ``i`` of the data set uses ``fold_in(key(seed), i)``.
+    """
+
+    id: str
+    hash: str
+    model: dict
+    dataset: dict
+    attack: dict
+    seed: int
+
+    def spec(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "hash": self.hash,
+            "model": self.model,
+            "dataset": self.dataset,
+            "attack": self.attack,
+            "seed": self.seed,
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepConfig:
+    """A validated config.
+
+    Attributes:
+        data: the normalised config (a JSON-able dict: defaults filled in, eps in pixel units).
+        base_dir: folder relative paths in the config are resolved against.
+        source: where the config came from (a path or ``builtin:NAME``).
+    """
+
+    data: dict
+    base_dir: str
+    source: str
+
+    @property
+    def name(self) -> str:
+        return self.data["name"]
+
+    @property
+    def batch_size(self) -> int:
+        return self.data["batch_size"]
+
+    @property
+    def num_images(self) -> int:
+        return self.data["num_images"]
+
+    @property
+    def hash(self) -> str:
+        return config_hash(self.data)
+
+    def resolve(self, path_or_name: str) -> str:
+        """A relative path in the config, resolved against the config's folder."""
+        if path_or_name == "default" or path_or_name.startswith("tfds:"):
+            return path_or_name
+        from jaxadv import checkpoint
+
+        if path_or_name in checkpoint.REFERENCE_MODELS:
+            return path_or_name
+        p = pathlib.Path(path_or_name).expanduser()
+        return str(p if p.is_absolute() else pathlib.Path(self.base_dir) / p)
+
+    def cells(self) -> list[Cell]:
+        return expand(self)
+
+
+# ----------------------------------------------------------------------------- hashing
+def canonical_json(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+def sha256(obj: Any) -> str:
+    return hashlib.sha256(canonical_json(obj).encode()).hexdigest()
+
+
+def config_hash(data: Mapping[str, Any]) -> str:
+    """Hash of the parts of a normalised config that decide cells and results."""
+    return sha256({k: v for k, v in data.items() if k not in UNHASHED})[:16]
+
+
+def diff_keys(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
+    """Top-level keys (outside :data:`UNHASHED`) whose values differ."""
+    keys = (set(a) | set(b)) - set(UNHASHED)
+    return sorted(k for k in keys if a.get(k) != b.get(k))
+
+
+# ----------------------------------------------------------------------------- loading
+def builtin_names() -> list[str]:
+    root = resources.files("jaxadv").joinpath("configs")
+    try:
+        return sorted(p.name.rsplit(".", 1)[0] for p in root.iterdir() if p.name.endswith(".yaml"))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def load_config(source: str | pathlib.Path | Mapping[str, Any]) -> SweepConfig:
+    """Parse and validate a config: a file path (``.yaml``/``.yml``/``.json``), the name of a
+    built-in config (``jaxadv/configs/NAME.yaml``, e.g. ``'smoke'``) or a mapping.
+
+    Raises:
+        ConfigError: unreadable file, unknown name, or invalid content (the message names the
+            entry, e.g. ``attacks[1].num_steps``).
+    """
+    if isinstance(source, Mapping):
+        return validate(source, base_dir=str(pathlib.Path.cwd()), source="<dict>")
+    s = str(source)
+    p = pathlib.Path(s).expanduser()
+    if p.is_file():
+        return validate(_parse(p.read_text(), p.suffix, str(p)), base_dir=str(p.parent), source=s)
+    if p.exists():
+        raise ConfigError(f"sweep config {s!r} is not a file")
+    if re.fullmatch(r"[A-Za-z0-9_-]+", s):
+        res = resources.files("jaxadv").joinpath("configs").joinpath(f"{s}.yaml")
+        if res.is_file():
+            return validate(
+                _parse(res.read_text(), ".yaml", f"builtin:{s}"),
+                base_dir=str(pathlib.Path.cwd()),
+                source=f"builtin:{s}",
+            )
+    raise ConfigError(
+        f"sweep config {s!r} is neither a file nor a built-in config; built-in configs: "
+        f"{', '.join(builtin_names()) or '(none installed)'}"
+    )
+
+
+def _parse(text: str, suffix: str, where: str) -> Any:
+    try:
+        if suffix == ".json":
+            return json.loads(text)
+        import yaml
+
+        return yaml.safe_load(text)
+    except Exception as e:  # noqa: BLE001 - any parse error becomes one clear message
+        raise ConfigError(f"cannot parse sweep config {where}: {e}") from e
+
+
+# ----------------------------------------------------------------------------- validation
+def _int(v: Any, where: str, *, lo: int = 0, none_ok: bool = False) -> int | None:
+    if v is None and none_ok:
+        return None
+    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+        raise ConfigError(f"{where}: must be an integer >= {lo}, got {v!r}")
+    return int(v)
+
+
+def _str(v: Any, where: str) -> str:
+    if not isinstance(v, str) or not v.strip():
+        raise ConfigError(f"{where}: must be a non-empty string, got {v!r}")
+    return v.strip()
+
+
+def _keys(entry: Mapping[str, Any], allowed: set[str], where: str) -> None:
+    unknown = sorted(set(entry) - allowed)
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}"
+        )
+
+
+def parse_eps(v: Any, scale: float, where: str) -> list[float]:
+    """An eps grid: numbers (divided by ``scale``), ``'a/b'`` strings, or ``'0,2,8'``.
+
+    Returns pixel-unit floats (rounded to float32 precision so hashes are stable)."""
+    if isinstance(v, str):
+        items: Sequence[Any] = [s for s in v.split(",") if s.strip()]
+    elif isinstance(v, (int, float)) and not isinstance(v, bool):
+        items = [v]
+    elif isinstance(v, Sequence):
+        items = list(v)
+    else:
+        raise ConfigError(f"{where}: eps must be a list of numbers, got {v!r}")
+    out = []
+    for it in items:
+        if isinstance(it, bool):
+            raise ConfigError(f"{where}: eps values must be numbers, got {it!r}")
+        if isinstance(it, (int, float)):
+            val = float(it) / scale
+        elif isinstance(it, str) and re.fullmatch(r"\s*[0-9.eE+-]+\s*/\s*[0-9.eE+-]+\s*", it):
+            a, b = it.split("/")
+            try:
+                val = float(a) / float(b)
+            except (ValueError, ZeroDivisionError) as e:
+                raise ConfigError(f"{where}: cannot read eps {it!r}") from e
+        elif isinstance(it, str):
+            try:
+                val = float(it) / scale
+            except ValueError as e:
+                raise ConfigError(
+                    f"{where}: cannot read eps {it!r}; use numbers (in 1/{scale:g} units) or "
+                    "'a/b' strings"
+                ) from e
+        else:
+            raise ConfigError(f"{where}: eps values must be numbers, got {it!r}")
+        if not math.isfinite(val) or val < 0:
+            raise ConfigError(f"{where}: eps values must be finite and >= 0, got {it!r}")
+        out.append(float(f"{val:.9g}"))
+    if not out:
+        raise ConfigError(f"{where}: the eps grid is empty")
+    if len(set(out)) != len(out):
+        raise ConfigError(f"{where}: the eps grid has repeated values {out}")
+    return out
+
+
+def _label(s: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", s).strip("-") or "x"
+
+
+def _as_list(v: Any, where: str) -> list:
+    if v is None:
+        raise ConfigError(f"{where}: missing (give at least one entry)")
+    items = [v] if isinstance(v, (str, Mapping)) else v
+    if not isinstance(items, Sequence) or not items:
+        raise ConfigError(f"{where}: must be a non-empty list, got {v!r}")
+    return list(items)
+
+
+def _unique(entries: list[dict], what: str) -> None:
+    seen: dict[str, int] = {}
+    for i, e in enumerate(entries):
+        if e["label"] in seen:
+            raise ConfigError(
+                f"{what}[{i}] and {what}[{seen[e['label']]}] share the label {e['label']!r}; "
+                "give one of them a distinct 'label'"
+            )
+        seen[e["label"]] = i
+
+
+def validate(raw: Any, *, base_dir: str, source: str) -> SweepConfig:
+    """Check a parsed config and fill in defaults. See the module docstring for the format."""
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"sweep config {source} must be a mapping, got {type(raw).__name__}")
+    raw = {str(k).replace("-", "_"): v for k, v in raw.items()}
+    unknown = sorted(set(raw) - set(_TOP))
+    if unknown:
+        raise ConfigError(
+            f"unknown key(s) in sweep config: {', '.join(unknown)}; allowed: {', '.join(_TOP)}"
+        )
+    if "seed" in raw and "seeds" in raw:
+        raise ConfigError("give either 'seed' or 'seeds', not both")
+    seeds = raw.get("seeds", [raw.get("seed", 0)])
+    seeds = [_int(s, f"seeds[{i}]") for i, s in enumerate(_as_list(seeds, "seeds"))]
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"seeds: repeated values {seeds}")
+    scale = raw.get("eps_scale", 255)
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or scale <= 0:
+        raise ConfigError(f"eps_scale: must be a positive number, got {scale!r}")
+    norm = raw.get("norm", "linf")
+    default_eps = raw.get("eps")
+    out: dict[str, Any] = {
+        "format": FORMAT,
+        "name": _str(raw.get("name", pathlib.Path(source).stem or "sweep"), "name"),
+        "description": str(raw.get("description", "")),
+        "seeds": seeds,
+        "batch_size": _int(raw.get("batch_size", 128), "batch_size", lo=1),
+        "num_images": _int(raw.get("num_images", 6), "num_images"),
+    }
+    num_examples = _int(raw.get("num_examples"), "num_examples", lo=1, none_ok=True)
+    split = _str(raw.get("split", "test"), "split")
+    num_steps = _int(raw.get("num_steps", 20), "num_steps", lo=1)
+    restarts = _int(raw.get("restarts", 1), "restarts", lo=1)
+
+    models = []
+    for i, m in enumerate(_as_list(raw.get("models"), "models")):
+        where = f"models[{i}]"
+        m = {"model": m} if isinstance(m, str) else m
+        if not isinstance(m, Mapping):
+            raise ConfigError(f"{where}: must be a name/path or a mapping with 'model'")
+        _keys(m, _MODEL_KEYS, where)
+        spec = _str(m.get("model"), f"{where}.model")
+        label = _label(_str(m.get("label", pathlib.Path(spec).stem), f"{where}.label"))
+        models.append({"label": label, "model": spec})
+    _unique(models, "models")
+
+    datasets = []
+    for i, d in enumerate(_as_list(raw.get("datasets"), "datasets")):
+        where = f"datasets[{i}]"
+        d = {"data": d} if isinstance(d, str) else d
+        if not isinstance(d, Mapping):
+            raise ConfigError(f"{where}: must be a name/path or a mapping with 'data'")
+        _keys(d, _DATA_KEYS, where)
+        spec = _str(d.get("data"), f"{where}.data")
+        dsplit = _str(d.get("split", split), f"{where}.split")
+        default_label = "default" if spec == "default" else f"{pathlib.Path(spec).stem}-{dsplit}"
+        subset = d.get("subset", "first")
+        if subset not in ("first", "random"):
+            raise ConfigError(f"{where}.subset: must be 'first' or 'random', got {subset!r}")
+        channels = d.get("channels")
+        if channels not in (None, 1, 3) or isinstance(channels, bool):
+            raise ConfigError(f"{where}.channels: must be 1, 3 or absent, got {channels!r}")
+        datasets.append(
+            {
+                "label": _label(_str(d.get("label", default_label), f"{where}.label")),
+                "data": spec,
+                "split": dsplit,
+                "num_examples": _int(
+                    d.get("num_examples", num_examples),
+                    f"{where}.num_examples",
+                    lo=1,
+                    none_ok=True,
+                ),
+                "subset": subset,
+                "subset_seed": _int(d.get("subset_seed", 0), f"{where}.subset_seed"),
+                "image_size": _int(d.get("image_size"), f"{where}.image_size", lo=1, none_ok=True),
+                "channels": channels,
+            }
+        )
+    _unique(datasets, "datasets")
+
+    attacks = []
+    for i, a in enumerate(_as_list(raw.get("attacks"), "attacks")):
+        where = f"attacks[{i}]"
+        a = {"attack": a} if isinstance(a, str) else a
+        if not isinstance(a, Mapping):
+            raise ConfigError(f"{where}: must be a name or a mapping with 'attack'")
+        _keys(a, _ATTACK_KEYS, where)
+        name = _str(a.get("attack"), f"{where}.attack").lower()
+        anorm = str(a.get("norm", norm)).lower()
+        if anorm not in NORMS:
+            raise ConfigError(f"{where}.norm: must be one of {', '.join(NORMS)}, got {anorm!r}")
+        ascale = a.get("eps_scale", scale)
+        if isinstance(ascale, bool) or not isinstance(ascale, (int, float)) or ascale <= 0:
+            raise ConfigError(f"{where}.eps_scale: must be a positive number, got {ascale!r}")
+        eps_raw = a.get("eps", default_eps)
+        if eps_raw is None:
+            raise ConfigError(f"{where}: no eps grid (set 'eps' at the top or on the attack)")
+        options = a.get("options", {}) or {}
+        if not isinstance(options, Mapping):
+            raise ConfigError(f"{where}.options: must be a mapping of constructor keywords")
+        bb = a.get("black_box")
+        if bb is not None and not isinstance(bb, bool):
+            raise ConfigError(f"{where}.black_box: must be true or false, got {bb!r}")
+        entry = {
+            "label": "",
+            "attack": name,
+            "norm": anorm,
+            "eps": parse_eps(eps_raw, float(ascale), f"{where}.eps"),
+            "num_steps": _int(a.get("num_steps", num_steps), f"{where}.num_steps", lo=1),
+            "restarts": _int(a.get("restarts", restarts), f"{where}.restarts", lo=1),
+            "options": copy.deepcopy(dict(options)),
+            "black_box": bb,
+        }
+        default_label = name if anorm == "linf" else f"{name}-{anorm}"
+        entry["label"] = _label(_str(a.get("label", default_label), f"{where}.label"))
+        try:  # build it once now: unknown names and bad options fail before anything runs
+            make_attack(
+                name,
+                norm=anorm,
+                num_steps=entry["num_steps"],
+                restarts=entry["restarts"],
+                options=entry["options"],
+            )
+        except SpecError as e:
+            raise ConfigError(f"{where}: {e}") from e
+        attacks.append(entry)
+    _unique(attacks, "attacks")
+
+    out.update(models=models, datasets=datasets, attacks=attacks)
+    try:
+        canonical_json(out)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"sweep config {source}: values must be plain data ({e})") from e
+    cfg = SweepConfig(data=out, base_dir=base_dir, source=source)
+    for i, m in enumerate(models):
+        try:
+            check_model_name(cfg.resolve(m["model"]))
+        except SpecError as e:
+            raise ConfigError(f"models[{i}]: {e}") from e
+    for i, d in enumerate(datasets):
+        try:
+            check_dataset_name(cfg.resolve(d["data"]))
+        except SpecError as e:
+            raise ConfigError(f"datasets[{i}]: {e}") from e
+    return cfg
+
+
+# ----------------------------------------------------------------------------- expansion
+def expand(cfg: SweepConfig) -> list[Cell]:
+    """All cells in a fixed order (models, then data sets, then attacks, then seeds)."""
+    d = cfg.data
+    cells = []
+    for m in d["models"]:
+        for ds in d["datasets"]:
+            for a in d["attacks"]:
+                for s in d["seeds"]:
+                    cid = f"{m['label']}__{ds['label']}__{a['label']}__seed{s}"
+                    h = sha256({"model": m, "dataset": ds, "attack": a, "seed": s})[:16]
+                    cells.append(Cell(cid, h, dict(m), dict(ds), copy.deepcopy(a), int(s)))
+    return cells
+
+
+def shard_cells(cells: Sequence[Cell], num_shards: int, shard_index: int) -> list[Cell]:
+    """The cells of shard ``shard_index`` of ``num_shards`` (round robin over the fixed order, so
+    every shard gets a mix of models and attacks)."""
+    if isinstance(num_shards, bool) or not isinstance(num_shards, int) or num_shards < 1:
+        raise ConfigError(f"--num-shards must be a positive integer, got {num_shards!r}")
+    if not isinstance(shard_index, int) or not 0 <= shard_index < num_shards:
+        raise ConfigError(f"--shard-index must lie in [0, {num_shards - 1}], got {shard_index!r}")
+    return [c for i, c in enumerate(cells) if i % num_shards == shard_index]
