@@ -286,7 +286,7 @@ def test_report_contents(tmp_path):
         }
     )
     out = tmp_path / "r"
-    sweep.run_sweep(cfg, out, devices=jax.devices()[:2])
+    sweep.run_sweep(cfg, out, devices=jax.devices()[:2], progress=True)  # rich display on
     assert main(["report", str(out)]) == 0
     rep = out / "report"
     page = (rep / "report.html").read_text()
@@ -345,6 +345,9 @@ def test_sigint_then_sigkill_then_resume_on_8_devices(grid_cfg, reference, tmp_p
     stdout, stderr = p.communicate(timeout=TIMEOUT)
     assert p.returncode == 130, stderr
     assert "interrupt" in stderr and "Run the same command again to resume" in stderr
+    # not a terminal: one plain line per cell with an ETA, no rich control codes
+    assert "[1/12] small_cnn_clean__default__fgsm__seed0" in stderr and "ETA" in stderr
+    assert "\x1b[" not in stderr
     saved = _results(out)  # every file intact
     assert n <= len(saved) < 12
     m = json.loads((out / "sweep.json").read_text())
@@ -360,8 +363,9 @@ def test_sigint_then_sigkill_then_resume_on_8_devices(grid_cfg, reference, tmp_p
     )
     _wait_for_cells(p, out, len(saved))
     p.send_signal(signal.SIGKILL)
-    p.communicate(timeout=TIMEOUT)
+    _, stderr = p.communicate(timeout=TIMEOUT)
     assert p.returncode == -signal.SIGKILL
+    assert "ETA" not in stderr, stderr  # --quiet: no progress lines
     killed = _results(out)
     assert len(saved) < len(killed) < 12, "the kill should land mid-sweep"
 
