@@ -8,7 +8,11 @@ Attacks maximise their loss; success means misclassified (or classified as the t
 from jaxadv import checkpoint, data, losses, metrics
 from jaxadv.attacks import APGD, APGDT, FGSM, FMN, PGD, REGISTRY, AbstractAttack, AutoAttack
 from jaxadv.attacks.evolution import DGDE, OnePixel
+from jaxadv.attacks.hopskipjump import HopSkipJump
+from jaxadv.attacks.nes import NES
 from jaxadv.attacks.sparse_threat import L0Pixels
+from jaxadv.attacks.square import Square
+from jaxadv.attacks.zoo import ZOO
 from jaxadv.eps_sweep import EpsCurve, sweep_eps
 from jaxadv.metrics import (
     accuracy,
@@ -34,6 +38,8 @@ __all__ = [
     "EpsCurve",
     "FMN",
     "FGSM",
+    "HopSkipJump",
+    "NES",
     "PGD",
     "REGISTRY",
     "AbstractAttack",
@@ -45,6 +51,8 @@ __all__ = [
     "Model",
     "OnePixel",
     "SanityWarning",
+    "Square",
+    "ZOO",
     "check_model",
     "from_apply",
     "from_linen",

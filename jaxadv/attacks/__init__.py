@@ -6,6 +6,10 @@ from jaxadv.attacks.base import REGISTRY, AbstractAttack, example_keys, register
 from jaxadv.attacks.evolution import DGDE, OnePixel
 from jaxadv.attacks.fmn import FMN
 from jaxadv.attacks.gradient import FGSM, PGD
+from jaxadv.attacks.hopskipjump import HopSkipJump
+from jaxadv.attacks.nes import NES
+from jaxadv.attacks.square import Square
+from jaxadv.attacks.zoo import ZOO
 
 __all__ = [
     "APGD",
@@ -13,9 +17,13 @@ __all__ = [
     "DGDE",
     "FGSM",
     "FMN",
+    "HopSkipJump",
+    "NES",
     "OnePixel",
     "PGD",
     "REGISTRY",
+    "Square",
+    "ZOO",
     "AbstractAttack",
     "AutoAttack",
     "example_keys",

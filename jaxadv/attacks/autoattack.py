@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 Array = jax.Array
 
 
-def _stages_for(threat, version: str, num_steps: int):
+def _stages_for(threat, version: str, num_steps: int, square_queries: int | None = None):
     stages: list[Any] = [
         APGD(threat=threat, num_steps=num_steps, loss="ce"),
         APGDT(threat=threat, num_steps=num_steps, num_target_classes=9),
@@ -34,7 +34,10 @@ def _stages_for(threat, version: str, num_steps: int):
         stages.append(FMN(threat=threat, num_steps=num_steps))
     square = REGISTRY.get("Square")
     if square is not None and version == "standard":
-        stages.append(square(threat=threat))
+        # AutoAttack's Square runs 5000 queries next to 100-step APGD; cheaper configurations
+        # scale the budget with num_steps so the black-box stage does not dominate them.
+        nq = 50 * num_steps if square_queries is None else square_queries
+        stages.append(square(threat=threat, num_queries=max(int(nq), 2)))
     if version == "fast":
         stages = stages[:1]
     return tuple(stages)
@@ -73,9 +76,20 @@ class AutoAttack(AbstractAttack):
     attacks: tuple
 
     @classmethod
-    def standard(cls, threat, *, version: str = "standard", num_steps: int = 100) -> AutoAttack:
-        """The standard ensemble for ``threat`` (``version='fast'``: APGD-CE only)."""
-        return cls(threat=threat, attacks=_stages_for(threat, version, num_steps))
+    def standard(
+        cls,
+        threat,
+        *,
+        version: str = "standard",
+        num_steps: int = 100,
+        square_queries: int | None = None,
+    ) -> AutoAttack:
+        """The standard ensemble for ``threat`` (``version='fast'``: APGD-CE only).
+
+        ``square_queries`` is the Square stage's query budget; ``None`` means ``50 * num_steps``
+        (5000 at the default 100 steps, as in AutoAttack).
+        """
+        return cls(threat=threat, attacks=_stages_for(threat, version, num_steps, square_queries))
 
     def with_eps(self, eps):
         return replace(

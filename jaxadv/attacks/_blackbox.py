@@ -1,0 +1,112 @@
+"""Shared pieces of the black-box attacks (NES, Square, ZOO, HopSkipJump).
+
+The oracles below are the *only* way these attacks look at a model, which keeps the threat model
+honest:
+
+* score-based attacks read the probability vector ``softmax(model(x))`` (:func:`probs`), its
+  logarithm (:func:`log_probs`, computed stably; it carries no more information than the
+  probabilities) or only its ``k`` largest entries (:func:`top_k_probs`);
+* label-only attacks read the top label (:func:`labels`).
+
+None of them differentiates the model. Every image passed to an oracle is one **query**; the
+attacks charge it to its example only while that example is still active (finished examples are
+frozen: their rows are still computed in the batched program, but never used or charged).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from jaxadv._struct import replace
+
+Array = jax.Array
+
+
+def bcast(v: Array, x: Array) -> Array:
+    """Per-example values ``[B]`` (or ``[B, P]``) broadcast against ``x[B, ...]``."""
+    return v.reshape(v.shape + (1,) * (x.ndim - v.ndim))
+
+
+def bsel(mask: Array, a: Array, b: Array) -> Array:
+    """``where(mask[B], a, b)`` broadcast over the trailing axes."""
+    return jnp.where(bcast(mask, a), a, b)
+
+
+def flat_norm2(d: Array) -> Array:
+    """Per-example Euclidean norm ``[B]`` of ``d[B, ...]``."""
+    return jnp.sqrt(jnp.sum(jnp.square(d.reshape(d.shape[0], -1)), axis=1))
+
+
+# ------------------------------------------------------------------------------- oracles
+def probs(model: Any, x: Array) -> Array:
+    """Probability vectors ``[N, C]`` for images ``x[N, ...]`` (``N`` queries)."""
+    return jax.nn.softmax(model(x), axis=-1)
+
+
+def log_probs(model: Any, x: Array) -> Array:
+    """``log softmax(model(x))``: the logarithm of the probability vector, computed stably."""
+    return jax.nn.log_softmax(model(x), axis=-1)
+
+
+def labels(model: Any, x: Array) -> Array:
+    """Top-1 labels ``int32[N]`` (the only thing a label-only attack may read)."""
+    return jnp.argmax(model(x), axis=-1).astype(jnp.int32)
+
+
+def top_k_probs(model: Any, x: Array, k: int) -> Array:
+    """The probability vector with everything outside the top ``k`` set to 0 (partial
+    information: the attacker sees the ``k`` best classes and their scores only)."""
+    p = probs(model, x)
+    vals, idx = jax.lax.top_k(p, min(k, p.shape[-1]))
+    return jnp.sum(jax.nn.one_hot(idx, p.shape[-1], dtype=p.dtype) * vals[..., None], axis=-2)
+
+
+def over_population(fn: Callable[[Array], Any], xs: Array) -> Any:
+    """Evaluate ``fn`` on candidates ``xs[B, P, ...]`` as one batch ``[B*P, ...]`` and reshape the
+    result(s) back to a leading ``[B, P]``."""
+    b, p = xs.shape[:2]
+    out = fn(xs.reshape((b * p,) + xs.shape[2:]))
+    return jax.tree_util.tree_map(lambda a: a.reshape((b, p) + a.shape[1:]), out)
+
+
+def is_adversarial_label(pred: Array, y: Array, target: Array | None) -> Array:
+    """Success from a top-1 label: misclassified, or classified as the target."""
+    if target is None:
+        return pred != y
+    return pred == target
+
+
+# ----------------------------------------------------------------------------- geometry
+def fold(keys: Array, i: Any) -> Array:
+    """``fold_in`` every per-example key ``[B]`` with the same data ``i``."""
+    return jax.vmap(lambda k: jax.random.fold_in(k, i))(keys)
+
+
+def project_radius(threat: Any, x: Array, x_adv: Array, radius: Array) -> Array:
+    """Project onto ``{||x' - x|| <= radius_b} ∩ box`` with a per-example radius ``[B]``.
+
+    Norm balls are homogeneous: projecting onto the ball of radius ``r`` is ``r`` times the
+    projection of ``delta / r`` onto the unit ball, so one unit-radius threat serves every radius.
+    """
+    unit = replace(threat, eps=1.0)
+    delta = x_adv - x
+    r = bcast(radius.astype(x.dtype), x)
+    finite = jnp.isfinite(r) & (r > 0)
+    safe = jnp.where(finite, r, jnp.ones_like(r))
+    scaled = unit.project_ball(delta / safe) * safe
+    delta = jnp.where(finite, scaled, jnp.where(r > 0, delta, jnp.zeros_like(delta)))
+    return threat.clip_box(x + delta)
+
+
+def check_threat(threat: Any, name: str, allowed: tuple[float, ...]) -> None:
+    """Raise a helpful ``TypeError`` for a threat model the attack does not support."""
+    p = getattr(threat, "p", None)
+    if p not in allowed:
+        kinds = " or ".join(
+            {2.0: "L2Ball", float("inf"): "LinfBall", 1.0: "L1Ball"}[a] for a in allowed
+        )
+        raise TypeError(f"{name} supports {kinds} threat models, got {type(threat).__name__}")
