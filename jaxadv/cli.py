@@ -349,7 +349,7 @@ def _sweep_table(root: str) -> str:
 
     _, cells, _ = load_sweep(root)
     rows = summary_rows(cells)
-    cols = ("model", "dataset", "attack", "seed", "eps_255", "clean_accuracy", "robust_accuracy")
+    cols = ("model", "dataset", "attack", "seed", "eps_label", "clean_accuracy", "robust_accuracy")
     return report.format_table(rows, cols)
 
 

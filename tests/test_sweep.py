@@ -172,6 +172,28 @@ def test_config_eps_units_hash_and_shards():
         sweep.load_config("no_such_config")
 
 
+def test_registered_attacks_by_name_and_l0_budgets():
+    from jaxadv.attacks import REGISTRY
+    from jaxadv.sweep.vocab import attack_names, eps_label, make_attack
+
+    assert {"fgsm", "pgd", "autoattack"} <= set(attack_names())
+    assert {n.lower() for n in REGISTRY} <= {n.lower() for n in attack_names()}
+    assert type(make_attack("APGDT", 0.1, num_steps=3)).__name__ == "APGDT"
+    assert [eps_label(n, e) for n, e in [("linf", 8 / 255), ("l2", 0.5), ("l0", 3.0)]] == [
+        "8/255",
+        "0.5",
+        "3 px",
+    ]
+    if "OnePixel" not in REGISTRY:
+        pytest.skip("OnePixel is not registered in this checkout")
+    entry = {"attack": "onepixel", "norm": "l0", "eps": [1, 3], "options": {"num_generations": 2}}
+    cfg = sweep.load_config({**GRID, "attacks": [entry]})
+    a = cfg.data["attacks"][0]
+    assert a["label"] == "onepixel-l0" and a["eps"] == [1.0, 3.0]  # pixel counts, not 1/255
+    with pytest.raises(sweep.ConfigError, match="attacks\\[0\\]: attack 'onepixel'"):
+        sweep.load_config({**GRID, "attacks": [{**entry, "eps": [0]}]})
+
+
 # ----------------------------------------------------------------------------- in process
 @pytest.fixture(scope="module")
 def small_run(tmp_path_factory) -> tuple[sweep.SweepConfig, pathlib.Path]:

@@ -410,7 +410,8 @@ def validate(raw: Any, *, base_dir: str, source: str) -> SweepConfig:
         anorm = str(a.get("norm", norm)).lower()
         if anorm not in NORMS:
             raise ConfigError(f"{where}.norm: must be one of {', '.join(NORMS)}, got {anorm!r}")
-        ascale = a.get("eps_scale", scale)
+        # L0 budgets are pixel counts: no 1/255 units unless the attack says so
+        ascale = a.get("eps_scale", 1 if anorm == "l0" else scale)
         if isinstance(ascale, bool) or not isinstance(ascale, (int, float)) or ascale <= 0:
             raise ConfigError(f"{where}.eps_scale: must be a positive number, got {ascale!r}")
         eps_raw = a.get("eps", default_eps)
@@ -437,6 +438,7 @@ def validate(raw: Any, *, base_dir: str, source: str) -> SweepConfig:
         try:  # build it once now: unknown names and bad options fail before anything runs
             make_attack(
                 name,
+                max(entry["eps"]),  # some attacks check their budget (OnePixel: eps >= num_pixels)
                 norm=anorm,
                 num_steps=entry["num_steps"],
                 restarts=entry["restarts"],

@@ -30,8 +30,9 @@ import numpy as np
 
 from jaxadv import report as _out
 from jaxadv.sweep.config import SweepConfig, expand
-from jaxadv.sweep.runner import PER_EPS
+from jaxadv.sweep.runner import PER_EPS, summarize_cell
 from jaxadv.sweep.storage import SweepDir, SweepError, decode_array, decode_images, write_atomic
+from jaxadv.sweep.vocab import eps_label
 
 
 @dataclasses.dataclass
@@ -57,6 +58,9 @@ class CellData:
 
 def decode(rec: Mapping[str, Any]) -> CellData:
     c, r = rec["cell"], rec["results"]
+    eps = [float(e) for e in c["attack"]["eps"]]
+    cc = decode_array(r["clean_correct"], np.bool_)
+    per_eps = {k: decode_array(r[k], dt) for k, dt in PER_EPS.items()}
     return CellData(
         id=c["id"],
         model=c["model"]["label"],
@@ -64,13 +68,14 @@ def decode(rec: Mapping[str, Any]) -> CellData:
         attack=c["attack"]["label"],
         norm=c["attack"]["norm"],
         seed=int(c["seed"]),
-        eps=[float(e) for e in c["attack"]["eps"]],
+        eps=eps,
         black_box=bool(rec.get("black_box", False)),
         indices=decode_array(r["indices"], np.int64),
         labels=decode_array(r["labels"], np.int32),
-        clean_correct=decode_array(r["clean_correct"], np.bool_),
-        per_eps={k: decode_array(r[k], dt) for k, dt in PER_EPS.items()},
-        summary=list(rec.get("summary") or []),
+        clean_correct=cc,
+        per_eps=per_eps,
+        # recomputed from the per-example arrays (the checksummed part of the record)
+        summary=summarize_cell(eps, {**per_eps, "clean_correct": cc}, c["attack"]["norm"]),
         samples=rec.get("samples"),
         run=dict(rec.get("run") or {}),
     )
@@ -156,6 +161,7 @@ def worst_case(cells: Sequence[CellData]) -> tuple[list[dict], list[dict]]:
                 "norm": norm,
                 "eps": e,
                 "eps_255": round(e * 255, 3),
+                "eps_label": eps_label(norm, e),
                 "num_examples": len(common),
                 "attacks": len(per_attack),
                 "clean_accuracy": float(np.mean([clean[i] for i in common])),
@@ -222,17 +228,32 @@ def _png(fig: Any) -> bytes:
     return buf.getvalue()
 
 
+def _x(norm: str, eps: Any) -> np.ndarray:
+    """Budgets in the unit of the axis: 1/255 for L-inf, as given for the others."""
+    e = np.asarray(eps, np.float64)
+    return e * 255 if norm == "linf" else e
+
+
+_XLABEL = {
+    "linf": "eps (× 1/255, L∞)",
+    "l2": "eps (L2)",
+    "l1": "eps (L1)",
+    "l0": "changed pixels (L0)",
+}
+
+
 def robustness_figure(cells: Sequence[CellData], wc_rows: Sequence[dict], dataset: str) -> bytes:
-    """One panel per model: robust accuracy vs eps per attack (mean over seeds, min-max band) and
-    the worst case over attacks (dashed)."""
+    """One panel per model and threat model: robust accuracy vs eps per attack (mean over seeds,
+    min-max band) and the worst case over attacks (dashed)."""
     plt = _plt()
-    models = list(dict.fromkeys(c.model for c in cells if c.dataset == dataset))
-    fig, axes = plt.subplots(1, len(models), figsize=(4.6 * len(models), 3.6), squeeze=False)
-    for ax, model in zip(axes[0], models, strict=True):
-        mine = [c for c in cells if c.model == model and c.dataset == dataset]
+    mine_ds = [c for c in cells if c.dataset == dataset]
+    panels = list(dict.fromkeys((c.model, c.norm) for c in mine_ds))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.6), squeeze=False)
+    for ax, (model, norm) in zip(axes[0], panels, strict=True):
+        mine = [c for c in mine_ds if c.model == model and c.norm == norm]
         for attack in dict.fromkeys(c.attack for c in mine):
             runs = [c for c in mine if c.attack == attack]
-            eps = np.asarray(runs[0].eps) * 255
+            eps = _x(norm, runs[0].eps)
             accs = np.asarray([[s["robust_accuracy"] for s in c.summary] for c in runs])
             order = np.argsort(eps)
             (line,) = ax.plot(eps[order], accs.mean(0)[order], marker="o", label=attack)
@@ -244,21 +265,16 @@ def robustness_figure(cells: Sequence[CellData], wc_rows: Sequence[dict], datase
                     color=line.get_color(),
                     alpha=0.2,
                 )
-        for norm in dict.fromkeys(c.norm for c in mine):
-            wc = [
-                r
-                for r in wc_rows
-                if (r["model"], r["dataset"], r["norm"]) == (model, dataset, norm)
-            ]
-            if wc and max(r["attacks"] for r in wc) > 1:
-                ax.plot(
-                    [r["eps_255"] for r in wc],
-                    [r["worst_case_robust_accuracy"] for r in wc],
-                    "k--",
-                    label=f"worst case ({norm})",
-                )
+        wc = [r for r in wc_rows if (r["model"], r["dataset"], r["norm"]) == (model, dataset, norm)]
+        if wc and max(r["attacks"] for r in wc) > 1:
+            ax.plot(
+                _x(norm, [r["eps"] for r in wc]),
+                [r["worst_case_robust_accuracy"] for r in wc],
+                "k--",
+                label="worst case",
+            )
         ax.set_title(f"{model} on {dataset}", fontsize=9)
-        ax.set_xlabel("eps (× 1/255)")
+        ax.set_xlabel(_XLABEL.get(norm, "eps"))
         ax.set_ylabel("robust accuracy")
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
@@ -285,7 +301,12 @@ def queries_figure(cells: Sequence[CellData], dataset: str) -> bytes | None:
                 continue
             grid = np.unique(np.concatenate([[0], q]))
             rate = [(s & (q <= g)).mean() for g in grid]
-            ax.step(grid, rate, where="post", label=f"{c.attack} s{c.seed} eps={c.eps[j] * 255:g}")
+            ax.step(
+                grid,
+                rate,
+                where="post",
+                label=f"{c.attack} s{c.seed} eps={eps_label(c.norm, c.eps[j])}",
+            )
         ax.set_title(f"{model} on {dataset}", fontsize=9)
         ax.set_xlabel("queries")
         ax.set_ylabel("success rate (clean-correct)")
@@ -312,7 +333,7 @@ def image_grid_png(c: CellData) -> bytes | None:
             clean,
             adv,
             labels=labels,
-            title=f"{c.model} / {c.dataset} / {c.attack} at eps {c.eps[j] * 255:g}/255 "
+            title=f"{c.model} / {c.dataset} / {c.attack} at eps {eps_label(c.norm, c.eps[j])} "
             "(✗: the attack succeeded)",
         )
         return p.read_bytes()
@@ -453,7 +474,7 @@ def write_report(root: str | os.PathLike, out: str | os.PathLike | None = None) 
         "dataset",
         "attack",
         "seed",
-        "eps_255",
+        "eps_label",
         "clean_accuracy",
         "robust_accuracy",
         "attack_success_rate",
@@ -463,7 +484,7 @@ def write_report(root: str | os.PathLike, out: str | os.PathLike | None = None) 
         "dataset",
         "attack",
         "seed",
-        "eps_255",
+        "eps_label",
         "norm_mean",
         "l2_mean",
         "linf_mean",
@@ -476,13 +497,13 @@ def write_report(root: str | os.PathLike, out: str | os.PathLike | None = None) 
             "model",
             "dataset",
             "norm",
-            "eps_255",
+            "eps_label",
             "num_examples",
             "clean_accuracy",
             "worst_case_robust_accuracy",
         ],
     )
-    wc_cols = [c for c in wc_cols if c not in ("eps",)]
+    wc_cols = [c for c in wc_cols if c not in ("eps", "eps_255")]
     title = f"jaxadv sweep: {cfg.get('name')}"
     missing_note = (
         f"{len(missing)} of {manifest.get('num_cells')} cells are not finished: "

@@ -39,7 +39,7 @@ from jaxadv.sweep.storage import (
     encode_array,
     encode_images,
 )
-from jaxadv.sweep.vocab import is_black_box, load_dataset, load_model, make_attack
+from jaxadv.sweep.vocab import eps_label, is_black_box, load_dataset, load_model, make_attack
 
 log = logging.getLogger("jaxadv.sweep")
 
@@ -216,7 +216,9 @@ def example_indices(ds: Any, entry: dict) -> np.ndarray:
     return np.arange(k, dtype=np.int64)
 
 
-def summarize_cell(eps: Sequence[float], res: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+def summarize_cell(
+    eps: Sequence[float], res: dict[str, np.ndarray], norm: str = "linf"
+) -> list[dict[str, Any]]:
     """Per-eps summary rows from a cell's per-example arrays (sizes over successful attacks: clean
     correct and fooled, as in :func:`jaxadv.metrics.summarize`)."""
     cc = np.asarray(res["clean_correct"], bool)
@@ -227,6 +229,7 @@ def summarize_cell(eps: Sequence[float], res: dict[str, np.ndarray]) -> list[dic
         row: dict[str, Any] = {
             "eps": float(e),
             "eps_255": round(float(e) * 255, 3),
+            "eps_label": eps_label(norm, float(e)),
             "num_examples": int(cc.size),
             "clean_accuracy": float(cc.mean()) if cc.size else math.nan,
             "robust_accuracy": float((~succ).mean()) if succ.size else math.nan,
@@ -425,7 +428,7 @@ def _run_cell(
     a = cell.attack
     attack = make_attack(
         a["attack"],
-        0.0,
+        max(a["eps"]),  # a valid budget to build with; every eps of the grid is swept below
         norm=a["norm"],
         num_steps=a["num_steps"],
         restarts=a["restarts"],
@@ -494,7 +497,7 @@ def _run_cell(
             "adv": encode_images(adv_sample),
         }
     dt = time.perf_counter() - t0
-    rows = summarize_cell(a["eps"], {**cat, "success": cat["success"]})
+    rows = summarize_cell(a["eps"], cat, a["norm"])
     return {
         "format": CELL_FORMAT,
         "cell": cell.spec(),

@@ -88,21 +88,41 @@ def check_model_name(spec: str) -> None:
 
 
 # ----------------------------------------------------------------------------- attacks
-NORMS = ("linf", "l2", "l1")
+NORMS = ("linf", "l2", "l1", "l0")
 
 #: Names of attacks that only query the model's outputs (their success-vs-queries curve is
 #: reported); an attack class can also declare ``black_box = True``.
-BLACK_BOX = frozenset({"square", "nes", "onepixel", "dgde", "simba", "zoo", "boundary", "hsja"})
+BLACK_BOX = frozenset(
+    {"square", "nes", "onepixel", "dgde", "simba", "zoo", "boundary", "hsja", "hopskipjump"}
+)
 
 
 def _threat(norm: str, eps: float):
     import jaxadv
 
-    classes = {"linf": jaxadv.LinfBall, "l2": jaxadv.L2Ball, "l1": jaxadv.L1Ball}
-    cls = classes.get(str(norm).lower())
-    if cls is None:
-        raise SpecError(f"--norm must be linf, l2 or l1, got {norm!r}")
-    return cls(eps=eps)
+    classes = {
+        "linf": jaxadv.LinfBall,
+        "l2": jaxadv.L2Ball,
+        "l1": jaxadv.L1Ball,
+        # at most eps changed pixels (OnePixel, DGDE); looked up lazily so the vocabulary does not
+        # depend on which attacks are installed
+        "l0": getattr(jaxadv, "L0Pixels", None),
+    }
+    key = str(norm).lower()
+    if key not in classes:
+        raise SpecError(f"--norm must be linf, l2, l1 or l0, got {norm!r}")
+    if classes[key] is None:
+        raise SpecError("norm l0 needs jaxadv.L0Pixels, which this jaxadv does not provide")
+    return classes[key](eps=eps)
+
+
+def eps_label(norm: str, eps: float) -> str:
+    """A budget as people write it: ``8/255`` (L-inf), ``0.5`` (L2, L1), ``3 px`` (L0)."""
+    if norm == "l0":
+        return f"{eps:g} px"
+    if norm == "linf":
+        return f"{round(eps * 255, 3):g}/255"
+    return f"{eps:.4g}"
 
 
 def _table() -> dict[str, Callable[..., Any]]:
@@ -165,6 +185,8 @@ def make_attack(
             return cls(threat=t, **opts)
     except TypeError as e:
         raise SpecError(f"attack {name!r} does not accept these options {sorted(opts)}: {e}") from e
+    except ValueError as e:  # the attack's own validation of its settings
+        raise SpecError(f"attack {name!r}: {e}") from e
     raise SpecError(f"unknown attack {name!r}; choose from {', '.join(attack_names())}")
 
 
