@@ -217,6 +217,38 @@ def test_device_count_and_batch_size_do_not_change_results(small_run, tmp_path):
     assert run["devices"] == 8 and run["padded_batch"] == 8
 
 
+def test_data_is_read_in_batches(monkeypatch, tmp_path):
+    """The runner asks the data set for one batch at a time (plus a 16-example input check and
+    the few images kept for the report), never for the whole evaluated subset."""
+    from jaxadv.sweep import runner
+
+    sizes: list[int] = []
+
+    class Spy:
+        def __init__(self, ds):
+            self._ds = ds
+
+        def __getattr__(self, name):
+            return getattr(self._ds, name)
+
+        def __len__(self):
+            return len(self._ds)
+
+        def get(self, idx):
+            sizes.append(len(idx))
+            return self._ds.get(idx)
+
+    real = runner.load_dataset
+    monkeypatch.setattr(runner, "load_dataset", lambda *a, **k: Spy(real(*a, **k)))
+    cfg = sweep.load_config(
+        {**SMALL, "seeds": [0], "datasets": [{"data": "default", "num_examples": 40}]}
+    )
+    sweep.run_sweep(cfg, tmp_path / "o", batch_size=4, devices=jax.devices()[:2])
+    # 40 examples in batches of 4, each read as the 2 rows of each of the 2 devices
+    assert max(sizes) == 16 and sizes.count(2) >= 20
+    assert sum(sizes) <= 40 + 16 + 2
+
+
 def test_rerun_skips_and_changed_config_is_refused(small_run, tmp_path):
     cfg, out = small_run
     again = sweep.run_sweep(cfg, out)
