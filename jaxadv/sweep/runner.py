@@ -698,16 +698,19 @@ def run_sweep(
                     if stop():
                         interrupted = len(computed) < len(pending)
                         break
+                status_word = "interrupted" if interrupted else "finished"
+            except KeyboardInterrupt:  # a second Ctrl-C: finished cells are on disk already
+                status_word = "aborted"
+                raise
+            except BaseException:
+                status_word = "failed"
+                raise
             finally:
                 ui.close()
                 if writer:
                     run_info.update(
-                        finished=_now(),
-                        computed_cells=len(computed),
-                        status="interrupted" if interrupted else "finished",
+                        finished=_now(), computed_cells=len(computed), status=status_word
                     )
-                    if not interrupted and len(computed) < len(pending):
-                        run_info["status"] = "failed"
                     store.write_manifest(manifest)
     return SweepOutcome(
         out=str(out),
