@@ -315,6 +315,10 @@ def test_shards_then_merge(small_run, tmp_path, capsys):
         assert len(r.computed) == 1
     assert main(["merge", str(s0), "--out", str(tmp_path / "part"), "--no-report"]) == 0
     assert "1 cells missing" in capsys.readouterr().err
+    # a partial merge is an ordinary sweep folder: running the config there fills the gap
+    fill = sweep.run_sweep(cfg, tmp_path / "part")
+    assert len(fill.skipped) == 1 and len(fill.computed) == 1
+    assert _results(tmp_path / "part") == _results(out)
     merged = tmp_path / "merged"
     assert main(["merge", str(s0), str(s1), "--out", str(merged)]) == 0
     assert _results(merged) == _results(out)
