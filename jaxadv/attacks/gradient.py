@@ -171,5 +171,12 @@ class PGD(AbstractAttack):
 
         best0 = (x, jnp.zeros((b,), bool), jnp.full((b,), -jnp.inf, x.dtype))
         q0 = jnp.zeros((b,), jnp.int32)
-        (adv, _, _), queries = jax.lax.fori_loop(0, self.num_restarts, restart, (best0, q0))
+        if self.num_restarts == 1:
+            # No loop around a single restart: on XLA:CPU any enclosing while loop keeps the
+            # step loop from being straight-line code even with ``unroll=True``, and inside a
+            # while body the input-gradient convolutions take a slow path (see
+            # benchmarks/loops.py). Same computation, same results.
+            (adv, _, _), queries = restart(0, (best0, q0))
+        else:
+            (adv, _, _), queries = jax.lax.fori_loop(0, self.num_restarts, restart, (best0, q0))
         return finalize(threat, model, x, adv, y, target=target, loss_fn=loss_fn, queries=queries)
