@@ -521,7 +521,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="resume although the config changed (keeps "
         "unchanged finished cells, moves the others aside)",
     )
-    sw.add_argument("--batch-size", type=int, default=None, help="override the config's")
+    sw.add_argument(
+        "--batch-size", type=int, default=None, help="examples per device per step (overrides)"
+    )
     sw.add_argument("--no-report", action="store_true", help="do not write the report at the end")
     sw.add_argument("--coordinator", default=None, help="HOST:PORT of process 0 (multi-host)")
     sw.add_argument("--num-processes", type=int, default=None, help="processes in the job")

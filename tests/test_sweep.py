@@ -197,7 +197,8 @@ def test_registered_attacks_by_name_and_l0_budgets():
 # ----------------------------------------------------------------------------- in process
 @pytest.fixture(scope="module")
 def small_run(tmp_path_factory) -> tuple[sweep.SweepConfig, pathlib.Path]:
-    """SMALL on all 8 in-process devices, batch 3 (10 examples: uneven, padded to 8 per step)."""
+    """SMALL on all 8 in-process devices, 3 examples per device (10 examples: one step of 24,
+    14 of them padding, dropped on the host)."""
     cfg = sweep.load_config(SMALL)
     out = tmp_path_factory.mktemp("small") / "all"
     res = sweep.run_sweep(cfg, out, batch_size=3)
@@ -214,7 +215,7 @@ def test_device_count_and_batch_size_do_not_change_results(small_run, tmp_path):
     assert a == b and len(a) == 2
     recs = SweepDir(out).load()
     run = next(iter(recs.values()))["run"]
-    assert run["devices"] == 8 and run["padded_batch"] == 8
+    assert run["devices"] == 8 and run["batch_size"] == 3 and run["step"] == 24
 
 
 def test_data_is_read_in_batches(monkeypatch, tmp_path):
@@ -244,8 +245,8 @@ def test_data_is_read_in_batches(monkeypatch, tmp_path):
         {**SMALL, "seeds": [0], "datasets": [{"data": "default", "num_examples": 40}]}
     )
     sweep.run_sweep(cfg, tmp_path / "o", batch_size=4, devices=jax.devices()[:2])
-    # 40 examples in batches of 4, each read as the 2 rows of each of the 2 devices
-    assert max(sizes) == 16 and sizes.count(2) >= 20
+    # 40 examples in steps of 2 devices x 4, each device's 4 rows read on their own
+    assert max(sizes) == 16 and sizes.count(4) >= 10
     assert sum(sizes) <= 40 + 16 + 2
 
 

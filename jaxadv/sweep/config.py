@@ -40,7 +40,7 @@ _TOP = {
     "description": "free text for the report",
     "seed": "one PRNG seed (or use seeds)",
     "seeds": "list of PRNG seeds: one cell per seed",
-    "batch_size": "examples per step over all devices (default 128; does not change results)",
+    "batch_size": "examples per device per step (default 128)",
     "num_images": "adversarial examples kept per cell for image grids (default 6)",
     "num_examples": "default number of examples per data set (default: all)",
     "split": "default split (default test)",

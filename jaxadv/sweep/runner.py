@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
-from jaxadv import metrics
+from jaxadv import losses, metrics
 from jaxadv.sharding import data_mesh
 from jaxadv.sweep.config import Cell, SweepConfig, diff_keys, expand, shard_cells
 from jaxadv.sweep.storage import (
@@ -48,7 +48,7 @@ PER_EPS = {
     "success": np.bool_,
     "norm": np.float32,
     "queries": np.int32,
-    "loss": np.float32,
+    "margin": np.float32,
     "l2": np.float32,
     "linf": np.float32,
     "ssim": np.float32,
@@ -83,41 +83,48 @@ class SweepOutcome:
 
 
 # ----------------------------------------------------------------------------- device program
-def _example_metrics(x: jax.Array, advs: jax.Array, ssim_win: int) -> tuple[jax.Array, jax.Array]:
-    """L2 distance and SSIM ``[E, b]`` of one device's block, one example at a time.
+def _example_metrics(model, x, y, advs, ssim_win: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Margin, L2 distance and SSIM ``[E, b]`` of one device's block, one example at a time.
 
-    Why one at a time: a reduction over ``[b, D]`` is vectorised differently for different ``b``,
-    which changes the last bit of the sums; per example the shapes (``[E, D]``) never depend on the
-    batch size or the device count, so neither do the stored numbers.
+    Why one at a time: the arithmetic XLA emits for a batched reduction or convolution depends on
+    the batch shape and on how the program around it was fused (1 device vs. several), which moved
+    the last bits of SSIM and of the attacks' own loss values between device counts. Per example
+    the shapes (``[E, ...]``) and the program are the same everywhere, so the stored numbers are.
+    The margin ``max_{j != y} z_j - z_y`` (> 0 exactly when fooled) replaces the attacks' own
+    losses, which differ between attacks anyway.
     """
 
-    def one(xa):
-        xi, ai = xa  # [H, W, K], [E, H, W, K]
+    def one(xya):
+        xi, yi, ai = xya  # [H, W, K], [], [E, H, W, K]
         xe = jnp.broadcast_to(xi[None], ai.shape)
         l2 = metrics.l2(xe, ai).astype(jnp.float32)
         if ssim_win:
             ss = metrics.ssim(xe, ai, win_size=ssim_win).astype(jnp.float32)
         else:  # images smaller than the SSIM window
             ss = jnp.full(l2.shape, jnp.nan, jnp.float32)
-        return l2, ss
+        logits = model(ai)
+        m = losses.margin(logits, jnp.broadcast_to(yi, (ai.shape[0],))).astype(jnp.float32)
+        return m, l2, ss
 
-    l2, ss = jax.lax.map(one, (x, jnp.moveaxis(advs, 1, 0)))
-    return l2.T, ss.T
+    m, l2, ss = jax.lax.map(one, (x, y, jnp.moveaxis(advs, 1, 0)))
+    return m.T, l2.T, ss.T
 
 
 @functools.partial(jax.jit, static_argnames=("mesh", "ssim_win"))
-def _metrics_step(x, advs, *, mesh, ssim_win: int):
+def _metrics_step(model, x, y, advs, *, mesh, ssim_win: int):
     axis = mesh.axis_names[0]
+    per_eps = PartitionSpec(None, axis)
     return jax.shard_map(
         functools.partial(_example_metrics, ssim_win=ssim_win),
         mesh=mesh,
-        in_specs=(PartitionSpec(axis), PartitionSpec(None, axis)),
-        out_specs=(PartitionSpec(None, axis), PartitionSpec(None, axis)),
-    )(x, advs)
+        in_specs=(PartitionSpec(), PartitionSpec(axis), PartitionSpec(axis), per_eps),
+        out_specs=(per_eps, per_eps, per_eps),
+        check_vma=False,
+    )(model, x, y, advs)
 
 
-@jax.jit
-def _attack_step(attack, eps, seed, model, idx, x, y):
+def _attack_block(attack, eps, seed, model, idx, x, y):
+    """One device's block: the attack at every eps (``vmap``), keys ``fold_in(key(seed), index)``."""
     key = jax.random.key(seed)
     keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(idx)
 
@@ -127,25 +134,45 @@ def _attack_step(attack, eps, seed, model, idx, x, y):
             "success": r.success,
             "norm": r.norm.astype(jnp.float32),
             "queries": r.queries.astype(jnp.int32),
-            "loss": r.loss.astype(jnp.float32),
             "linf": metrics.linf(x, r.adv).astype(jnp.float32),
         }
         return r.adv, per
 
-    advs, per = jax.vmap(one)(eps)  # the batch axis stays sharded (GSPMD propagates it)
+    advs, per = jax.vmap(one)(eps)
     clean = jnp.argmax(model(x), axis=1) == y
+    return advs, per, clean
+
+
+@functools.partial(jax.jit, static_argnames=("mesh",))
+def _attack_step(attack, eps, seed, model, idx, x, y, *, mesh):
+    # shard_map, not a sharded jit: each device runs the program traced at its own block shape,
+    # which is the configured per-device batch whatever the device or process count, so the
+    # compiled arithmetic (and every last bit of the results) is the same on 1 or 256 devices.
+    # check_vma=False: attacks are arbitrary per-example code (while loops whose carries start
+    # replicated); nothing here communicates between devices.
+    axis = mesh.axis_names[0]
+    rep, bat, per_eps = PartitionSpec(), PartitionSpec(axis), PartitionSpec(None, axis)
+    advs, per, clean = jax.shard_map(
+        _attack_block,
+        mesh=mesh,
+        in_specs=(rep, rep, rep, rep, bat, bat, bat),
+        out_specs=(per_eps, per_eps, bat),
+        check_vma=False,
+    )(attack, eps, seed, model, idx, x, y)
     return advs, {**per, "clean_correct": clean, "y": y}
 
 
 def _cell_step(attack, eps, seed, adv_index, model, idx, x, y, *, mesh, ssim_win: int):
-    """One padded, sharded batch at every eps: per-example arrays ``[E, B]`` / ``[B]`` and the
+    """One padded, sharded step at every eps: per-example arrays ``[E, B]`` / ``[B]`` and the
     adversarial images ``adv[B, ...]`` at ``eps[adv_index]``, all still on the devices.
 
     The metrics run as a second program on purpose: fused into the attack's program, XLA's
-    choices (which depend on the per-device batch) moved SSIM by an ulp between device counts.
+    choices moved SSIM by an ulp between batch shapes.
     """
-    advs, out = _attack_step(attack, eps, seed, model, idx, x, y)
-    out["l2"], out["ssim"] = _metrics_step(x, advs, mesh=mesh, ssim_win=ssim_win)
+    advs, out = _attack_step(attack, eps, seed, model, idx, x, y, mesh=mesh)
+    out["margin"], out["l2"], out["ssim"] = _metrics_step(
+        model, x, y, advs, mesh=mesh, ssim_win=ssim_win
+    )
     out["adv"] = advs[adv_index]
     return out
 
@@ -439,8 +466,11 @@ def _run_cell(
     adv_index = np.int32(int(np.argmax(eps)))
     n = idx.shape[0]
     ndev = res.mesh.devices.size
-    bs = min(batch_size, n)
-    bucket = -(-bs // ndev) * ndev
+    # Each device attacks blocks of exactly `per_dev` examples (the last step is padded), so the
+    # compiled shapes depend on the config and the data, never on the device count.
+    per_dev = min(batch_size, n)
+    bucket = per_dev * ndev
+    bs = min(bucket, n)
     h, w, _ = ds.image_shape
     ssim_win = 11 if min(h, w) >= 11 else 0
     # host-side input checks on a few examples (range, NaN, labels vs. the model's classes)
@@ -512,8 +542,8 @@ def _run_cell(
             "process_count": jax.process_count(),
             "devices": int(ndev),
             "device_kind": str(res.mesh.devices.flat[0].device_kind),
-            "batch_size": int(bs),
-            "padded_batch": int(bucket),
+            "batch_size": int(per_dev),
+            "step": int(bucket),
         },
     }
 
@@ -589,7 +619,8 @@ def run_sweep(
         shard_index: ...and run this one (each shard writes its own folder; ``jaxadv merge``).
         force: resume even though ``out`` holds results of a different config (unchanged finished
             cells are kept, the others moved aside as ``*.stale``).
-        batch_size: overrides the config's (does not change results).
+        batch_size: examples per device per step; overrides the config's (does not change
+            which examples are attacked with which keys; see docs/sweeps.md on last bits).
         devices: devices of the 1-D data mesh (default: all local devices; with several processes
             after ``jax.distributed.initialize``, all global devices).
         progress: show a rich progress display (overall and per cell, with ETA) on stderr.
@@ -731,5 +762,6 @@ def _total_batches(cells: Sequence[Cell], res: _Resources, bs: int) -> int:
         key = repr(sorted(c.dataset.items()))
         if key not in sizes:
             sizes[key] = int(example_indices(res.dataset(c.dataset), c.dataset).shape[0])
-        total += -(-sizes[key] // min(bs, max(sizes[key], 1)))
+        n = max(sizes[key], 1)
+        total += -(-n // (min(bs, n) * res.mesh.devices.size))
     return total
