@@ -379,6 +379,8 @@ def test_cli_sweep_user_errors(tmp_path, capsys):
         == 2
     )
     assert "--shard-index" in capsys.readouterr().err
+    assert main(["sweep", cfg, "--out", str(tmp_path / "o"), "--coordinator", "127.0.0.1:1"]) == 2
+    assert "--coordinator needs --num-processes and --process-id" in capsys.readouterr().err
     assert main(["report", str(tmp_path / "nothing")]) == 2
     assert "not a sweep folder" in capsys.readouterr().err
 
