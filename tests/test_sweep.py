@@ -121,7 +121,7 @@ def reference(grid_cfg, tmp_path_factory) -> dict[str, str]:
 def test_builtin_configs_ship_and_validate():
     assert {"smoke", "pneumonia"} <= set(sweep.builtin_names())
     cfg = sweep.load_config("smoke")
-    assert cfg.source == "builtin:smoke" and len(cfg.cells()) == 6
+    assert cfg.source == "builtin:smoke" and len(cfg.cells()) == 8
     # shipped with the wheel: package-data must name the configs folder
     assert '"configs/*"' in (ROOT / "pyproject.toml").read_text()
     for name in sweep.builtin_names():
