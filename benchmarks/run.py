@@ -55,8 +55,8 @@ SECTIONS = ("throughput", "peers", "sweep", "onepixel", "loops", "memory")
 QUICK = {
     "throughput": {
         "small_cnn": {"batches": [64], "steps": 20},
-        "resnet18": {"batches": [8], "steps": 5},
-        "resnet50": {"batches": [1], "steps": 2},
+        "resnet18": {"batches": [8], "steps": 5, "attacks": ["FGSM", "PGD", "PGD unrolled"]},
+        "resnet50": {"batches": [1], "steps": 2, "attacks": ["FGSM", "PGD"]},
     },
     "repeats": 3,
     "peers": {"model": "small_cnn", "batches": [16, 64], "steps": 10},
@@ -137,6 +137,9 @@ def throughput(cfg: dict, repeats: int, dtype: str, peak: float) -> list[dict]:
             x, y = target.batch(b)
             g_flops = common.compiled_flops(lambda m, x, y: grad(m, x, y), target.model, x, y)
             for aname, (atk, n) in gradient_attacks(mc["steps"]).items():
+                kind = aname.replace(f"-{mc['steps']}", "")
+                if "attacks" in mc and kind not in mc["attacks"]:
+                    continue
 
                 def limit(n=n, m=target.model, x=x, y=y):
                     out = None

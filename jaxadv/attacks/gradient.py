@@ -101,7 +101,9 @@ class PGD(AbstractAttack):
         random_start: start from a uniform point of the ball (static).
         loss: ``'ce'``, ``'margin'``, ``'dlr'`` or a callable ``(logits, y) -> [B]`` (static).
         early_stop: freeze an example as soon as it is adversarial (static).
-        unroll: ``lax.fori_loop`` unroll factor for the step loop (static; see benchmarks).
+        unroll: ``lax.fori_loop`` unroll factor for the step loop (static); ``True`` means
+            ``num_steps`` (straight-line code: about 2x faster on XLA:CPU, where convolution
+            gradients inside a loop take a slow path, at a longer compile; see benchmarks/loops.py).
 
     Example:
         >>> import jax, jax.numpy as jnp, jaxadv
@@ -129,6 +131,10 @@ class PGD(AbstractAttack):
     def __post_init__(self):
         if self.num_steps < 1 or self.num_restarts < 1:
             raise ValueError("num_steps and num_restarts must be >= 1")
+        if self.unroll is True:
+            # jit caches compare static fields with ==, and True == 1: left as True, a fully
+            # unrolled PGD would silently reuse a compiled unroll=1 program (and vice versa).
+            object.__setattr__(self, "unroll", self.num_steps)
 
     def _step_size(self, dtype):
         if self.step_size is None:
