@@ -20,6 +20,11 @@ Building blocks:
 * :func:`greedy_select` — the DE survivor selection as one ``jnp.where``.
 * :func:`minimize` — the batched DE driver with per-example early exit and exact query counts.
 
+Why not ``evosax.algorithms.DifferentialEvolution``: its donor draw costs O(P) per individual
+(``random.choice`` with a mask), ours O(1) (6-18x faster per DE step at ``P = 400``, see
+``benchmarks/EVOLUTION.md``), and DGDE needs a traced, shrinking number of live individuals, which
+an evosax strategy fixes at construction.
+
 Reference: R. Storn and K. Price, "Differential evolution — a simple and efficient heuristic for
 global optimization over continuous spaces", J. Global Optim. 11 (1997).
 """
