@@ -30,7 +30,6 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import importlib.resources
 import json
@@ -46,6 +45,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx, serialization, traverse_util
+
+from jaxadv._io import write_atomic
 
 PathLike = str | os.PathLike
 
@@ -170,23 +171,7 @@ def metadata_path(path: PathLike) -> pathlib.Path:
     return pathlib.Path(path).with_suffix(".json")
 
 
-def _atomic_write_bytes(path: pathlib.Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        # mkstemp creates 0600 files; give the result the permissions a plain open() would.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+_atomic_write_bytes = write_atomic
 
 
 def _versions() -> dict[str, str]:

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxadv._struct import is_concrete, pytree_dataclass, static
+from jaxadv._struct import is_concrete, pytree_dataclass, replace, static
 from jaxadv.attacks import population as pop_lib
 from jaxadv.attacks.base import AbstractAttack, register
 from jaxadv.attacks.sparse_threat import L0Pixels
@@ -250,14 +250,7 @@ class OnePixel(AbstractAttack):
             "fitness": state.best_fit,
             "early_stopped": state.done,
         }
-        return AttackResult(
-            adv=res.adv,
-            success=res.success,
-            loss=res.loss,
-            norm=res.norm,
-            queries=res.queries,
-            info=info,
-        )
+        return replace(res, info=info)
 
 
 # ========================================================================================= DGDE
@@ -694,14 +687,7 @@ class DGDE(AbstractAttack):
             later = jnp.arange(g_max)[None, :] >= g_run
             info["history_pixels"] = jnp.where(later, state["n"][:, None], state["hist_n"])
             info["history_prob"] = jnp.where(later, state["p"][:, None], state["hist_p"])
-        return AttackResult(
-            adv=res.adv,
-            success=res.success,
-            loss=res.loss,
-            norm=res.norm,
-            queries=res.queries,
-            info=info,
-        )
+        return replace(res, info=info)
 
     def _keep_going(self, s) -> Array:
         go = (s["gens"] < self.num_generations) & (s["n"] > self.min_pixels)

@@ -20,12 +20,12 @@ import io
 import json
 import os
 import pathlib
-import tempfile
 from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 
+from jaxadv._io import fsync_dir, write_atomic  # noqa: F401  (re-exported)
 from jaxadv.sweep.config import canonical_json, sha256
 
 MANIFEST = "sweep.json"
@@ -60,44 +60,6 @@ class CorruptResultsError(SweepError):
 
 
 # ----------------------------------------------------------------------------- atomic files
-def fsync_dir(path: pathlib.Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # some platforms cannot open folders; the rename is still atomic there
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:
-    """Write ``path`` whole or not at all: temporary file in the same folder, fsync, rename,
-    fsync of the folder (so the rename itself survives a power cut)."""
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    raw = data.encode() if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual mode
-        with os.fdopen(fd, "wb") as f:
-            f.write(raw)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    fsync_dir(path.parent)
 
 
 # ----------------------------------------------------------------------------- arrays <-> JSON
