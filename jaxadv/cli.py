@@ -58,13 +58,13 @@ def _merge(args: argparse.Namespace, parser: argparse.ArgumentParser) -> argpars
     return args
 
 
-def _eps_list(v: Any) -> list[float]:
-    """'0,1,2,4,8' (in 1/255 units) or a list of floats in [0, 1]."""
+def _eps_list(v: Any, scale: float = 255.0) -> list[float]:
+    """'0,1,2,4,8' (in 1/255 units; pixel counts with ``scale=1``) or a list of floats."""
     if isinstance(v, (list, tuple)):
         vals = [float(e) for e in v]
     else:
         try:
-            vals = [float(e) / 255 for e in str(v).split(",") if e.strip()]
+            vals = [float(e) / scale for e in str(v).split(",") if e.strip()]
         except ValueError as e:
             raise CLIError(
                 f"--eps must be comma-separated numbers in 1/255 units, got {v!r}"
@@ -180,10 +180,11 @@ def _cmd_attack(args: argparse.Namespace) -> int:
     import jaxadv
     from jaxadv import metrics, report
 
-    eps = _eps_list(args.eps)
+    l0 = str(args.norm).lower() == "l0"  # L0 budgets are pixel counts, not 1/255 units
+    eps = _eps_list(args.eps, scale=1.0 if l0 else 255.0)
     ds = _dataset(args.data, args.split, args.image_size, args.channels)
     model = _model(args.model)
-    attack = _attack(args.attack, eps[0], args)
+    attack = _attack(args.attack, max(eps), args)  # built at the largest budget of the grid
     key = jax.random.key(args.seed)
     n = len(ds) if args.num_examples is None else min(args.num_examples, len(ds))
     say = _say(args.quiet)
@@ -215,7 +216,8 @@ def _cmd_attack(args: argparse.Namespace) -> int:
     for i, e in enumerate(eps):
         parts = [(m, s) for j, m, s in summaries if j == i]
         total = sum(m for m, _ in parts)
-        row = {"attack": args.attack, "eps": e, "eps_255": round(e * 255, 3), "num_examples": n}
+        row = {"attack": args.attack, "eps": e, "num_examples": n}
+        row["max_pixels" if l0 else "eps_255"] = e if l0 else round(e * 255, 3)
         for k in ("clean_accuracy", "l2_mean", "linf_mean", "ssim_mean"):
             vals = [(m, s.get(k)) for m, s in parts if s.get(k) is not None]
             ok = [(m, v) for m, v in vals if np.isfinite(v)]
@@ -238,7 +240,14 @@ def _cmd_attack(args: argparse.Namespace) -> int:
     print(
         report.format_table(
             rows,
-            ("attack", "eps_255", "clean_accuracy", "robust_accuracy", "linf_mean", "ssim_mean"),
+            (
+                "attack",
+                "max_pixels" if l0 else "eps_255",
+                "clean_accuracy",
+                "robust_accuracy",
+                "linf_mean",
+                "ssim_mean",
+            ),
         )
     )
     return 0
@@ -467,9 +476,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--model", default="small_cnn_clean", help="reference model name or checkpoint path"
     )
     a.add_argument(
-        "--attack", default="pgd", help="fgsm, pgd, apgd, apgd-dlr, apgdt, fmn, autoattack"
+        "--attack",
+        default="pgd",
+        help="fgsm, pgd, apgd, apgd-dlr, apgdt, fmn, autoattack, or any registered attack class "
+        "(Square, NES, ZOO, HopSkipJump, OnePixel, DGDE; see jaxadv.attacks.REGISTRY)",
     )
-    a.add_argument("--norm", default="linf", help="linf, l2 or l1")
+    a.add_argument(
+        "--norm",
+        default="linf",
+        help="linf, l2, l1, or l0 (OnePixel, DGDE: --eps is then a number of pixels)",
+    )
     a.add_argument("--eps", default="0,1,2,4,8", help="budgets in 1/255 units, comma-separated")
     a.add_argument("--num-steps", type=int, default=20)
     a.add_argument("--restarts", type=int, default=1)

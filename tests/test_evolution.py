@@ -339,7 +339,26 @@ def test_rejects_bad_config():
     with pytest.raises(TypeError, match="L0Pixels"):
         jaxadv.DGDE(threat=jaxadv.LinfBall(eps=0.1))
     with pytest.raises(ValueError, match="num_pixels"):
-        jaxadv.OnePixel(num_pixels=3, threat=jaxadv.L0Pixels(eps=2))
+        jaxadv.OnePixel(num_pixels=0)
+
+
+def test_one_pixel_budget_sets_live_pixel_count_in_one_compilation():
+    """num_pixels is the capacity; each budget of a sweep_eps grid uses floor(eps) pixels, so the
+    planted 3-pixel trigger is out of reach at budgets 1 and 2 and found at 3."""
+    model = trigger_model(trap=False)
+    x = _flat(2)
+    y = jnp.ones((2,), jnp.int32)
+    atk = jaxadv.OnePixel(num_pixels=3, population_size=40, num_generations=60)
+    curve = jaxadv.sweep_eps(atk, [0, 1, 2, 3], key=jax.random.key(0), model=model, x=x, y=y)
+    succ = np.asarray(curve.result.success)
+    norms = np.asarray(curve.result.norm)
+    for i, eps in enumerate([0, 1, 2, 3]):
+        assert np.all(norms[i] <= eps)
+        np.testing.assert_array_equal(norms[i], _recount(x, curve.result.adv[i]))
+    assert not succ[:3].any() and succ[3].all()
+    # the budget equal to the capacity is the plain attack
+    alone = atk(jax.random.key(0), model, x, y)
+    np.testing.assert_array_equal(alone.adv, curve.result.adv[3])
 
 
 # ---------------------------------------------------------------------- engine pieces

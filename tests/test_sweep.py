@@ -191,7 +191,9 @@ def test_registered_attacks_by_name_and_l0_budgets():
     a = cfg.data["attacks"][0]
     assert a["label"] == "onepixel-l0" and a["eps"] == [1.0, 3.0]  # pixel counts, not 1/255
     with pytest.raises(sweep.ConfigError, match="attacks\\[0\\]: attack 'onepixel'"):
-        sweep.load_config({**GRID, "attacks": [{**entry, "eps": [0]}]})
+        sweep.load_config({**GRID, "attacks": [{**entry, "options": {"num_pixels": 0}}]})
+    # OnePixel is built with room for the largest budget; each budget uses floor(eps) pixels
+    assert sweep.load_config({**GRID, "attacks": [{**entry, "eps": [0, 5]}]}).data["attacks"]
 
 
 # ----------------------------------------------------------------------------- in process

@@ -99,8 +99,10 @@ class OnePixel(AbstractAttack):
 
     Attributes:
         threat: an :class:`L0Pixels`; ``None`` means ``L0Pixels(eps=num_pixels)`` (its box gives the
-            colour range).
-        num_pixels: pixels per individual ``k`` (static; 1, 3, 5 in the paper).
+            colour range). Its budget ``eps`` sets the live pixel count ``min(floor(eps),
+            num_pixels)``, so one compiled attack serves a whole ``sweep_eps`` grid of pixel counts.
+        num_pixels: pixels per individual ``k`` (static; 1, 3, 5 in the paper): the most pixels any
+            budget can use.
         population_size: DE population (static; 400).
         num_generations: maximum generations (static; 100).
         mutation_factor: DE ``F`` (0.5).
@@ -153,11 +155,6 @@ class OnePixel(AbstractAttack):
             raise TypeError(
                 f"OnePixel needs an L0Pixels threat model, got {type(self.threat).__name__}"
             )
-        if is_concrete(self.threat.eps) and np.any(np.asarray(self.threat.eps) < self.num_pixels):
-            raise ValueError(
-                f"OnePixel: threat budget eps={self.threat.eps} is below num_pixels={self.num_pixels}; "
-                "raise eps or lower num_pixels"
-            )
         _f32(
             self, "mutation_factor", "crossover_rate", "stop_prob_untargeted", "stop_prob_targeted"
         )
@@ -179,9 +176,13 @@ class OnePixel(AbstractAttack):
         cols = jnp.clip(jnp.floor(genes[..., 1]), 0, w - 1).astype(jnp.int32)
         colour = _quantize(jnp.clip(genes[..., 2:], lo, hi), lo, hi, self.quantize)
         flat = rows * w + cols  # [B, P, k]
+        # pixels beyond the budget's live count go to an out-of-range index and are dropped
+        live = jnp.clip(jnp.floor(self.threat.eps), 0, self.num_pixels).astype(jnp.int32)
+        live = jnp.broadcast_to(jnp.reshape(live, (-1, 1, 1)), (b, 1, 1))
+        flat = jnp.where(jnp.arange(self.num_pixels)[None, None, :] < live, flat, h * w)
 
         def one(xi, idx, col):  # xi [HW, K], idx [k], col [k, K]
-            return xi.at[idx].set(col)
+            return xi.at[idx].set(col, mode="drop")
 
         xf = x.reshape(b, 1, h * w, c)
         xf = jnp.broadcast_to(xf, (b, p, h * w, c))

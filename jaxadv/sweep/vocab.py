@@ -180,6 +180,9 @@ def make_attack(
             fields = {f.name for f in dataclasses.fields(cls)}
             if "num_steps" in fields and "num_steps" not in opts:
                 opts["num_steps"] = num_steps
+            if "num_pixels" in fields and "num_pixels" not in opts and str(norm).lower() == "l0":
+                # OnePixel: capacity for the largest budget; each budget uses floor(eps) pixels
+                opts["num_pixels"] = max(1, int(eps))
             if "num_restarts" in fields and "num_restarts" not in opts and restarts != 1:
                 opts["num_restarts"] = restarts
             return cls(threat=t, **opts)
