@@ -16,21 +16,32 @@ as ``pjit`` are inlined; control flow inside the model (``scan`` over layers, ``
 unchanged, so convolutions there keep XLA's own treatment. The outputs of the rewritten function
 must not be differentiated again (custom differentiation rules are inlined away).
 
+The same replay also rewrites the max-pool gradient. JAX differentiates ``reduce_window_max``
+into ``select_and_scatter_add``, which XLA:CPU expands into a variadic reduce-window over index
+arrays plus a serial scatter: about 70% of a forward+backward of the reference CNN at batch 64
+(profiled). For non-overlapping, unpadded windows (the usual 2x2/2 pool) it is re-emitted as
+element-wise selects with XLA's own tie rule (scan the window in row-major order, keep the current
+pick while ``select(current, candidate)`` holds), so the result is bit-identical; overlapping or
+padded windows are left to XLA. Together: PGD-10 on the reference CNN about 2x faster again.
+
 Only applied on the CPU backend; ``JAXADV_CANONICAL_CONVS=0`` turns it off.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 import os
 from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 from jax import lax
 from jax.extend import core as jex_core
 
 _CONV = lax.conv_general_dilated_p
+_SELECT_SCATTER = lax.select_and_scatter_add_p
 # Call-like primitives whose body is replayed in place (so that convolutions inside are rewritten).
 _INLINE = {
     "pjit",
@@ -74,6 +85,40 @@ def _canonical_conv(lhs, rhs, *, dimension_numbers, **params):
     return lax.transpose(out, tuple(inverse))
 
 
+def _pool_gradient(source, operand, *, select_prim, window_dimensions, window_strides, padding):
+    """``select_and_scatter_add`` for non-overlapping unpadded windows, or ``None`` (use XLA's)."""
+    win = tuple(window_dimensions)
+    if win != tuple(window_strides) or any(tuple(p) != (0, 0) for p in padding):
+        return None
+    n = operand.ndim
+    full = operand.shape
+    used = tuple((d // w) * w for d, w in zip(full, win, strict=True))  # VALID drops the rest
+    if used != full:
+        operand = operand[tuple(slice(0, u) for u in used)]
+    outs = tuple(u // w for u, w in zip(used, win, strict=True))
+    k = math.prod(win)
+    # (o0, w0, o1, w1, ...) -> (o0, o1, ..., w0, w1, ...) -> (o..., k): each window on one axis
+    perm = tuple(range(0, 2 * n, 2)) + tuple(range(1, 2 * n, 2))
+    split = sum(((o, w) for o, w in zip(outs, win, strict=True)), ())
+    windows = operand.reshape(split).transpose(perm).reshape((*outs, k))
+    pick = windows[..., 0]
+    idx = jnp.zeros(outs, jnp.int32)
+    for j in range(1, k):  # XLA's rule: keep the current pick while select(current, candidate)
+        cand = windows[..., j]
+        keep = select_prim.bind(pick, cand)
+        pick = jnp.where(keep, pick, cand)
+        idx = jnp.where(keep, idx, j)
+    hit = idx[..., None] == jnp.arange(k, dtype=jnp.int32).reshape((1,) * n + (k,))
+    grad = jnp.where(hit, source[..., None], jnp.zeros((), source.dtype))
+    inverse = [0] * (2 * n)
+    for i, p in enumerate(perm):
+        inverse[p] = i
+    grad = grad.reshape((*outs, *win)).transpose(tuple(inverse)).reshape(used)
+    if used != full:
+        grad = jnp.pad(grad, [(0, d - u) for d, u in zip(full, used, strict=True)])
+    return grad
+
+
 def _sub_jaxpr(params: dict) -> Any:
     for name in ("jaxpr", "call_jaxpr", "fun_jaxpr"):
         if params.get(name) is not None:
@@ -93,8 +138,11 @@ def _replay(jaxpr, consts, *args) -> list:
         invals = [read(v) for v in eqn.invars]
         prim = eqn.primitive
         sub = _sub_jaxpr(eqn.params) if prim.name in _INLINE else None
+        pooled = _pool_gradient(*invals, **eqn.params) if prim is _SELECT_SCATTER else None
         if prim is _CONV:
             outs = [_canonical_conv(*invals, **eqn.params)]
+        elif pooled is not None:
+            outs = [pooled]
         elif sub is not None:
             if isinstance(sub, jex_core.ClosedJaxpr):
                 outs = _replay(sub.jaxpr, sub.consts, *invals)

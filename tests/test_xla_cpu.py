@@ -108,3 +108,52 @@ def test_switch_off(monkeypatch):
     monkeypatch.setenv("JAXADV_CANONICAL_CONVS", "0")
     assert canonical_convs(f) is f
     assert canonical_convs(f, force=True) is not f
+
+
+def _pool(x, window, strides, padding="VALID", init=-jnp.inf, op=lax.max):
+    return lax.reduce_window(x, init, op, window, strides, padding)
+
+
+def _select_scatter_count(closed):
+    n = 0
+
+    def walk(jaxpr):
+        nonlocal n
+        for eqn in jaxpr.eqns:
+            n += eqn.primitive is lax.select_and_scatter_add_p
+            for p in eqn.params.values():
+                for j in p if isinstance(p, tuple | list) else (p,):
+                    inner = getattr(j, "jaxpr", j)
+                    if hasattr(inner, "eqns"):
+                        walk(inner)
+
+    walk(closed.jaxpr)
+    return n
+
+
+@pytest.mark.parametrize(
+    "shape,window,rewritten",
+    [
+        ((2, 8, 8, 3), (1, 2, 2, 1), True),  # the usual 2x2/2 max pool
+        ((2, 7, 9, 2), (1, 2, 2, 1), True),  # VALID pooling drops the last row / column
+        ((1, 9, 9, 1), (1, 3, 3, 1), True),
+        ((2, 8, 8, 2), (1, 3, 3, 1), False),  # overlapping windows (stride 2): left to XLA
+    ],
+)
+def test_max_pool_gradient_bit_identical_with_ties(shape, window, rewritten):
+    # values in {0, 1, 2}: many ties inside a window, so the tie rule must match XLA's exactly
+    x = jax.random.randint(jax.random.key(0), shape, 0, 3).astype(jnp.float32)
+    strides = window if rewritten else (1, 2, 2, 1)
+    src = jax.random.normal(jax.random.key(1), _pool(x, window, strides).shape)
+
+    def loss(x):
+        return jnp.sum(_pool(x, window, strides) * src)
+
+    grad = jax.grad(loss)
+    fast = canonical_convs(grad, force=True)
+    assert _select_scatter_count(jax.make_jaxpr(grad)(x)) == 1
+    assert _select_scatter_count(jax.make_jaxpr(fast)(x)) == (0 if rewritten else 1)
+    np.testing.assert_array_equal(jax.jit(fast)(x), jax.jit(grad)(x))
+    # min pooling (select is <=) follows the same rule
+    neg = jax.grad(lambda x: jnp.sum(-_pool(-x, window, strides) * src))
+    np.testing.assert_array_equal(jax.jit(canonical_convs(neg, force=True))(x), jax.jit(neg)(x))
