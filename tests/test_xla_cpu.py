@@ -27,22 +27,27 @@ def _conv_fn(rhs, dn, kw):
     return f
 
 
-def _conv_dimension_numbers(closed):
-    """Every conv_general_dilated in a jaxpr, nested ones included."""
-    found = []
+def _eqns(closed):
+    """Every equation of a jaxpr, those of nested jaxprs (loop bodies, calls) included."""
 
     def walk(jaxpr):
         for eqn in jaxpr.eqns:
-            if eqn.primitive is lax.conv_general_dilated_p:
-                found.append(eqn.params["dimension_numbers"])
+            yield eqn
             for p in eqn.params.values():
                 for j in p if isinstance(p, tuple | list) else (p,):
                     inner = getattr(j, "jaxpr", j)
                     if hasattr(inner, "eqns"):
-                        walk(inner)
+                        yield from walk(inner)
 
-    walk(closed.jaxpr)
-    return found
+    return list(walk(closed.jaxpr))
+
+
+def _conv_dimension_numbers(closed):
+    return [
+        e.params["dimension_numbers"]
+        for e in _eqns(closed)
+        if e.primitive is lax.conv_general_dilated_p
+    ]
 
 
 @pytest.mark.parametrize("case", range(len(CASES)))
@@ -115,20 +120,7 @@ def _pool(x, window, strides, padding="VALID", init=-jnp.inf, op=lax.max):
 
 
 def _select_scatter_count(closed):
-    n = 0
-
-    def walk(jaxpr):
-        nonlocal n
-        for eqn in jaxpr.eqns:
-            n += eqn.primitive is lax.select_and_scatter_add_p
-            for p in eqn.params.values():
-                for j in p if isinstance(p, tuple | list) else (p,):
-                    inner = getattr(j, "jaxpr", j)
-                    if hasattr(inner, "eqns"):
-                        walk(inner)
-
-    walk(closed.jaxpr)
-    return n
+    return sum(e.primitive is lax.select_and_scatter_add_p for e in _eqns(closed))
 
 
 @pytest.mark.parametrize(
