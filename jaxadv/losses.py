@@ -79,12 +79,16 @@ def dlr_targeted(logits: Array, target: Array, y: Array | None = None) -> Array:
     return -(_true_logit(logits, y) - _true_logit(logits, target)) / denom
 
 
-def is_adversarial(logits: Array, y: Array, target: Array | None = None) -> Array:
-    """Success criterion ``[B]``: misclassified (untargeted) or classified as ``target``."""
-    pred = jnp.argmax(logits, axis=1)
+def label_success(pred: Array, y: Array, target: Array | None = None) -> Array:
+    """The success rule on predicted labels: ``pred != y`` (untargeted) or ``pred == target``."""
     if target is None:
         return pred != y
     return pred == target
+
+
+def is_adversarial(logits: Array, y: Array, target: Array | None = None) -> Array:
+    """Success criterion ``[B]``: misclassified (untargeted) or classified as ``target``."""
+    return label_success(jnp.argmax(logits, axis=1), y, target)
 
 
 LOSSES: dict[str, tuple[LossFn, LossFn]] = {

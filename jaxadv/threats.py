@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxadv._batch import bcast as _bcast
 from jaxadv._struct import is_concrete, pytree_dataclass, static
 
 Array = jax.Array
@@ -26,11 +27,6 @@ _TINY = 1e-12
 
 def _flat(x: Array) -> Array:
     return x.reshape(x.shape[0], -1)
-
-
-def _bcast(v: Array, x: Array) -> Array:
-    """Per-example scalars ``[B]`` broadcast against ``x[B, ...]``."""
-    return v.reshape(v.shape + (1,) * (x.ndim - v.ndim))
 
 
 def _step(step_size, g: Array) -> Array:

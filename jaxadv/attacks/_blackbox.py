@@ -21,19 +21,12 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from jaxadv._batch import bcast, bsel  # noqa: F401  (used as bb.bcast / bb.bsel)
 from jaxadv._struct import replace
+from jaxadv.attacks.base import fold_keys as fold  # noqa: F401  (bb.fold)
+from jaxadv.losses import label_success as is_adversarial_label  # noqa: F401  (bb.*)
 
 Array = jax.Array
-
-
-def bcast(v: Array, x: Array) -> Array:
-    """Per-example values ``[B]`` (or ``[B, P]``) broadcast against ``x[B, ...]``."""
-    return v.reshape(v.shape + (1,) * (x.ndim - v.ndim))
-
-
-def bsel(mask: Array, a: Array, b: Array) -> Array:
-    """``where(mask[B], a, b)`` broadcast over the trailing axes."""
-    return jnp.where(bcast(mask, a), a, b)
 
 
 def flat_norm2(d: Array) -> Array:
@@ -73,19 +66,7 @@ def over_population(fn: Callable[[Array], Any], xs: Array) -> Any:
     return jax.tree_util.tree_map(lambda a: a.reshape((b, p) + a.shape[1:]), out)
 
 
-def is_adversarial_label(pred: Array, y: Array, target: Array | None) -> Array:
-    """Success from a top-1 label: misclassified, or classified as the target."""
-    if target is None:
-        return pred != y
-    return pred == target
-
-
 # ----------------------------------------------------------------------------- geometry
-def fold(keys: Array, i: Any) -> Array:
-    """``fold_in`` every per-example key ``[B]`` with the same data ``i``."""
-    return jax.vmap(lambda k: jax.random.fold_in(k, i))(keys)
-
-
 def project_radius(threat: Any, x: Array, x_adv: Array, radius: Array) -> Array:
     """Project onto ``{||x' - x|| <= radius_b} ∩ box`` with a per-example radius ``[B]``.
 

@@ -35,6 +35,11 @@ def example_keys(key: Array, batch: int, offset: int | Array = 0) -> Array:
     return jax.vmap(lambda i: jax.random.fold_in(key, i))(idx)
 
 
+def fold_keys(keys: Array, data: Any) -> Array:
+    """``fold_in`` every per-example key ``keys[B]`` with the same ``data`` (a step, a stage)."""
+    return jax.vmap(lambda k: jax.random.fold_in(k, data))(keys)
+
+
 @jax.jit
 def _run_jit(attack, keys, model, x, y, target):
     return attack.run(keys, model, x, y, target=target)

@@ -25,9 +25,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxadv._batch import bcast as _bcast
 from jaxadv._struct import is_concrete, pytree_dataclass, replace, static
 from jaxadv.attacks import population as pop_lib
-from jaxadv.attacks.base import AbstractAttack, register
+from jaxadv.attacks.base import AbstractAttack, fold_keys, register
 from jaxadv.attacks.sparse_threat import L0Pixels
 from jaxadv.result import AttackResult, finalize
 
@@ -60,11 +61,6 @@ def _quantize(v: Array, lo: Array, hi: Array, levels: int | None) -> Array:
 
 def _box(threat: Any, dtype) -> tuple[Array, Array]:
     return jnp.asarray(threat.lo, dtype), jnp.asarray(threat.hi, dtype)
-
-
-def _bcast(v: Array, ref: Array) -> Array:
-    """Per-row values ``v[B, ...]`` shaped to broadcast against ``ref`` (explicit rank)."""
-    return v.reshape(v.shape + (1,) * (ref.ndim - v.ndim))
 
 
 # ==================================================================================== One Pixel
@@ -231,8 +227,8 @@ class OnePixel(AbstractAttack):
                 fin = jnp.zeros(fit.shape, bool)
             return fit, fin
 
-        pkeys = jax.vmap(lambda k: jax.random.fold_in(k, 0))(keys)
-        gkeys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)
+        pkeys = fold_keys(keys, 0)
+        gkeys = fold_keys(keys, 1)
         lower, upper = self.bounds(x)
         state = pop_lib.minimize(
             gkeys,
@@ -512,7 +508,7 @@ class DGDE(AbstractAttack):
 
         def body(s):
             t, found, vals, fit, ptrue, tries, q = s
-            tkeys = jax.vmap(lambda k: jax.random.fold_in(k, t))(keys)
+            tkeys = fold_keys(keys, t)
             noise = jax.vmap(lambda k: self._noise(k, shape, x.dtype))(tkeys)  # [B, tb, H, W, K]
             full = jnp.ones(noise.shape[:-1], bool)
             f, p, ok = self._score(model, self.apply(x[:, None], full, noise), y, target)
@@ -609,8 +605,8 @@ class DGDE(AbstractAttack):
         b, h, w, c = x.shape
         hw = h * w
         g_max = self.num_generations
-        k0 = jax.vmap(lambda k: jax.random.fold_in(k, 0))(keys)
-        k1 = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)
+        k0 = fold_keys(keys, 0)
+        k1 = fold_keys(keys, 1)
 
         # Clean check (one query): an image the model already gets wrong needs no perturbation.
         f_clean, p_clean, adv_clean = self._score(model, x[:, None], y, target)
@@ -650,7 +646,7 @@ class DGDE(AbstractAttack):
 
         def body1(carry):
             g, s = carry
-            gk = jax.vmap(lambda k: jax.random.fold_in(k, g))(k1)
+            gk = fold_keys(k1, g)
             s_new = self._generation(gk, model, x, y, target, s)
             act = s["active"]
             out = {
@@ -700,14 +696,14 @@ class DGDE(AbstractAttack):
     def _generation(self, gkeys, model, x, y, target, s):
         """One generation for every example (the caller merges it under the active mask)."""
         ns = self.num_subsets
-        kb = jax.vmap(lambda k: jax.random.fold_in(k, 0))(gkeys)
+        kb = fold_keys(gkeys, 0)
         masks, valss, n_new = jax.vmap(self._block_candidates)(
             kb, s["mask"], s["vals"], s["n"], s["delta"]
         )  # [B, 2NS+1, H, W(, K)]
         n_red = 2 * ns
         individual = self.variant == "individual"
         if individual:
-            ki = jax.vmap(lambda k: jax.random.fold_in(k, 1))(gkeys)
+            ki = fold_keys(gkeys, 1)
             im, iv, live, idx, new_idx, colour = jax.vmap(self._individual_candidates)(
                 ki, s["mask"], s["vals"], s["n"]
             )

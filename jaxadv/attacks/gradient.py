@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxadv import losses as L
+from jaxadv._batch import bsel as _bsel
 from jaxadv._struct import pytree_dataclass, static
 from jaxadv._xla_cpu import canonical_convs
 from jaxadv.attacks.base import AbstractAttack, register
@@ -16,11 +17,6 @@ from jaxadv.result import AttackResult, finalize
 from jaxadv.threats import LinfBall
 
 Array = jax.Array
-
-
-def _bsel(mask: Array, a: Array, b: Array) -> Array:
-    """``where(mask[B], a, b)`` broadcast over the trailing axes."""
-    return jnp.where(mask.reshape(mask.shape + (1,) * (a.ndim - 1)), a, b)
 
 
 def loss_grad(model, loss_fn, x_adv, lbl):

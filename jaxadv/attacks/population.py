@@ -36,17 +36,15 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+from jaxadv._batch import bsel as _bsel
 from jaxadv._struct import pytree_dataclass
+from jaxadv.attacks.base import fold_keys
+from jaxadv.losses import label_success
 
 Array = jax.Array
 
 #: Float elements of one population evaluation before it is split into ``lax.map`` chunks.
 DEFAULT_EVAL_BUDGET = 2**24
-
-
-def _bsel(mask: Array, a: Array, b: Array) -> Array:
-    """``where(mask[B], a, b)`` broadcast over the trailing axes."""
-    return jnp.where(mask.reshape(mask.shape + (1,) * (a.ndim - mask.ndim)), a, b)
 
 
 def auto_chunk(batch: int, population: int, size: int, budget: int = DEFAULT_EVAL_BUDGET) -> int:
@@ -102,10 +100,9 @@ def fitness(probs: Array, y: Array, target: Array | None = None) -> tuple[Array,
 
 def is_adversarial(probs: Array, y: Array, target: Array | None = None) -> Array:
     """``bool[B, P]``: argmax differs from ``y`` (untargeted) or equals ``target`` (targeted)."""
-    pred = jnp.argmax(probs, axis=-1)
-    if target is None:
-        return pred != y[:, None]
-    return pred == target[:, None]
+    return label_success(
+        jnp.argmax(probs, axis=-1), y[:, None], None if target is None else target[:, None]
+    )
 
 
 def _skip(v: Array, used: list[Array]) -> Array:
@@ -285,7 +282,7 @@ def minimize(
 
     def body(carry):
         g, s = carry
-        gkeys = jax.vmap(lambda k: jax.random.fold_in(k, g))(keys)
+        gkeys = fold_keys(keys, g)
         trial = jax.vmap(trials)(gkeys, s.pop)
         tfit, tfin = evaluate(trial)
         pop, fit = greedy_select(s.pop, s.fit, trial, tfit)
