@@ -267,33 +267,52 @@ def peer_rows(cfg: dict, repeats: int) -> list[dict]:
 
 
 def sweep_rows(cfg: dict, repeats: int) -> list[dict]:
+    """E budgets three ways in jaxadv (one vmapped program; ``cascade=True`` with an early-stopping
+    PGD, which attacks only the survivors of the smaller budgets and leaves the step loop once a
+    batch is broken; E separate runs) against foolbox's per-eps loop. The target is met by the
+    fastest jaxadv form whose curve agrees with foolbox's."""
     target = common.build_target("small_cnn", n=cfg["batch"])
     x, y = target.batch(cfg["batch"])
     eps = [e / 255 for e in cfg["eps"]]
     steps = cfg["steps"]
     pgd = jaxadv.PGD(threat=jaxadv.LinfBall(eps=eps[0]), num_steps=steps)
+    pgd_es = jaxadv.PGD(threat=jaxadv.LinfBall(eps=eps[0]), num_steps=steps, early_stop=True)
 
-    def ours_sweep():
+    def sweep(atk, **kw):
         return jaxadv.sweep_eps(
-            pgd, eps, key=_key(), model=target.model, x=x, y=y, validate=False
+            atk, eps, key=_key(), model=target.model, x=x, y=y, validate=False, **kw
         ).robust_accuracy
 
     def ours_loop():
         return [_run_attack(pgd.with_eps(e), target.model, x, y).success for e in eps]
 
-    t = common.time_interleaved({"sweep": ours_sweep, "loop": ours_loop}, repeats)
-    curve = np.asarray(ours_sweep())
+    t = common.time_interleaved(
+        {
+            "sweep": lambda: sweep(pgd),
+            "cascade": lambda: sweep(pgd_es, cascade=True),
+            "loop": ours_loop,
+        },
+        repeats,
+    )
+    curve = np.asarray(sweep(pgd))
+    curve_c = np.asarray(sweep(pgd_es, cascade=True))
     e_n = len(eps)
     rows = [
         {
-            "what": f"jaxadv sweep_eps, E={e_n}",
+            "what": f"jaxadv sweep_eps (vmap over eps), E={e_n}",
             "steady_s": common.rnd(t["sweep"]["steady_s"]),
             "robust_acc": [round(float(v), 3) for v in curve],
         },
         {
+            "what": f"jaxadv sweep_eps cascade=True, PGD early_stop, E={e_n}",
+            "steady_s": common.rnd(t["cascade"]["steady_s"]),
+            "robust_acc": [round(float(v), 3) for v in curve_c],
+        },
+        {
             "what": f"jaxadv, E={e_n} separate runs",
             "steady_s": common.rnd(t["loop"]["steady_s"]),
-            "speedup_of_sweep": common.rnd(t["loop"]["steady_s"] / t["sweep"]["steady_s"], 3),
+            "speedup_of_sweep": common.rnd(t["loop"]["steady_s"] / t["cascade"]["steady_s"], 3),
+            "speedup_of_vmap_sweep": common.rnd(t["loop"]["steady_s"] / t["sweep"]["steady_s"], 3),
         },
     ]
     if r := peers.missing("foolbox", "bench"):
@@ -312,14 +331,19 @@ def sweep_rows(cfg: dict, repeats: int) -> list[dict]:
         warnings.simplefilter("ignore")
         succ, _, steady = peers.timed(fb_loop, repeats)
     fb_curve = [round(1.0 - float(np.mean(np.asarray(s))), 3) for s in succ]
+    tol = _tol(len(x))
     rows.append(
         {
             "what": f"foolbox LinfPGD, E={e_n} per-eps loop",
             "steady_s": common.rnd(steady),
             "robust_acc": fb_curve,
-            "speedup_of_sweep": common.rnd(steady / t["sweep"]["steady_s"], 3),
+            "speedup_of_sweep": common.rnd(steady / t["cascade"]["steady_s"], 3),
+            "speedup_of_vmap_sweep": common.rnd(steady / t["sweep"]["steady_s"], 3),
             "target_speedup": round(0.8 * e_n, 2),
-            "agree": bool(np.all(np.abs(np.array(fb_curve) - curve) <= _tol(len(x)))),
+            "agree": bool(
+                np.all(np.abs(np.array(fb_curve) - curve_c) <= tol)
+                and np.all(np.abs(np.array(fb_curve) - curve) <= tol)
+            ),
         }
     )
     return rows
@@ -431,9 +455,10 @@ def verdicts(res: dict) -> list[dict]:
         if "target_speedup" in r:
             out.append(
                 {
-                    "target": f"sweep_eps >= {r['target_speedup']:g}x foolbox per-eps loop",
+                    "target": f"sweep_eps (cascade) >= {r['target_speedup']:g}x foolbox "
+                    "per-eps loop, curves agree",
                     "measured": r["speedup_of_sweep"],
-                    "met": r["speedup_of_sweep"] >= r["target_speedup"],
+                    "met": r["speedup_of_sweep"] >= r["target_speedup"] and r["agree"],
                 }
             )
     for v in out:
@@ -474,6 +499,7 @@ TABLE_COLS = {
         "steady_s",
         "robust_acc",
         "speedup_of_sweep",
+        "speedup_of_vmap_sweep",
         "target_speedup",
         "agree",
         "skipped",

@@ -1,4 +1,14 @@
-"""Robustness curves over an eps grid: one compilation, ``vmap`` over eps."""
+"""Robustness curves over an eps grid.
+
+Two ways to run a grid (:func:`sweep_eps`):
+
+* independent (default): one compiled program, ``vmap`` over eps; every budget is attacked on
+  every example, exactly as E separate runs would.
+* ``cascade=True``: budgets in ascending order, each attacking only the examples that no smaller
+  budget (and no clean error) has already broken; the others keep the adversarial found at the
+  smaller budget, which lies inside every larger ball. Work falls with every broken example, and the
+  curve is the per-example worst case over the grid: ``success[k] = OR_{j <= k} success_indep[j]``.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +23,7 @@ from jaxadv import _validate
 from jaxadv._struct import pytree_dataclass
 from jaxadv.attacks.base import _bound, example_keys
 from jaxadv.models import as_model
-from jaxadv.result import AttackResult
+from jaxadv.result import AttackResult, finalize
 
 Array = jax.Array
 
@@ -53,8 +63,21 @@ def sweep_eps(
     target: Array | None = None,
     validate: bool = True,
     index_offset: int = 0,
+    cascade: bool = False,
 ) -> EpsCurve:
-    """Run ``attack`` at every budget in ``eps`` as one compiled program (``vmap`` over eps).
+    """Run ``attack`` at every budget in ``eps``.
+
+    By default as one compiled program (``vmap`` over eps), each budget on every example.
+
+    With ``cascade=True`` the budgets are taken in ascending order and each one attacks only the
+    examples still robust: an example misclassified without attack, or broken at a smaller budget,
+    keeps that result at every larger budget (its ``adv`` lies inside every larger ball of a norm
+    threat). Host-driven: survivors are gathered into a batch padded to three significant bits (under a
+    quarter padding, at most four batch sizes to compile per octave, each compiled once and reused
+    across budgets and batches; padding rows repeat an example and are dropped). Since per-example keys do not depend on the batch, the result equals
+    the cumulative OR of the independent runs' successes, at a fraction of the work when many
+    examples break early; a curve from it is monotone by construction. Rows kept from a clean error
+    carry ``adv = x``, ``queries = 1`` and zeros in ``info``.
 
     The attack's other settings are kept; in particular an explicit ``step_size`` stays absolute
     (``PGD(step_size=None)`` scales its step with each eps). Each eps uses the same per-example keys,
@@ -86,4 +109,63 @@ def sweep_eps(
             target=target,
         )
     keys = example_keys(key, x.shape[0], index_offset)
+    if cascade:
+        return _cascade(attack, e, keys, model, x, y, target)
     return _sweep(attack, jnp.asarray(e), keys, model, x, y, target)
+
+
+def _rows(i, keys, x, y, target):
+    return keys[i], x[i], y[i], None if target is None else target[i]
+
+
+@jax.jit
+def _start(attack, keys, model, x, y, target):
+    """Every example's result before any attack: the clean evaluation (``adv = x``), ``info``
+    fields zero in the layout the attack returns."""
+    k1, x1, y1, t1 = _rows(slice(0, 1), keys, x, y, target)
+    shape = jax.eval_shape(lambda: attack.run(k1, model, x1, y1, target=t1))
+    clean = finalize(attack.threat, model, x, x, y, target=target)
+    b = x.shape[0]
+    return AttackResult(
+        adv=clean.adv.astype(shape.adv.dtype),
+        success=clean.success,
+        loss=clean.loss.astype(shape.loss.dtype),
+        norm=clean.norm.astype(shape.norm.dtype),
+        queries=clean.queries.astype(shape.queries.dtype),
+        info=jax.tree_util.tree_map(lambda s: jnp.zeros((b, *s.shape[1:]), s.dtype), shape.info),
+    )
+
+
+@jax.jit
+def _level(attack, eps, keys, model, x, y, target, prev, idx, valid):
+    """Attack the rows ``idx`` at ``eps`` and write the valid ones over ``prev`` (padding rows are
+    scattered out of range and dropped)."""
+    k, xs, ys, ts = _rows(idx, keys, x, y, target)
+    res = attack.with_eps(eps).run(k, model, xs, ys, target=ts)
+    dest = jnp.where(valid, idx, x.shape[0])
+    return jax.tree_util.tree_map(lambda p, q: p.at[dest].set(q, mode="drop"), prev, res)
+
+
+def _bucket(n: int, b: int) -> int:
+    """Padded batch size for ``n`` survivors of a batch of ``b``: ``n`` rounded up to three
+    significant bits (padding under a quarter; four sizes per octave to compile), at most ``b``."""
+    shift = max(0, n.bit_length() - 3)
+    return min(b, -(-n >> shift) << shift)
+
+
+def _cascade(attack, e: np.ndarray, keys, model, x, y, target) -> EpsCurve:
+    b = x.shape[0]
+    prev = _start(attack, keys, model, x, y, target)
+    done = np.asarray(prev.success)
+    per_eps: list[AttackResult | None] = [None] * len(e)
+    for k in np.argsort(e, kind="stable"):
+        alive = np.flatnonzero(~done)
+        if alive.size:
+            size = _bucket(alive.size, b)
+            idx = np.concatenate([alive, np.full(size - alive.size, alive[0])]).astype(np.int32)
+            valid = np.arange(size) < alive.size
+            prev = _level(attack, jnp.float32(e[k]), keys, model, x, y, target, prev, idx, valid)
+            done = np.asarray(prev.success)
+        per_eps[k] = prev
+    res = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *per_eps)
+    return EpsCurve(eps=jnp.asarray(e), robust_accuracy=jnp.mean(~res.success, axis=1), result=res)

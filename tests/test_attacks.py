@@ -212,6 +212,41 @@ def test_sweep_eps_equals_loop():
     assert np.all(np.diff(ra) <= 1e-6), ra
 
 
+def test_sweep_eps_cascade_is_the_cumulative_worst_case():
+    """cascade=True attacks only survivors of the smaller budgets: per example its success is
+    the OR of the independent runs' successes over all budgets up to that one, adversarials of
+    carried rows come from a smaller budget (so lie in the larger ball), and the grid may come
+    in any order."""
+    model = linear_model(3, SHAPE)
+    x = _batch(12, lo=0.0, hi=1.0)
+    y = _labels(model, x)
+    y = y.at[0].set((y[0] + 1) % 3)  # one clean error: carried from the start with adv = x
+    eps = [0.1, 0.0, 0.02, 0.05]
+    pgd = jaxadv.PGD(threat=jaxadv.LinfBall(eps=0.0), num_steps=5)
+    ind = jaxadv.sweep_eps(pgd, eps, key=jax.random.key(0), model=model, x=x, y=y)
+    cas = jaxadv.sweep_eps(pgd, eps, key=jax.random.key(0), model=model, x=x, y=y, cascade=True)
+    order = np.argsort(eps)
+    s_ind = np.asarray(ind.result.success)[order]
+    s_cas = np.asarray(cas.result.success)[order]
+    np.testing.assert_array_equal(s_cas, np.logical_or.accumulate(s_ind, axis=0))
+    assert 0 < s_cas[-1].sum() < len(y) and s_cas[0].sum() == 1  # the grid is not trivial
+    np.testing.assert_allclose(cas.robust_accuracy, np.mean(~np.asarray(cas.result.success), 1))
+    np.testing.assert_array_equal(cas.result.adv[1][0], x[0])  # the clean error at eps 0
+    before = np.vstack([np.zeros((1, len(y)), bool), s_cas[:-1]])  # broken at a smaller budget
+    for j, k in enumerate(order):
+        adv, e = np.asarray(cas.result.adv[k]), eps[k]
+        assert np.all(np.abs(adv - np.asarray(x)).reshape(len(y), -1).max(1) <= e + 1e-6)
+        fresh = s_ind[j] & ~before[j]  # first broken here: exactly the independent run's rows
+        np.testing.assert_allclose(adv[fresh], np.asarray(ind.result.adv[k])[fresh], atol=1e-6)
+        np.testing.assert_array_equal(
+            adv[before[j]], np.asarray(cas.result.adv[order[j - 1]])[before[j]]
+        )
+    # an attack with info fields keeps their layout
+    aa = jaxadv.AutoAttack.standard(jaxadv.LinfBall(eps=0.0), num_steps=3)
+    c = jaxadv.sweep_eps(aa, [0.0, 0.1], key=jax.random.key(0), model=model, x=x, y=y, cascade=True)
+    assert c.result.info["stage_success"].shape == (2, len(y), len(aa.attacks))
+
+
 def test_sweep_eps_autoattack():
     model = linear_model(4, SHAPE)
     x = _batch(4, lo=0.0, hi=1.0)
@@ -311,6 +346,35 @@ def test_early_stop_freezes_successful_examples():
     assert bool(jnp.all(es.success == full.success))
     assert bool(jnp.all(es.queries[es.success] < full.queries[es.success]))
     assert float(jnp.mean(es.norm[es.success])) < float(jnp.mean(full.norm[full.success]))
+
+
+def test_early_stop_leaves_the_step_loop_once_the_batch_is_broken():
+    """With early_stop the step loop ends when every example is frozen: the model is called for
+    as many steps as the slowest example needs, not num_steps (a counting callback sees it)."""
+    base = linear_model(2, SHAPE)
+    calls = []
+
+    def apply(p, x):
+        jax.debug.callback(lambda: calls.append(1))
+        return base.apply_fn(p, x)
+
+    model = jaxadv.from_apply(apply, base.params)
+    x = _batch(8)
+    y = _labels(base, x)
+    threat = jaxadv.LinfBall(eps=0.5)  # large enough to break every example in a step or two
+    kw = dict(threat=threat, num_steps=50, random_start=False)
+    calls.clear()
+    es = jaxadv.PGD(**kw, early_stop=True)(jax.random.key(0), model, x, y, validate=False)
+    n_es = len(calls)
+    calls.clear()
+    full = jaxadv.PGD(**kw)(jax.random.key(0), model, x, y, validate=False)
+    n_full = len(calls)
+    assert bool(jnp.all(es.success)) and bool(jnp.all(full.success))
+    steps_needed = int(jnp.max(es.queries)) - 1  # queries = steps taken + the final evaluation
+    assert steps_needed < 50
+    # one model call per executed step, plus the last-iterate score and the final re-evaluation
+    assert n_es == steps_needed + 2, (n_es, steps_needed)
+    assert n_full == 50 + 2
 
 
 def test_fmn_minimal_norm_on_linear_model():

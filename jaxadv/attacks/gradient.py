@@ -100,7 +100,10 @@ class PGD(AbstractAttack):
         num_restarts: independent random restarts (static).
         random_start: start from a uniform point of the ball (static).
         loss: ``'ce'``, ``'margin'``, ``'dlr'`` or a callable ``(logits, y) -> [B]`` (static).
-        early_stop: freeze an example as soon as it is adversarial (static).
+        early_stop: freeze an example as soon as it is adversarial, and stop the step loop once
+            every example of the batch is frozen (static; ``unroll`` is then ignored). Success
+            is that of the full run; ``adv`` is the first adversarial iterate, ``queries`` count the
+            steps taken.
         unroll: ``lax.fori_loop`` unroll factor for the step loop (static); ``True`` means
             ``num_steps`` (straight-line code: about 2x faster on XLA:CPU, where convolution
             gradients inside a loop take a slow path, at a longer compile; see benchmarks/loops.py).
@@ -164,10 +167,21 @@ class PGD(AbstractAttack):
                 xn = threat.project(x, xa + threat.ascent_step(g, step))
                 return _bsel(active, xn, xa), active, best, q
 
-            active = jnp.ones((b,), bool)
-            xa, active, best, queries = jax.lax.fori_loop(
-                0, self.num_steps, body, (x0, active, best, queries), unroll=self.unroll
-            )
+            init = (x0, jnp.ones((b,), bool), best, queries)
+            if self.early_stop:
+                # Once every example is frozen the remaining steps change nothing: leave the
+                # loop (same result, fewer gradients when a whole batch breaks early).
+                def cond(c):
+                    return (c[0] < self.num_steps) & jnp.any(c[1][1])
+
+                def step_(c):
+                    return c[0] + 1, body(c[0], c[1])
+
+                _, (xa, active, best, queries) = jax.lax.while_loop(cond, step_, (0, init))
+            else:
+                xa, active, best, queries = jax.lax.fori_loop(
+                    0, self.num_steps, body, init, unroll=self.unroll
+                )
             # The last iterate has not been scored yet.
             logits = model(xa)
             per = loss_fn(logits, lbl)
