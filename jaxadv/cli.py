@@ -197,7 +197,16 @@ def _cmd_attack(args: argparse.Namespace) -> int:
         idx = np.arange(start, min(start + args.batch_size, n))
         xb, yb = ds.get(idx)
         x, y = jnp.asarray(xb), jnp.asarray(yb, jnp.int32)
-        curve = jaxadv.sweep_eps(attack, eps, key=key, model=model, x=x, y=y, index_offset=start)
+        curve = jaxadv.sweep_eps(
+            attack,
+            eps,
+            key=key,
+            model=model,
+            x=x,
+            y=y,
+            index_offset=start,
+            cascade=args.cascade,
+        )
         successes.append(np.asarray(curve.result.success))
         for i in range(len(eps)):
             r = jax.tree_util.tree_map(lambda a, i=i: a[i], curve.result)
@@ -489,6 +498,12 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--eps", default="0,1,2,4,8", help="budgets in 1/255 units, comma-separated")
     a.add_argument("--num-steps", type=int, default=20)
     a.add_argument("--restarts", type=int, default=1)
+    a.add_argument(
+        "--cascade",
+        action="store_true",
+        help="budgets in ascending order, each attacking only the images no smaller budget broke "
+        "(per-image worst case over the grid; less work when many break early)",
+    )
     a.add_argument("--batch-size", type=int, default=256)
     a.add_argument("--num-examples", type=int, default=None)
     a.add_argument("--seed", type=int, default=0)

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from jaxadv.cli import main
@@ -82,6 +83,20 @@ def test_attack_on_default(tmp_path):
     rows = json.loads((out / "results.json").read_text())["rows"]
     assert [r["eps_255"] for r in rows] == [0.0, 4.0]
     assert rows[0]["robust_accuracy"] >= rows[1]["robust_accuracy"]
+
+
+def test_attack_cascade_is_the_worst_case_over_the_grid(tmp_path):
+    """--cascade: robust accuracy never above the independent run's at any budget, monotone, and
+    equal at the smallest budget (nothing has been carried yet)."""
+    acc = {}
+    for flag in ([], ["--cascade"]):
+        out = tmp_path / ("c" if flag else "i")
+        argv = ["attack", "--eps", "0,2,4", "--num-examples", "24", "--batch-size", "12"]
+        assert main([*argv, "--num-steps", "3", "--out", str(out), "--quiet", *flag]) == 0
+        rows = json.loads((out / "results.json").read_text())["rows"]
+        acc[bool(flag)] = [r["robust_accuracy"] for r in rows]
+    ind, cas = np.array(acc[False]), np.array(acc[True])
+    assert cas[0] == ind[0] and np.all(cas <= ind + 1e-9) and np.all(np.diff(cas) <= 1e-9)
 
 
 def test_train_then_attack_checkpoint(tmp_path, pneumonia_path):
