@@ -300,7 +300,7 @@ def art_pgd(net: Any, *, eps: float, steps: int, step_size: float, shape, classe
 def scipy_one_pixel(
     model: Any, *, population_size: int, num_generations: int, seed: int = 0
 ) -> Callable:
-    """``run(x, y) -> success[B]``: Su et al.'s one-pixel attack as the public reference code
+    """``run(x, y) -> (success[B], images_scored[B])``: Su et al.'s one-pixel attack as the public reference code
     does it, with ``scipy.optimize.differential_evolution`` per image.
 
     The candidate set of each generation is scored in one jitted model call (``vectorized=True``),
@@ -312,10 +312,11 @@ def scipy_one_pixel(
 
     probs = jax.jit(lambda m, x: jax.nn.softmax(m(x), axis=-1))
 
-    def one(x_img: np.ndarray, label: int, seed_i: int) -> bool:
+    def one(x_img: np.ndarray, label: int, seed_i: int) -> tuple[bool, int]:
         h, w, k = x_img.shape
         dims = 2 + k
         found = [False]
+        scored = [0]  # images sent to the model (scipy's nfev counts vectorised calls)
 
         def perturb(genes: np.ndarray) -> np.ndarray:  # genes [dims, S] -> images [S, h, w, k]
             s = genes.shape[1]
@@ -328,6 +329,7 @@ def scipy_one_pixel(
         def fitness(genes: np.ndarray) -> np.ndarray:
             if genes.ndim == 1:
                 genes = genes[:, None]
+            scored[0] += genes.shape[1]
             p = np.asarray(probs(model, jnp.asarray(perturb(genes))))
             if np.any(p.argmax(1) != label):
                 found[0] = True
@@ -352,22 +354,24 @@ def scipy_one_pixel(
             updating="deferred",
             callback=stop,
         )
-        return found[0]
+        return found[0], scored[0]
 
     def run(x, y):
         xs, ys = np.asarray(x), np.asarray(y)
-        return np.array([one(xs[i], int(ys[i]), seed + i) for i in range(len(xs))])
+        res = [one(xs[i], int(ys[i]), seed + i) for i in range(len(xs))]
+        return np.array([r[0] for r in res]), np.array([r[1] for r in res])
 
     return run
 
 
 def timed(fn: Callable[[], Any], repeats: int) -> tuple[Any, float, float]:
-    """``(result, first_s, median_steady_s)`` for a host-driven peer."""
+    """``(result, first_s, median_steady_s)`` for a host-driven peer; with ``repeats=0`` the first
+    call is the only one (for a peer already warmed up by the caller)."""
     t0 = time.perf_counter()
     out = fn()
     first = time.perf_counter() - t0
-    ts = []
-    for _ in range(max(1, repeats)):
+    ts = [] if repeats > 0 else [first]
+    for _ in range(max(0, repeats)):
         t0 = time.perf_counter()
         out = fn()
         ts.append(time.perf_counter() - t0)

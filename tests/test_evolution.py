@@ -145,24 +145,31 @@ def test_dgde_support_is_nested_across_generations():
 
 # ------------------------------------------------------------------------- query counts
 class _Counter:
+    """Images the model was called on, and how many of them were distinct within each call."""
+
     def __init__(self):
         self.images = 0
+        self.distinct = 0
 
-    def __call__(self, n):
-        self.images += int(n)
+    def __call__(self, x):
+        x = np.asarray(x)
+        self.images += len(x)
+        self.distinct += len({row.tobytes() for row in x})
 
 
 def _counting(apply, counter):
     def f(p, x):
-        jax.debug.callback(counter, jnp.int32(x.shape[0]))
+        jax.debug.callback(counter, x)
         return apply(p, x)
 
     return f
 
 
-@pytest.mark.parametrize("attack", ["DGDE", "OnePixel"])
+@pytest.mark.parametrize("attack", ["DGDE", "OnePixel", "OnePixel-reuse"])
 def test_queries_equal_images_sent_to_the_model(attack):
-    """One example: every image the model sees is charged to it, exactly once."""
+    """One example: every image the model sees is charged to it, exactly once. With reused
+    scores the model may also see padding rows (repeats of a row of the same call): then the
+    charge is the number of distinct images per call, and fewer than without reuse."""
     counter = _Counter()
     if attack == "DGDE":
         model = jaxadv.from_apply(_counting(_trigger_apply, counter), jnp.float32(50.0))
@@ -172,12 +179,39 @@ def test_queries_equal_images_sent_to_the_model(attack):
         w = bright_model().params
         model = jaxadv.from_apply(_counting(_bright_apply, counter), w)
         x, y = _flat(1, (4, 4, 1), 0.2), jnp.zeros((1,), jnp.int32)
-        # chunked evaluation (lax.map over 3 chunks of 4) and the paper's early stop
-        atk = jaxadv.OnePixel(population_size=12, num_generations=15, eval_chunk=4)
+        # chunked evaluation (lax.map over 3 chunks of 4) and the paper's early stop; with
+        # reuse one call per generation (chunks would split a padding row from its original)
+        reuse = attack == "OnePixel-reuse"
+        atk = jaxadv.OnePixel(
+            population_size=12,
+            num_generations=15,
+            eval_chunk=None if reuse else 4,
+            reuse_scores=reuse,
+        )
     res = jax.jit(lambda k: atk.run(k, model, x, y))(example_keys(jax.random.key(0), 1))
     jax.effects_barrier()
     assert bool(res.success[0])
-    assert int(res.queries[0]) == counter.images
+    if attack == "OnePixel-reuse":
+        assert int(res.queries[0]) == counter.distinct
+    else:
+        assert int(res.queries[0]) == counter.images
+
+
+def test_reused_scores_same_search_fewer_queries():
+    """reuse_scores only skips images already scored: the DE takes the same path (same adversarial,
+    best fitness and generations per example) and charges fewer queries once trials repeat images
+    (a 4x4 image has only 16 positions x 256 colours). Chunked scoring changes nothing."""
+    model = bright_model()
+    x = jnp.concatenate([_flat(3, (4, 4, 1), 0.2), _flat(1, (4, 4, 1), 0.9)])
+    y = jnp.array([0, 0, 0, 1], jnp.int32)
+    kw = dict(population_size=16, num_generations=40, early_stop="none")
+    a = jaxadv.OnePixel(**kw, reuse_scores=False)(jax.random.key(3), model, x, y)
+    b = jaxadv.OnePixel(**kw, reuse_scores=True, eval_chunk=5)(jax.random.key(3), model, x, y)
+    np.testing.assert_array_equal(a.adv, b.adv)
+    np.testing.assert_array_equal(a.info["fitness"], b.info["fitness"])
+    np.testing.assert_array_equal(a.info["generations"], b.info["generations"])
+    assert np.all(np.asarray(a.queries) == 16 * 41 + 1)
+    assert np.all(np.asarray(b.queries) < np.asarray(a.queries))
 
 
 def test_dgde_query_schedule_per_example():
