@@ -9,6 +9,8 @@ Sections (``--only`` picks some; all run by default):
   achieved FLOP/s against a measured matmul peak.
 * ``peers``: the same PGD in foolbox 3 (JAX backend, same Flax model), torchattacks and ART
   (PyTorch CPU, same weights through safetensors); time ratios and robust-accuracy agreement.
+* ``strength``: the same PGD over several random starts in jaxadv and each peer: mean robust
+  accuracy and whether jaxadv is weaker than a peer by more than 2 standard errors.
 * ``sweep``: ``jaxadv.sweep_eps`` over E budgets against foolbox's per-eps loop and against E
   separate jaxadv runs.
 * ``onepixel``: ``jaxadv.OnePixel`` against a scipy ``differential_evolution`` reference, per image.
@@ -49,7 +51,7 @@ from jaxadv import losses as L  # noqa: E402
 from jaxadv import report  # noqa: E402
 from jaxadv.attacks.gradient import loss_grad  # noqa: E402
 
-SECTIONS = ("throughput", "peers", "sweep", "onepixel", "loops", "memory")
+SECTIONS = ("throughput", "peers", "strength", "sweep", "onepixel", "loops", "memory")
 
 #: Settings per mode. Steps are reduced on the ResNets so a CPU run stays bounded.
 QUICK = {
@@ -60,6 +62,7 @@ QUICK = {
     },
     "repeats": 3,
     "peers": {"model": "small_cnn", "batches": [16, 64], "steps": 10},
+    "strength": {"model": "small_cnn", "images": 256, "steps": 10, "seeds": 4},
     "sweep": {"batch": 16, "steps": 10, "eps": [1, 2, 4, 8, 16]},
     # Su et al.'s population and generations (the setting the target is about), few images
     "onepixel": {"images": 8, "population": 400, "generations": 100, "without_reuse": False},
@@ -75,6 +78,7 @@ SMOKE = {
     },
     "repeats": 1,
     "peers": {"model": "small_cnn", "batches": [4, 16], "steps": 2},
+    "strength": {"model": "small_cnn", "images": 8, "steps": 2, "seeds": 2},
     "sweep": {"batch": 4, "steps": 2, "eps": [2, 8]},
     "onepixel": {"images": 2, "population": 12, "generations": 2},
     "loops": {"batch": 4, "steps": 3},
@@ -89,6 +93,7 @@ FULL = {
     },
     "repeats": 5,
     "peers": {"model": "small_cnn", "batches": [1, 16, 64, 256], "steps": 20},
+    "strength": {"model": "small_cnn", "images": 256, "steps": 10, "seeds": 8},
     "sweep": {"batch": 64, "steps": 20, "eps": [0.5, 1, 2, 4, 8, 16]},
     "onepixel": {"images": 32, "population": 400, "generations": 100},
     "loops": {"batch": 256, "steps": 20},
@@ -181,12 +186,10 @@ def throughput(cfg: dict, repeats: int, dtype: str, peak: float) -> list[dict]:
     return rows
 
 
-def peer_rows(cfg: dict, repeats: int) -> list[dict]:
-    target = common.build_target(cfg["model"], n=max(cfg["batches"]))
-    steps = cfg["steps"]
+def _peer_runners(target: Any, steps: int) -> tuple[dict[str, Any], dict[str, str]]:
+    """``({label: run(x, y) -> success[B]}, {label: why skipped})``: the same L∞ PGD (PEER_EPS,
+    step 2.5·eps/steps, random start) in each peer library that is installed."""
     step = 2.5 * PEER_EPS / steps
-    ours = jaxadv.PGD(threat=jaxadv.LinfBall(eps=PEER_EPS), num_steps=steps, unroll=steps)
-    ours_default = jaxadv.PGD(threat=jaxadv.LinfBall(eps=PEER_EPS), num_steps=steps)
     runners: dict[str, Any] = {}
     reasons: dict[str, str] = {}
     if r := peers.missing("foolbox", "bench"):
@@ -222,6 +225,15 @@ def peer_rows(cfg: dict, repeats: int) -> list[dict]:
                 shape=(k, h, h),
                 classes=common.MODELS[target.name][2],
             )
+    return runners, reasons
+
+
+def peer_rows(cfg: dict, repeats: int) -> list[dict]:
+    target = common.build_target(cfg["model"], n=max(cfg["batches"]))
+    steps = cfg["steps"]
+    ours = jaxadv.PGD(threat=jaxadv.LinfBall(eps=PEER_EPS), num_steps=steps, unroll=steps)
+    ours_default = jaxadv.PGD(threat=jaxadv.LinfBall(eps=PEER_EPS), num_steps=steps)
+    runners, reasons = _peer_runners(target, steps)
     rows = []
     for b in cfg["batches"]:
         x, y = target.batch(b)
@@ -264,6 +276,51 @@ def peer_rows(cfg: dict, repeats: int) -> list[dict]:
             print(json.dumps(rows[-1]), flush=True)
         for label, why in reasons.items():
             rows.append({**base, "library": label, "skipped": why})
+    return rows
+
+
+def strength_rows(cfg: dict) -> list[dict]:
+    """Attack strength beside the peers: the same PGD run with ``seeds`` different random starts
+    per library on the same images; mean robust accuracy, its spread over seeds and standard
+    error. One run's robust accuracy moves by a few examples with the random start, so a single
+    run cannot tell a weaker attack from an unlucky seed; this can. ``weaker_by_se`` is jaxadv's
+    mean minus the peer's, in standard errors of that difference (> 2: jaxadv is weaker)."""
+    target = common.build_target(cfg["model"], n=cfg["images"])
+    x, y = target.batch(cfg["images"])
+    steps, seeds = cfg["steps"], cfg["seeds"]
+    runners, reasons = _peer_runners(target, steps)
+    pgd = jaxadv.PGD(threat=jaxadv.LinfBall(eps=PEER_EPS), num_steps=steps)
+    runs = {"jaxadv PGD": lambda s: pgd(jax.random.key(s), target.model, x, y).success}
+    for label, run in runners.items():
+        runs[label] = lambda s, run=run: run(x, y)
+    accs: dict[str, list[float]] = {k: [] for k in runs}
+    for s in range(seeds):
+        if "torch" in sys.modules:
+            sys.modules["torch"].manual_seed(s)  # torchattacks' random starts
+        np.random.seed(s)  # noqa: NPY002 - ART draws its random starts from numpy's global RNG
+        for label, run in runs.items():
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                accs[label].append(1.0 - float(np.mean(np.asarray(run(s)))))
+    ours = np.asarray(accs["jaxadv PGD"])
+    base = {"model": common.MODEL_LABELS[target.name], "images": len(x), "steps": steps}
+    rows = []
+    for label, a in accs.items():
+        a = np.asarray(a)
+        se = float(np.sqrt(np.var(ours, ddof=1) / seeds + np.var(a, ddof=1) / seeds))
+        row = {
+            **base,
+            "library": label,
+            "seeds": seeds,
+            "robust_acc_mean": round(float(a.mean()), 4),
+            "robust_acc_sd": round(float(a.std(ddof=1)), 4),
+            "robust_acc_min": round(float(a.min()), 4),
+        }
+        if label != "jaxadv PGD":
+            row["weaker_by_se"] = round(float(ours.mean() - a.mean()) / max(se, 1e-12), 2)
+        rows.append(row)
+    for label, why in reasons.items():
+        rows.append({**base, "library": label, "skipped": why})
     return rows
 
 
@@ -459,6 +516,16 @@ def verdicts(res: dict) -> list[dict]:
                     "met": r["peer_over_jaxadv"] >= need and r["agree"],
                 }
             )
+    for r in res.get("strength", []):
+        if "weaker_by_se" in r:
+            out.append(
+                {
+                    "target": f"PGD not weaker than {r['library']} (mean of {r['seeds']} seeds, "
+                    "within 2 s.e.)",
+                    "measured": r["weaker_by_se"],
+                    "met": r["weaker_by_se"] <= 2.0,
+                }
+            )
     for r in res.get("onepixel", []):
         if "ref_over_jaxadv" in r:
             out.append(
@@ -535,6 +602,18 @@ TABLE_COLS = {
         "agree",
         "skipped",
     ),
+    "strength": (
+        "model",
+        "images",
+        "steps",
+        "library",
+        "seeds",
+        "robust_acc_mean",
+        "robust_acc_sd",
+        "robust_acc_min",
+        "weaker_by_se",
+        "skipped",
+    ),
     "loops_probe": ("probe", "batch", "fori_loop_s", "unrolled_s", "loop_over_unrolled"),
     "loops": ("model", "batch", "variant", "compile_s", "steady_s", "min_s", "vs_limit"),
     "memory": (
@@ -605,6 +684,8 @@ def main(argv: list[str] | None = None) -> int:
         res["throughput"] = throughput(cfg["throughput"], repeats, args.dtype, peak)
     if "peers" in only:
         res["peers"] = peer_rows(cfg["peers"], repeats)
+    if "strength" in only:
+        res["strength"] = strength_rows(cfg["strength"])
     if "sweep" in only:
         res["sweep"] = sweep_rows(cfg["sweep"], repeats)
     if "onepixel" in only:
