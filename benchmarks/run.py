@@ -496,57 +496,34 @@ def memory_section(cfg: dict) -> list[dict]:
 def verdicts(res: dict) -> list[dict]:
     """Each target of the issue, met or missed, and by how much."""
     out = []
-    gpu = jax.default_backend() == "gpu"
+    dev = jax.default_backend()
+
+    def add(target: str, measured: Any, met: bool) -> None:
+        out.append({"target": target, "measured": measured, "met": bool(met), "device": dev})
+
     for r in res.get("throughput", []):
         if r["model"].startswith("SmallCNN") and r["attack"].startswith("PGD"):
-            out.append(
-                {
-                    "target": f"{r['attack']} limit ratio <= 1.05 (batch {r['batch']})",
-                    "measured": r["limit_ratio"],
-                    "met": r["limit_ratio"] <= 1.05,
-                }
-            )
+            ratio = r["limit_ratio"]
+            add(f"{r['attack']} limit ratio <= 1.05 (batch {r['batch']})", ratio, ratio <= 1.05)
     for r in res.get("peers", []):
         if r.get("library", "").startswith("foolbox") and "peer_over_jaxadv" in r:
             need = 2.0 if r["batch"] == 16 else 1.0
-            out.append(
-                {
-                    "target": f"PGD >= {need:g}x foolbox at batch {r['batch']}",
-                    "measured": r["peer_over_jaxadv"],
-                    "met": r["peer_over_jaxadv"] >= need and r["agree"],
-                }
-            )
+            got = r["peer_over_jaxadv"]
+            add(f"PGD >= {need:g}x foolbox at batch {r['batch']}", got, got >= need and r["agree"])
     for r in res.get("strength", []):
         if "weaker_by_se" in r:
-            out.append(
-                {
-                    "target": f"PGD not weaker than {r['library']} (mean of {r['seeds']} seeds, "
-                    "within 2 s.e.)",
-                    "measured": r["weaker_by_se"],
-                    "met": r["weaker_by_se"] <= 2.0,
-                }
-            )
+            what = f"PGD not weaker than {r['library']} (mean of {r['seeds']} seeds, within 2 s.e.)"
+            add(what, r["weaker_by_se"], r["weaker_by_se"] <= 2.0)
     for r in res.get("onepixel", []):
         if "ref_over_jaxadv" in r:
-            out.append(
-                {
-                    "target": f"OnePixel >= {r['target_ratio']:g}x scipy per image, success +-5 pts",
-                    "measured": r["ref_over_jaxadv"],
-                    "met": r["ref_over_jaxadv"] >= r["target_ratio"] and r["agree"],
-                }
-            )
+            got = r["ref_over_jaxadv"]
+            what = f"OnePixel >= {r['target_ratio']:g}x scipy per image, success +-5 pts"
+            add(what, got, got >= r["target_ratio"] and r["agree"])
     for r in res.get("sweep", []):
         if "target_speedup" in r:
-            out.append(
-                {
-                    "target": f"sweep_eps (cascade) >= {r['target_speedup']:g}x foolbox "
-                    "per-eps loop, curves agree",
-                    "measured": r["speedup_of_sweep"],
-                    "met": r["speedup_of_sweep"] >= r["target_speedup"] and r["agree"],
-                }
-            )
-    for v in out:
-        v["device"] = "gpu" if gpu else jax.default_backend()
+            got = r["speedup_of_sweep"]
+            what = f"sweep_eps (cascade) >= {r['target_speedup']:g}x foolbox per-eps loop, curves agree"
+            add(what, got, got >= r["target_speedup"] and r["agree"])
     return out
 
 
