@@ -21,7 +21,7 @@ Writes JSON (device, JAX version and commit beside every number) and appends Mar
 the verdict on each target to ``benchmarks/RESULTS.md``.
 
     python benchmarks/run.py --quick     # ~3 min on 2 CPU cores
-    python benchmarks/run.py             # full: ~40-60 min on 2 CPU cores, minutes on a GPU
+    python benchmarks/run.py             # full: ~28 min on 2 CPU cores
     python benchmarks/run.py --dtype bfloat16 --only throughput   # GPU: bf16 network
 """
 
