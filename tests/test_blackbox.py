@@ -69,6 +69,14 @@ BLACK_BOX = {
     "NES-partial": lambda t: jaxadv.NES(
         threat=t, num_queries=150, population_size=6, mode="partial_info", init_tries=20
     ),
+    "NES-label": lambda t: jaxadv.NES(
+        threat=t,
+        num_queries=150,
+        population_size=4,
+        mode="label_only",
+        label_only_samples=5,
+        init_tries=20,
+    ),
     "Square": lambda t: jaxadv.Square(threat=t, num_queries=40),
     "ZOO": lambda t: jaxadv.ZOO(threat=t, num_steps=6, num_coords=3, patience=0),
     "HopSkipJump": lambda t: jaxadv.HopSkipJump(threat=t, **HSJ),
@@ -185,6 +193,41 @@ def test_nes_targeted_succeeds():
     res = nes(jax.random.key(0), model, x, y, target=target)
     np.testing.assert_array_equal(res.success, jnp.argmax(model(res.adv), axis=1) == target)
     assert bool(jnp.all(res.success))
+
+
+def test_nes_label_only_reads_only_labels_and_succeeds():
+    """Label-only NES sees the top label alone: a strictly increasing transform of the logits
+    (same top labels, other probabilities) gives the identical attack; and with a large
+    budget it breaks every example of a linear model, inside the ball, charging what it used."""
+    lin = linear_model(2, SHAPE)
+
+    def apply(p, x):  # a z + c z^3 + d: strictly increasing in z, so every top label is kept
+        z = _linear_apply(p["lin"], x)
+        return p["a"] * z + p["c"] * z * z * z + p["d"]
+
+    warped = jaxadv.from_apply(
+        apply,
+        {"lin": lin.params, "a": jnp.float32(0.3), "c": jnp.float32(2.0), "d": jnp.float32(5.0)},
+    )
+    x = _batch(4, lo=0.2, hi=0.8)
+    y = jnp.argmax(lin(x), axis=1).astype(jnp.int32)
+    threat = jaxadv.LinfBall(eps=0.45)  # PGD breaks all 4 from 0.3
+    nes = jaxadv.NES(
+        threat=threat,
+        num_queries=6000,
+        population_size=10,
+        mode="label_only",
+        label_only_samples=10,
+        init_tries=100,
+    )
+    a = nes(jax.random.key(5), lin, x, y)
+    b = nes(jax.random.key(5), warped, x, y)
+    for f in ("adv", "success", "norm", "queries"):  # res.loss is the library's logit margin
+        np.testing.assert_array_equal(getattr(a, f), getattr(b, f))
+    assert bool(jnp.all(a.success)), a.success
+    assert bool(jnp.all(threat.contains(x, a.adv)))
+    np.testing.assert_array_equal(a.success, jnp.argmax(lin(a.adv), axis=1) != y)
+    assert bool(jnp.all((a.queries > 1) & (a.queries <= 6001)))
 
 
 # ------------------------------------------------------------------------------ HopSkipJump
