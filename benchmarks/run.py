@@ -22,6 +22,7 @@ the verdict on each target to ``benchmarks/RESULTS.md``.
 
     python benchmarks/run.py --quick     # ~3 min on 2 CPU cores
     python benchmarks/run.py             # full: ~28 min on 2 CPU cores
+    python benchmarks/run.py --resume    # after an interruption: keeps the sections saved in --out
     python benchmarks/run.py --dtype bfloat16 --only throughput   # GPU: bf16 network
 """
 
@@ -626,6 +627,20 @@ def markdown(man: dict, res: dict, args: argparse.Namespace) -> str:
     return "".join(parts)
 
 
+def _resumable(path: str, man: dict) -> dict[str, list[dict]]:
+    """Sections saved by an earlier run of the same mode, dtype and commit ({} otherwise)."""
+    try:
+        old = json.loads(pathlib.Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+    m = old.get("manifest", {})
+    same = all(m.get(k) == man.get(k) for k in ("mode", "git_commit", "dtype"))
+    if not same:
+        print(f"not resuming {path}: it is from another mode, dtype or commit", flush=True)
+        return {}
+    return {k: v for k, v in old.get("results", {}).items() if k != "targets"}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="small settings (~3 min on 2 CPU cores)")
@@ -637,6 +652,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--results-md", default=str(common.HERE / "RESULTS.md"))
     p.add_argument("--no-md", action="store_true", help="do not append to RESULTS.md")
     p.add_argument("--note", default="", help="a line written under the table heading")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the sections already saved in --out by an interrupted run of the same mode, "
+        "dtype and commit, and run only the others",
+    )
     args = p.parse_args(argv)
     cfg = SMOKE if args.smoke else QUICK if args.quick else FULL
     repeats = args.repeats or cfg["repeats"]
@@ -654,27 +675,34 @@ def main(argv: list[str] | None = None) -> int:
         seed=0,
         benchmark="jaxadv benchmarks/run.py",
         mode="smoke" if args.smoke else "quick" if args.quick else "full",
+        dtype=args.dtype,
     )
     man["matmul_peak_gflops"] = peak / 1e9
     res: dict[str, list[dict]] = {}
-    if "throughput" in only:
-        res["throughput"] = throughput(cfg["throughput"], repeats, args.dtype, peak)
-    if "peers" in only:
-        res["peers"] = peer_rows(cfg["peers"], repeats)
-    if "strength" in only:
-        res["strength"] = strength_rows(cfg["strength"])
-    if "sweep" in only:
-        res["sweep"] = sweep_rows(cfg["sweep"], repeats)
-    if "onepixel" in only:
-        res["onepixel"] = onepixel_rows(cfg["onepixel"], repeats)
-    if "loops" in only:
-        lc = cfg["loops"]
-        res["loops_probe"] = loops.conv_grad_probe(batch=16, steps=lc["steps"], repeats=repeats)
-        res["loops"] = loops.pgd_ablation(
+    if args.resume:
+        res = _resumable(args.out, man)
+        if res:
+            print(f"resuming {args.out}: sections done: {sorted(res)}", flush=True)
+    lc = cfg["loops"]
+    sections = {
+        "throughput": lambda: throughput(cfg["throughput"], repeats, args.dtype, peak),
+        "peers": lambda: peer_rows(cfg["peers"], repeats),
+        "strength": lambda: strength_rows(cfg["strength"]),
+        "sweep": lambda: sweep_rows(cfg["sweep"], repeats),
+        "onepixel": lambda: onepixel_rows(cfg["onepixel"], repeats),
+        "loops_probe": lambda: loops.conv_grad_probe(batch=16, steps=lc["steps"], repeats=repeats),
+        "loops": lambda: loops.pgd_ablation(
             common.build_target("small_cnn", n=lc["batch"]), lc["batch"], lc["steps"], repeats
-        )
-    if "memory" in only:
-        res["memory"] = memory_section(cfg["memory"])
+        ),
+        "memory": lambda: memory_section(cfg["memory"]),
+    }
+    for name, run in sections.items():
+        if name.split("_")[0] not in only or name in res:
+            continue
+        res[name] = run()
+        # each finished section is saved at once: an interrupted run resumes with --resume
+        report.write_json(args.out, {"manifest": {**man, "partial": True}, "results": res})
+    res = {k: res[k] for k in sections if k in res}  # the usual order, resumed or not
     res["targets"] = verdicts(res)
     man["wall_s"] = round(time.perf_counter() - t_start, 1)
     report.write_json(args.out, {"manifest": man, "results": res})
