@@ -634,9 +634,9 @@ def _resumable(path: str, man: dict) -> dict[str, list[dict]]:
     except (OSError, ValueError):
         return {}
     m = old.get("manifest", {})
-    same = all(m.get(k) == man.get(k) for k in ("mode", "git_commit", "dtype"))
+    same = all(m.get(k) == man.get(k) for k in ("mode", "git_commit", "dtype", "repeats"))
     if not same:
-        print(f"not resuming {path}: it is from another mode, dtype or commit", flush=True)
+        print(f"not resuming {path}: it is from another mode, dtype, repeats or commit", flush=True)
         return {}
     return {k: v for k, v in old.get("results", {}).items() if k != "targets"}
 
@@ -656,7 +656,7 @@ def main(argv: list[str] | None = None) -> int:
         "--resume",
         action="store_true",
         help="keep the sections already saved in --out by an interrupted run of the same mode, "
-        "dtype and commit, and run only the others",
+        "dtype, repeats and commit, and run only the others (wall_s then counts this part)",
     )
     args = p.parse_args(argv)
     cfg = SMOKE if args.smoke else QUICK if args.quick else FULL
@@ -676,6 +676,7 @@ def main(argv: list[str] | None = None) -> int:
         benchmark="jaxadv benchmarks/run.py",
         mode="smoke" if args.smoke else "quick" if args.quick else "full",
         dtype=args.dtype,
+        repeats=repeats,
     )
     man["matmul_peak_gflops"] = peak / 1e9
     res: dict[str, list[dict]] = {}

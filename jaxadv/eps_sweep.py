@@ -7,7 +7,8 @@ Two ways to run a grid (:func:`sweep_eps`):
 * ``cascade=True``: budgets in ascending order, each attacking only the examples that no smaller
   budget (and no clean error) has already broken; the others keep the adversarial found at the
   smaller budget, which lies inside every larger ball. Work falls with every broken example, and the
-  curve is the per-example worst case over the grid: ``success[k] = OR_{j <= k} success_indep[j]``.
+  curve is the per-example worst case over the grid: ``success[k] = OR_{j <= k} success_indep[j]``
+  (clean errors count as broken at every budget).
 """
 
 from __future__ import annotations

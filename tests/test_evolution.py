@@ -145,16 +145,18 @@ def test_dgde_support_is_nested_across_generations():
 
 # ------------------------------------------------------------------------- query counts
 class _Counter:
-    """Images the model was called on, and how many of them were distinct within each call."""
+    """Images the model was called on, call by call (and how many were distinct in each call)."""
 
     def __init__(self):
-        self.images = 0
-        self.distinct = 0
+        self.calls: list[tuple[int, int]] = []
 
     def __call__(self, x):
         x = np.asarray(x)
-        self.images += len(x)
-        self.distinct += len({row.tobytes() for row in x})
+        self.calls.append((len(x), len({row.tobytes() for row in x})))
+
+    @property
+    def images(self) -> int:
+        return sum(n for n, _ in self.calls)
 
 
 def _counting(apply, counter):
@@ -192,26 +194,60 @@ def test_queries_equal_images_sent_to_the_model(attack):
     jax.effects_barrier()
     assert bool(res.success[0])
     if attack == "OnePixel-reuse":
-        assert int(res.queries[0]) == counter.distinct
+        # the initial population and the final check are charged whole; in between each call's
+        # padding repeats one of its own rows, so the charge is the distinct images per call
+        (n0, _), *mid, (n_last, _) = counter.calls
+        assert int(res.queries[0]) == n0 + sum(d for _, d in mid) + n_last
+        assert int(res.queries[0]) < counter.images
     else:
         assert int(res.queries[0]) == counter.images
 
 
-def test_reused_scores_same_search_fewer_queries():
+@pytest.mark.parametrize("case", ["none", "success", "per-example-budget"])
+def test_reused_scores_same_search_fewer_queries(case):
     """reuse_scores only skips images already scored: the DE takes the same path (same adversarial,
     best fitness and generations per example) and charges fewer queries once trials repeat images
-    (a 4x4 image has only 16 positions x 256 colours). Chunked scoring changes nothing."""
+    (a 4x4 image has only 16 positions x 256 colours). Chunked scoring changes nothing; early stop
+    and per-example pixel budgets (gathered rows keep their own budget) neither."""
     model = bright_model()
     x = jnp.concatenate([_flat(3, (4, 4, 1), 0.2), _flat(1, (4, 4, 1), 0.9)])
     y = jnp.array([0, 0, 0, 1], jnp.int32)
-    kw = dict(population_size=16, num_generations=40, early_stop="none")
+    kw = dict(population_size=16, num_generations=40, early_stop="threshold")
+    if case == "none":
+        kw["early_stop"] = "none"
+    if case == "per-example-budget":
+        kw.update(num_pixels=2, threat=jaxadv.L0Pixels(eps=jnp.asarray([0.0, 1.0, 2.0, 1.0])))
     a = jaxadv.OnePixel(**kw, reuse_scores=False)(jax.random.key(3), model, x, y)
     b = jaxadv.OnePixel(**kw, reuse_scores=True, eval_chunk=5)(jax.random.key(3), model, x, y)
     np.testing.assert_array_equal(a.adv, b.adv)
+    np.testing.assert_array_equal(a.success, b.success)
     np.testing.assert_array_equal(a.info["fitness"], b.info["fitness"])
     np.testing.assert_array_equal(a.info["generations"], b.info["generations"])
-    assert np.all(np.asarray(a.queries) == 16 * 41 + 1)
-    assert np.all(np.asarray(b.queries) < np.asarray(a.queries))
+    gens = np.asarray(a.info["generations"])
+    np.testing.assert_array_equal(a.queries, 16 * (gens + 1) + 1)
+    moved = gens > 2  # the clean error (example 3) stops at once: nothing to save there
+    assert moved.any() and np.all(np.asarray(b.queries)[moved] < np.asarray(a.queries)[moved])
+    if case == "per-example-budget":
+        np.testing.assert_array_equal(np.asarray(b.norm) <= np.array([0, 1, 2, 1]), True)
+
+
+def test_reused_scores_under_vmap_never_score_more():
+    """sweep_eps vmaps the attack over budgets, so each generation's number of new trials is
+    batched: the model must still see no more images than without reuse (a counting model)."""
+    counts = {}
+    x = jnp.concatenate([_flat(3, (4, 4, 1), 0.2), _flat(1, (4, 4, 1), 0.9)])
+    y = jnp.array([0, 0, 0, 1], jnp.int32)
+    for reuse in (False, True):
+        counter = _Counter()
+        model = jaxadv.from_apply(_counting(_bright_apply, counter), bright_model().params)
+        atk = jaxadv.OnePixel(
+            num_pixels=2, population_size=16, num_generations=10, reuse_scores=reuse
+        )
+        curve = jaxadv.sweep_eps(atk, [1.0, 2.0], key=jax.random.key(0), model=model, x=x, y=y)
+        jax.effects_barrier()
+        counts[reuse] = (counter.images, int(jnp.sum(curve.result.queries)))
+    assert counts[True][0] <= counts[False][0], counts
+    assert counts[True][1] < counts[False][1], counts
 
 
 def test_dgde_query_schedule_per_example():

@@ -112,7 +112,7 @@ class OnePixel(AbstractAttack):
         reuse_scores: score each distinct image once (static; default on): a trial that makes
             the same image as a population member or an earlier trial of its generation reuses
             that score, finished examples are not scored, and the rest go through the model as
-            one compacted batch. Same search, fewer model calls (see
+            compacted chunks. Same search, fewer model calls (see
             :func:`jaxadv.attacks.population.minimize`); ``False`` scores all ``B·P`` trials.
 
     Example:
@@ -169,9 +169,10 @@ class OnePixel(AbstractAttack):
         return cls(num_pixels=1, population_size=8, num_generations=3)
 
     # -- genotype -> image ----------------------------------------------------------------------
-    def _pixels(self, x: Array, pop: Array) -> tuple[Array, Array]:
+    def _pixels(self, x: Array, pop: Array, eps: Array | None = None) -> tuple[Array, Array]:
         """Flat pixel indices ``int32[B, P, k]`` (``H·W`` for pixels beyond the live count: dropped)
-        and their colours ``[B, P, k, K]`` for ``pop[B, P, D]``."""
+        and their colours ``[B, P, k, K]`` for ``pop[B, P, D]``; ``eps`` (scalar or ``[B]``)
+        overrides the threat's budget, e.g. with the budgets of gathered rows."""
         b, h, w, c = x.shape
         p = pop.shape[1]
         lo, hi = _box(self.threat, x.dtype)
@@ -181,16 +182,17 @@ class OnePixel(AbstractAttack):
         colour = _quantize(jnp.clip(genes[..., 2:], lo, hi), lo, hi, self.quantize)
         flat = rows * w + cols  # [B, P, k]
         # pixels beyond the budget's live count go to an out-of-range index and are dropped
-        live = jnp.clip(jnp.floor(self.threat.eps), 0, self.num_pixels).astype(jnp.int32)
+        eps = self.threat.eps if eps is None else eps
+        live = jnp.clip(jnp.floor(eps), 0, self.num_pixels).astype(jnp.int32)
         live = jnp.broadcast_to(jnp.reshape(live, (-1, 1, 1)), (b, 1, 1))
         flat = jnp.where(jnp.arange(self.num_pixels)[None, None, :] < live, flat, h * w)
         return flat, colour.astype(x.dtype)
 
-    def render(self, x: Array, pop: Array) -> Array:
+    def render(self, x: Array, pop: Array, eps: Array | None = None) -> Array:
         """Images ``[B, P, H, W, K]`` of ``pop[B, P, D]`` applied to ``x[B, H, W, K]``."""
         b, h, w, c = x.shape
         p = pop.shape[1]
-        flat, colour = self._pixels(x, pop)
+        flat, colour = self._pixels(x, pop, eps)
 
         def one(xi, idx, col):  # xi [HW, K], idx [k], col [k, K]
             return xi.at[idx].set(col, mode="drop")
@@ -202,13 +204,13 @@ class OnePixel(AbstractAttack):
 
     def codes(self, x: Array, pop: Array) -> Array:
         """``int32[B, P, m]``: equal exactly when two individuals render the same pixel writes
-        (positions and the bits of the colours they write, in genome order)."""
+        (positions and the bytes of the colours they write, in genome order; any float dtype)."""
         flat, colour = self._pixels(x, pop)
+        b, p, k = flat.shape
         dropped = (flat == x.shape[1] * x.shape[2])[..., None]
-        bits = jax.lax.bitcast_convert_type(colour.astype(jnp.float32), jnp.int32)
-        bits = jnp.where(dropped, 0, bits)
-        b, p = pop.shape[:2]
-        return jnp.concatenate([flat[..., None], bits], axis=-1).reshape(b, p, -1)
+        raw = jax.lax.bitcast_convert_type(colour, jnp.uint8).reshape(b, p, k, -1)
+        raw = jnp.where(dropped, 0, raw.astype(jnp.int32))
+        return jnp.concatenate([flat[..., None], raw], axis=-1).reshape(b, p, -1)
 
     def init_population(self, keys: Array, x: Array) -> Array:
         """The published initialisation ``[B, P, D]`` (one key per example)."""
@@ -255,9 +257,13 @@ class OnePixel(AbstractAttack):
             probs = pop_lib.probabilities(model, self.render(x, pop), chunk=self.eval_chunk)
             return score(probs, y, target)
 
+        eps_b = jnp.broadcast_to(jnp.asarray(self.threat.eps), (x.shape[0],))
+
         def evaluate_rows(ex, genes):  # one individual each of the examples ex[S]
-            imgs = self.render(x[ex], genes[:, None])[:, 0]  # [S, H, W, K]
-            probs = pop_lib.probabilities(model, imgs[None], chunk=self.eval_chunk)[0]
+            imgs = self.render(x[ex], genes[:, None], eps_b[ex])[:, 0]  # [S, H, W, K]
+            # eval_chunk counts population members of the whole batch: B of them per model call
+            rows = None if self.eval_chunk is None else self.eval_chunk * x.shape[0]
+            probs = pop_lib.probabilities(model, imgs[None], chunk=rows)[0]
             fit, fin = score(probs[:, None], y[ex], None if target is None else target[ex])
             return fit[:, 0], fin[:, 0]
 

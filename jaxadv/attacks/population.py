@@ -223,8 +223,9 @@ def _pick_best(pop: Array, fit: Array, done: Array) -> tuple[Array, Array, Array
     return take(pop, i), take(fit, i), take(done, i)
 
 
-#: Fractions of ``B·P`` a generation's compacted evaluation may be padded to (see :func:`minimize`).
-ROW_BUCKETS = (1.0, 0.75, 0.5, 0.375, 0.25, 0.1875, 0.125, 0.0625)
+#: A generation's new trials are scored in chunks of ``ceil(B·P / ROW_CHUNKS)`` rows (see
+#: :func:`minimize`): padding is under one chunk.
+ROW_CHUNKS = 8
 
 
 def _hash(codes: Array) -> Array:
@@ -258,38 +259,33 @@ def _score_new(evaluate_rows, codes, pop, fit, trial, active):
     """Score only the trials whose image has not been scored: ``(fit[B, P], fin[B, P], n[B])``.
 
     Trials that repeat a population member's image (or an earlier trial's) reuse its score; trials
-    of inactive examples are not scored. The rest are gathered into one model call padded to the
-    smallest :data:`ROW_BUCKETS` size that holds them (``lax.switch``: only that branch runs).
+    of inactive examples are not scored. The rest are gathered in order and scored in chunks of
+    ``ceil(B·P / ROW_CHUNKS)`` rows, as many chunks as they fill (a loop with a traced trip count:
+    under ``vmap``, e.g. ``sweep_eps`` over budgets, it runs the largest count, never more than
+    all ``B·P`` rows).
     """
     b, p, d = trial.shape
     ref = jax.vmap(_leaders)(codes(pop), codes(trial))  # [B, P] index into [pop; trials]
     own = ref == (jnp.arange(p, dtype=jnp.int32) + p)[None, :]
     need = (own & active[:, None]).reshape(-1)
     u = jnp.sum(need.astype(jnp.int32))
-    first = jnp.argmax(need)
     total = b * p
-    sizes = sorted({max(1, math.ceil(total * f)) for f in ROW_BUCKETS}, reverse=True)
+    chunk = max(1, math.ceil(total / ROW_CHUNKS))
+    n_chunks = -(-total // chunk)
+    # rows to score, then padding that repeats the last of them (it lies in the last chunk)
+    last = total - 1 - jnp.argmax(need[::-1])
+    pos = jnp.nonzero(need, size=n_chunks * chunk, fill_value=last)[0].astype(jnp.int32)
     flat_trial = trial.reshape(total, d)
 
-    def branch(size):
-        def run(_):
-            # padding rows repeat the first row to score, so every call holds distinct images
-            pos = jnp.nonzero(need, size=size, fill_value=first)[0].astype(jnp.int32)
-            f, fin = evaluate_rows(pos // p, flat_trial[pos])
-            dest = jnp.where(jnp.arange(size) < u, pos, total)  # padding rows are dropped
-            return (
-                jnp.full((total,), jnp.inf, jnp.float32).at[dest].set(f, mode="drop"),
-                jnp.zeros((total,), bool).at[dest].set(fin, mode="drop"),
-            )
+    def body(i, acc):
+        f_acc, fin_acc = acc
+        rows = jax.lax.dynamic_slice(pos, (i * chunk,), (chunk,))
+        f, fin = evaluate_rows(rows // p, flat_trial[rows])
+        dest = jnp.where(i * chunk + jnp.arange(chunk) < u, rows, total)  # padding is dropped
+        return f_acc.at[dest].set(f, mode="drop"), fin_acc.at[dest].set(fin, mode="drop")
 
-        return run
-
-    def nothing(_):
-        return jnp.full((total,), jnp.inf, jnp.float32), jnp.zeros((total,), bool)
-
-    sel = jnp.sum(jnp.asarray(sizes) >= u) - 1  # the smallest size that holds u rows
-    sel = jnp.where(u == 0, len(sizes), sel)
-    f_new, fin_new = jax.lax.switch(sel, [branch(sz) for sz in sizes] + [nothing], None)
+    init = (jnp.full((total,), jnp.inf, jnp.float32), jnp.zeros((total,), bool))
+    f_new, fin_new = jax.lax.fori_loop(0, -(-u // chunk), body, init)
     f_new, fin_new = f_new.reshape(b, p), fin_new.reshape(b, p)
     from_pop = ref < p
     j = jnp.where(from_pop, ref, ref - p)
@@ -317,7 +313,7 @@ def minimize(
     With ``codes`` and ``evaluate_rows`` each generation scores only new images: a trial whose
     codes equal a population member's (or an earlier trial's of the same generation) reuses that
     score, finished examples are not scored at all, and the remaining trials go through the model
-    as one compacted batch padded to a :data:`ROW_BUCKETS` fraction of ``B·P``. On a device whose
+    compacted, in as many chunks of ``B·P /`` :data:`ROW_CHUNKS` rows as they fill. On a device whose
     time is spent in model evaluations (a CPU) that is the saving: late in a run most DE trials
     repeat an image already scored (Su et al.'s settings: about 79 %, ``benchmarks/EVOLUTION.md``).
 
@@ -407,7 +403,7 @@ def minimize(
 __all__ = [
     "DEFAULT_EVAL_BUDGET",
     "DEState",
-    "ROW_BUCKETS",
+    "ROW_CHUNKS",
     "auto_chunk",
     "binomial_crossover",
     "fitness",
