@@ -198,7 +198,7 @@ def test_queries_equal_images_sent_to_the_model(attack):
         # padding repeats one of its own rows, so the charge is the distinct images per call
         (n0, _), *mid, (n_last, _) = counter.calls
         assert int(res.queries[0]) == n0 + sum(d for _, d in mid) + n_last
-        assert int(res.queries[0]) < counter.images
+        assert int(res.queries[0]) <= counter.images
     else:
         assert int(res.queries[0]) == counter.images
 

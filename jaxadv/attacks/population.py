@@ -224,8 +224,9 @@ def _pick_best(pop: Array, fit: Array, done: Array) -> tuple[Array, Array, Array
 
 
 #: A generation's new trials are scored in chunks of ``ceil(B·P / ROW_CHUNKS)`` rows (see
-#: :func:`minimize`): padding is under one chunk.
-ROW_CHUNKS = 8
+#: :func:`minimize`): padding is under one chunk. 32 measured fastest of 8 / 32 / 128 for a
+#: one-pixel attack on the reference CNN on a 2-core CPU (mid-sized model calls use its caches best).
+ROW_CHUNKS = 32
 
 
 def _hash(codes: Array) -> Array:
