@@ -73,11 +73,12 @@ def sweep_eps(
     With ``cascade=True`` the budgets are taken in ascending order and each one attacks only the
     examples still robust: an example misclassified without attack, or broken at a smaller budget,
     keeps that result at every larger budget (its ``adv`` lies inside every larger ball of a norm
-    threat). Host-driven: survivors are gathered into a batch padded to three significant bits (under a
-    quarter padding, at most four batch sizes to compile per octave, each compiled once and reused
-    across budgets and batches; padding rows repeat an example and are dropped). Since per-example keys do not depend on the batch, the result equals
-    the cumulative OR of the independent runs' successes, at a fraction of the work when many
-    examples break early; a curve from it is monotone by construction. Rows kept from a clean error
+    threat). Host-driven: survivors are gathered into a batch padded to three significant bits
+    (under a quarter padding, at most four batch sizes to compile per octave, each compiled once
+    and reused across budgets and batches; padding rows repeat an example and are dropped). Since
+    per-example keys do not depend on the batch, the result equals the cumulative OR of the
+    independent runs' successes, at a fraction of the work when many examples break early; a curve
+    from it is monotone by construction. Rows kept from a clean error
     carry ``adv = x``, ``queries = 1`` and zeros in ``info``.
 
     The attack's other settings are kept; in particular an explicit ``step_size`` stays absolute

@@ -172,7 +172,8 @@ class PGD(AbstractAttack):
                 # Once every example is frozen the remaining steps change nothing: leave the
                 # loop (same result, fewer gradients when a whole batch breaks early).
                 def cond(c):
-                    return (c[0] < self.num_steps) & jnp.any(c[1][1])
+                    i, (_, active, _, _) = c
+                    return (i < self.num_steps) & jnp.any(active)
 
                 def step_(c):
                     return c[0] + 1, body(c[0], c[1])
