@@ -13,6 +13,7 @@ from jaxadv.attacks.nes import NES
 from jaxadv.attacks.sparse_threat import L0Pixels
 from jaxadv.attacks.square import Square
 from jaxadv.attacks.zoo import ZOO
+from jaxadv.engine import Evaluation, evaluate
 from jaxadv.eps_sweep import EpsCurve, sweep_eps
 from jaxadv.metrics import (
     accuracy,
@@ -36,6 +37,7 @@ __all__ = [
     "AutoAttack",
     "DGDE",
     "EpsCurve",
+    "Evaluation",
     "FMN",
     "FGSM",
     "HopSkipJump",
@@ -60,6 +62,7 @@ __all__ = [
     "accuracy",
     "checkpoint",
     "data",
+    "evaluate",
     "attack_success_rate",
     "auc",
     "auc_under_attack",

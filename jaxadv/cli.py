@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import pathlib
 import sys
 import time
@@ -45,33 +46,82 @@ def _load_config(path: str | None) -> dict[str, Any]:
 
 
 def _merge(args: argparse.Namespace, parser: argparse.ArgumentParser) -> argparse.Namespace:
-    """Config file values fill in options not given on the command line."""
+    """Config file values fill in options not given on the command line, converted and checked
+    with the option's own type (a config value means what the same flag would)."""
     cfg = _load_config(getattr(args, "config", None))
-    known = {a.dest for a in parser._actions}
-    unknown = sorted(set(cfg) - known)
+    actions = {a.dest: a for a in parser._actions}
+    unknown = sorted(set(cfg) - set(actions))
     if unknown:
         raise CLIError(f"unknown option(s) in config: {', '.join(unknown)}")
-    defaults = {a.dest: a.default for a in parser._actions}
     for k, v in cfg.items():
-        if getattr(args, k) == defaults.get(k):
-            setattr(args, k, v)
+        act = actions[k]
+        if getattr(args, k) != act.default:
+            continue  # given on the command line: the flag wins
+        if act.type is not None and v is not None:
+            try:
+                if isinstance(v, bool) or (act.type is int and isinstance(v, float)):
+                    raise ValueError
+                v = act.type(v)
+            except (TypeError, ValueError) as e:
+                raise CLIError(f"config option {k}: expected {act.type.__name__}, got {v!r}") from e
+        elif act.nargs == 0 and not isinstance(v, bool):  # store_true flags
+            raise CLIError(f"config option {k}: expected true or false, got {v!r}")
+        setattr(args, k, v)
     return args
 
 
-def _eps_list(v: Any, scale: float = 255.0) -> list[float]:
-    """'0,1,2,4,8' (in 1/255 units; pixel counts with ``scale=1``) or a list of floats."""
-    if isinstance(v, (list, tuple)):
-        vals = [float(e) for e in v]
-    else:
-        try:
-            vals = [float(e) / scale for e in str(v).split(",") if e.strip()]
-        except ValueError as e:
-            raise CLIError(
-                f"--eps must be comma-separated numbers in 1/255 units, got {v!r}"
-            ) from e
-    if not vals or any(e < 0 for e in vals):
-        raise CLIError(f"--eps needs at least one non-negative value, got {v!r}")
-    return vals
+def _spec(fn, *args, **kwargs):
+    """Call a vocabulary function, turning its SpecError into a CLI error."""
+    from jaxadv.vocab import SpecError
+
+    try:
+        return fn(*args, **kwargs)
+    except SpecError as e:
+        raise CLIError(str(e)) from e
+
+
+def _eps_list(v: Any, norm: str = "linf", scale: float | None = None) -> list[float]:
+    """The eps grid of ``--eps`` (or a config's ``eps``), through the one parser."""
+    from jaxadv.vocab import parse_eps
+
+    return _spec(parse_eps, v, norm, scale)
+
+
+def _positive(v: Any, flag: str, *, zero_ok: bool = False) -> int | None:
+    if v is None:
+        return None
+    if v < 0 or (v == 0 and not zero_ok):
+        raise CLIError(f"{flag} must be a positive integer{' or 0' if zero_ok else ''}, got {v}")
+    return v
+
+
+def _out_dir(path: str, flag: str = "--out") -> pathlib.Path:
+    """An output folder that exists (created) and is writable, checked before any work."""
+    p = pathlib.Path(path)
+    if p.exists() and not p.is_dir():
+        raise CLIError(f"{flag} {p} is an existing file; give a folder")
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CLIError(f"cannot create {flag} folder {p}: {e.strerror or e}") from e
+    if not os.access(p, os.W_OK | os.X_OK):
+        raise CLIError(f"{flag} folder {p} is not writable; give another folder")
+    return p
+
+
+def _out_file(path: str, flag: str = "--out") -> pathlib.Path:
+    """An output file path whose folder exists (created) and is writable."""
+    p = pathlib.Path(path)
+    if p.is_dir():
+        raise CLIError(f"{flag} {p} is a folder; give a file path such as {p / 'model.msgpack'}")
+    _out_dir(str(p.parent) if str(p.parent) else ".", flag=f"{flag} folder")
+    return p
+
+
+def _names(v: Any) -> list[str]:
+    """A comma-separated string or a list of names."""
+    items = v.split(",") if isinstance(v, str) else list(v)
+    return [str(i).strip() for i in items if str(i).strip()]
 
 
 def _progress_enabled(quiet: bool) -> bool:
@@ -94,6 +144,9 @@ class _Bar:
         )
         self._p.start()
         self._t = self._p.add_task(desc, total=total)
+
+    def set_total(self, total: int) -> None:
+        self._p.update(self._t, total=total)
 
     def advance(self) -> None:
         self._p.advance(self._t)
@@ -120,13 +173,16 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from jaxadv.demo import TABLE_COLS, run_demo
 
     t0 = time.perf_counter()
+    _positive(args.num_examples, "--num-examples", zero_ok=True)
+    _positive(args.num_steps, "--num-steps")
+    out = _out_dir(args.out)
     res = run_demo(
-        args.out,
+        out,
         eps=_eps_list(args.eps),
         num_examples=args.num_examples or None,
         num_steps=args.num_steps,
-        attacks=args.attacks.split(",") if isinstance(args.attacks, str) else args.attacks,
-        models=args.models.split(",") if isinstance(args.models, str) else args.models,
+        attacks=None if args.attacks is None else _names(args.attacks),
+        models=_names(args.models),
         seed=args.seed,
         progress=_say(args.quiet),
     )
@@ -141,124 +197,106 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-# ----------------------------------------------------------------------------- data / models
-# The vocabulary lives in jaxadv.sweep.vocab so that sweep configs use the same names.
+# ----------------------------------------------------------------------------- attack
 def _dataset(name: str, split: str, size: int | None, channels: int | None):
-    from jaxadv.sweep.vocab import SpecError, load_dataset
+    from jaxadv.vocab import load_dataset
 
-    try:
-        return load_dataset(name, split, size, channels)
-    except SpecError as e:
-        raise CLIError(str(e)) from e
+    return _spec(load_dataset, name, split, size, channels)
 
 
 def _model(spec: str):
-    from jaxadv.sweep.vocab import SpecError, load_model
+    from jaxadv.vocab import load_model
 
-    try:
-        return load_model(spec)
-    except SpecError as e:
-        raise CLIError(str(e)) from e
+    return _spec(load_model, spec)
 
 
-def _attack(name: str, eps: float, args: argparse.Namespace):
-    from jaxadv.sweep.vocab import SpecError, make_attack
+def _options(items: Sequence[str] | None) -> dict[str, Any]:
+    """``--option KEY=VALUE`` pairs (values read as YAML scalars: 1000, 0.01, true, ce)."""
+    import yaml
 
-    try:
-        return make_attack(
-            name, eps, norm=args.norm, num_steps=args.num_steps, restarts=args.restarts
-        )
-    except SpecError as e:
-        raise CLIError(str(e)) from e
+    out: dict[str, Any] = {}
+    for it in items or []:
+        if isinstance(it, dict):  # from a config file: options: {num_queries: 500}
+            out.update(it)
+            continue
+        key, sep, val = str(it).partition("=")
+        if not sep or not key.strip():
+            raise CLIError(f"--option takes KEY=VALUE (e.g. num_queries=1000), got {it!r}")
+        try:
+            out[key.strip().replace("-", "_")] = yaml.safe_load(val)
+        except yaml.YAMLError as e:
+            raise CLIError(f"--option {it!r}: cannot read the value") from e
+    return out
 
 
 def _cmd_attack(args: argparse.Namespace) -> int:
     import jax
-    import jax.numpy as jnp
-    import numpy as np
 
     import jaxadv
-    from jaxadv import metrics, report
+    from jaxadv import report
+    from jaxadv.vocab import attack_config, check_norm, make_attack
 
-    l0 = str(args.norm).lower() == "l0"  # L0 budgets are pixel counts, not 1/255 units
-    eps = _eps_list(args.eps, scale=1.0 if l0 else 255.0)
+    norm = _spec(check_norm, args.norm)
+    eps = _eps_list(args.eps, norm, args.eps_scale)
+    _positive(args.batch_size, "--batch-size")
+    _positive(args.num_examples, "--num-examples")
+    attack = _spec(
+        make_attack,
+        args.attack,
+        norm=norm,
+        eps_max=max(eps),
+        num_steps=args.num_steps,
+        restarts=args.restarts,
+        options=_options(args.option),
+        default_num_steps=20,
+    )
+    out = _out_dir(args.out)
     ds = _dataset(args.data, args.split, args.image_size, args.channels)
     model = _model(args.model)
-    attack = _attack(args.attack, max(eps), args)  # built at the largest budget of the grid
-    key = jax.random.key(args.seed)
     n = len(ds) if args.num_examples is None else min(args.num_examples, len(ds))
+    bar = _progress_bar(1, f"{args.attack} on {n} images", args.quiet)
     say = _say(args.quiet)
-    batches = list(range(0, n, args.batch_size))
-    successes: list[np.ndarray] = []
-    summaries = []
     t0 = time.perf_counter()
-    bar = _progress_bar(len(batches), f"{args.attack} on {n} images", args.quiet)
-    for bi, start in enumerate(batches):
-        idx = np.arange(start, min(start + args.batch_size, n))
-        xb, yb = ds.get(idx)
-        x, y = jnp.asarray(xb), jnp.asarray(yb, jnp.int32)
-        curve = jaxadv.sweep_eps(
-            attack,
-            eps,
-            key=key,
-            model=model,
-            x=x,
-            y=y,
-            index_offset=start,
-            cascade=args.cascade,
-        )
-        successes.append(np.asarray(curve.result.success))
-        for i in range(len(eps)):
-            r = jax.tree_util.tree_map(lambda a, i=i: a[i], curve.result)
-            summaries.append((i, len(idx), metrics.summarize(model, x, y, r)))
+
+    def progress(done: int, total: int) -> None:
         if bar is not None:
+            bar.set_total(total)
             bar.advance()
         else:
-            say(
-                f"batch {bi + 1}/{len(batches)}  {idx[-1] + 1}/{n} images  {time.perf_counter() - t0:.1f}s"
-            )
-    if bar is not None:
-        bar.close()
+            say(f"step {done}/{total}  {time.perf_counter() - t0:.1f}s")
 
-    succ = np.concatenate(successes, axis=1)
-    rows = []
-    for i, e in enumerate(eps):
-        parts = [(m, s) for j, m, s in summaries if j == i]
-        total = sum(m for m, _ in parts)
-        row = {"attack": args.attack, "eps": e, "num_examples": n}
-        row["max_pixels" if l0 else "eps_255"] = e if l0 else round(e * 255, 3)
-        for k in ("clean_accuracy", "l2_mean", "linf_mean", "ssim_mean"):
-            vals = [(m, s.get(k)) for m, s in parts if s.get(k) is not None]
-            ok = [(m, v) for m, v in vals if np.isfinite(v)]
-            row[k] = sum(m * v for m, v in ok) / sum(m for m, _ in ok) if ok else float("nan")
-        row["robust_accuracy"] = float(1 - succ[i].mean())
-        row["num_robust"] = int((~succ[i]).sum())
-        row["examples_total"] = total
-        rows.append(row)
-    out = pathlib.Path(args.out)
+    try:
+        ev = jaxadv.evaluate(
+            attack,
+            model,
+            ds,
+            eps,
+            key=jax.random.key(args.seed),
+            cascade=args.cascade,
+            batch_size=args.batch_size,
+            indices=list(range(n)),
+            progress=progress,
+        )
+    finally:
+        if bar is not None:
+            bar.close()
+    rows = [{"attack": args.attack, **r} for r in ev.summary()]
     report.write_json(
         out / "results.json",
         {
             "manifest": report.manifest(
-                seed=args.seed, args={k: v for k, v in vars(args).items() if k != "func"}
+                seed=args.seed,
+                args={k: v for k, v in vars(args).items() if k != "func"},
+                attack_config=attack_config(attack, eps),
             ),
             "rows": rows,
         },
     )
     report.write_csv(out / "results.csv", rows)
-    print(
-        report.format_table(
-            rows,
-            (
-                "attack",
-                "max_pixels" if l0 else "eps_255",
-                "clean_accuracy",
-                "robust_accuracy",
-                "linf_mean",
-                "ssim_mean",
-            ),
-        )
-    )
+    cols = ["attack", "eps_label", "clean_accuracy", "robust_accuracy", "linf_mean", "ssim_mean"]
+    if norm != "linf":
+        cols[4] = "norm_mean"
+    print(report.format_table(rows, tuple(cols + ["queries_median"])))
     return 0
 
 
@@ -269,7 +307,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
     import jaxadv
     from jaxadv import checkpoint, train
 
-    if args.data == "default":
+    _positive(args.batch_size, "--batch-size")
+    _positive(args.num_examples, "--num-examples")
+    _positive(args.epochs, "--epochs")
+    out = _out_file(args.out)
+    arch = str(args.arch).strip().lower()
+    if arch not in checkpoint.ARCHITECTURES:
+        raise CLIError(
+            f"unknown --arch {args.arch!r}; choose from {sorted(checkpoint.ARCHITECTURES)}"
+        )
+    if str(args.data).strip().lower() == "default":
         raise CLIError(
             "the embedded default holds only the 624 test images; train on a MedMNIST file, "
             "e.g. --data pneumoniamnist.npz"
@@ -284,12 +331,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
         x, y = ds.get(pick)
     else:
         x, y = ds.arrays()
-    arch = args.arch
     kwargs = {"num_classes": ds.num_classes, "in_channels": x.shape[-1]}
     if arch == "small_cnn":
         kwargs["input_size"] = x.shape[1]
-    if arch not in checkpoint.ARCHITECTURES:
-        raise CLIError(f"unknown --arch {arch!r}; choose from {sorted(checkpoint.ARCHITECTURES)}")
     module = checkpoint.ARCHITECTURES[arch](**kwargs, rngs=nnx.Rngs(args.seed))
     mean = [float(np.mean(x[..., c])) for c in range(x.shape[-1])]
     std = [float(np.std(x[..., c])) + 1e-6 for c in range(x.shape[-1])]
@@ -327,9 +371,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
         "mean": mean,
         "std": std,
     }
-    checkpoint.save(args.out, module, meta)
+    checkpoint.save(out, module, meta)
     print(
-        f"saved {args.out}; final {json.dumps(history[-1] if history else {}, default=str)}"
+        f"saved {out}; final {json.dumps(history[-1] if history else {}, default=str)}"
         + ("" if acc is None else f"; test accuracy {acc:.4f}")
     )
     return 0
@@ -495,9 +539,36 @@ def build_parser() -> argparse.ArgumentParser:
         default="linf",
         help="linf, l2, l1, or l0 (OnePixel, DGDE: --eps is then a number of pixels)",
     )
-    a.add_argument("--eps", default="0,1,2,4,8", help="budgets in 1/255 units, comma-separated")
-    a.add_argument("--num-steps", type=int, default=20)
-    a.add_argument("--restarts", type=int, default=1)
+    a.add_argument(
+        "--eps",
+        default="0,1,2,4,8",
+        help="budgets, comma-separated: numbers in 1/255 units (pixel counts for l0), "
+        "fractions such as 8/255, or 3px (l0)",
+    )
+    a.add_argument(
+        "--eps-scale",
+        type=float,
+        default=None,
+        help="divide plain eps numbers by this (default 255; 1 for l0): --eps-scale 1 for L2 "
+        "budgets in pixel units",
+    )
+    a.add_argument(
+        "--num-steps",
+        type=int,
+        default=None,
+        help="iterations of attacks whose budget is num_steps (default 20); other attacks name "
+        "their budget (Square: num_queries, ...): set it with --option",
+    )
+    a.add_argument(
+        "--restarts", type=int, default=None, help="random restarts (attacks that have them)"
+    )
+    a.add_argument(
+        "--option",
+        action="append",
+        default=None,
+        metavar="KEY=VALUE",
+        help="any other setting of the attack, e.g. --option num_queries=1000 (repeatable)",
+    )
     a.add_argument(
         "--cascade",
         action="store_true",
@@ -599,7 +670,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CLIError as e:
         print(f"jaxadv {args.command}: error: {e}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, ValueError, TypeError) as e:
+    except (OSError, ValueError, TypeError) as e:
+        # user input reached a library check (bad file, bad value): one line, no traceback;
+        # -v logs the traceback for a bug report
+        log.debug("error", exc_info=True)
         print(f"jaxadv {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -17,8 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import jaxadv
-from jaxadv import metrics, report
-from jaxadv.result import finalize
+from jaxadv import report
 
 log = logging.getLogger(__name__)
 
@@ -39,28 +38,6 @@ def suite(num_steps: int = 20) -> dict[str, Any]:
             t, num_steps=num_steps, square_queries=10 * num_steps
         ),
     }
-
-
-def _eps_rows(model_name, attack_name, model, x, y, eps, results, elapsed) -> list[dict[str, Any]]:
-    rows = []
-    for e, res in zip(eps, results, strict=True):
-        s = metrics.summarize(model, x, y, res)
-        rows.append(
-            {
-                "model": model_name,
-                "attack": attack_name,
-                "eps": float(e),
-                "eps_255": round(float(e) * 255, 3),
-                **s,
-                "seconds": elapsed,
-            }
-        )
-    return rows
-
-
-def _clean_result(model, x, y):
-    """The eps = 0 point of every curve: no attack can move x, one forward pass scores it."""
-    return finalize(jaxadv.LinfBall(eps=0.0), model, x, x, y)
 
 
 def _subset(y: np.ndarray, n: int | None, seed: int) -> np.ndarray:
@@ -99,7 +76,7 @@ def run_demo(
         seed: the PRNG seed.
         progress: called with a one-line message after each step (the CLI prints it).
     """
-    from jaxadv.checkpoint import load_reference, reference_model
+    from jaxadv.checkpoint import REFERENCE_MODELS, load_reference, reference_model
     from jaxadv.data import load_default
 
     out = pathlib.Path(out)
@@ -108,61 +85,59 @@ def run_demo(
     t_start = time.perf_counter()
 
     ds = load_default()
-    x_np, y_np = ds.arrays()
+    _, y_np = ds.arrays()
     pick = _subset(y_np, num_examples, seed)
-    x_np, y_np = x_np[pick], y_np[pick]
-    x, y = jnp.asarray(x_np), jnp.asarray(y_np, jnp.int32)
-    key = jax.random.key(seed)
-    all_attacks = suite(num_steps)
-    names = list(all_attacks) if attacks is None else list(attacks)
-    unknown = [a for a in names if a not in all_attacks]
+    by_lower = {a.lower(): a for a in suite(num_steps)}
+    names = list(by_lower.values()) if attacks is None else list(attacks)
+    unknown = [a for a in names if a.lower() not in by_lower]
     if unknown:
-        raise ValueError(f"unknown attack(s) {unknown}; the demo suite has {list(all_attacks)}")
+        raise ValueError(
+            f"unknown attack(s) {unknown}; the demo suite has {list(by_lower.values())}"
+        )
+    names = [by_lower[a.lower()] for a in names]
+    refs = {m.lower(): m for m in REFERENCE_MODELS}
+    bad = [m for m in models if m.lower() not in refs]
+    if bad:
+        raise ValueError(f"unknown model(s) {bad}; the demo has {list(REFERENCE_MODELS)}")
+    all_attacks = suite(num_steps)
 
     rows: list[dict[str, Any]] = []
     curves = []
     model_meta = {}
-    targets = {}
     example_pick = None
-    for mname in models:
+    for mname in (refs[m.lower()] for m in models):
         _, meta = load_reference(mname)
         model = reference_model(mname)
-        targets[mname] = model
         model_meta[mname] = {k: v for k, v in meta.items() if k not in ("versions",)}
-        clean = _clean_result(model, x, y)
-        positive = [e for e in eps if e > 0]
         for aname in names:
-            t0 = time.perf_counter()
-            curve = None
-            if positive:
-                curve = jaxadv.sweep_eps(
-                    all_attacks[aname], positive, key=key, model=model, x=x, y=y
-                )
-                jax.block_until_ready(curve.robust_accuracy)
-            dt = time.perf_counter() - t0
-            per_eps, k = [], 0
-            for e in eps:
-                if e <= 0:
-                    per_eps.append(clean)
-                else:
-                    per_eps.append(jax.tree_util.tree_map(lambda a, k=k: a[k], curve.result))
-                    k += 1
-            rows.extend(_eps_rows(mname, aname, model, x, y, eps, per_eps, dt))
-            acc = np.asarray([1.0 - float(np.mean(np.asarray(r.success))) for r in per_eps])
-            curves.append((mname, aname, list(map(float, eps)), acc.tolist()))
+            ev = jaxadv.evaluate(
+                all_attacks[aname],
+                model,
+                ds,
+                eps,
+                key=jax.random.key(seed),
+                batch_size=len(pick),
+                indices=pick,
+                num_adv=8 if example_pick is None and aname.startswith("PGD") else 0,
+            )
+            rows.extend(
+                {"model": mname, "attack": aname, **r, "seconds": ev.seconds} for r in ev.summary()
+            )
+            acc = ev.robust_accuracy.tolist()
+            curves.append((mname, aname, list(map(float, eps)), acc))
             say(
                 f"{mname:>16s}  {aname:<14s} robust acc "
                 + " ".join(f"{a:.3f}" for a in acc)
-                + f"  ({dt:.1f}s)"
+                + f"  ({ev.seconds:.1f}s)"
             )
-            if example_pick is None and aname.startswith("PGD"):
-                example_pick = (mname, aname, per_eps)
+            if ev.adv.shape[0]:
+                example_pick = (mname, aname, model, ev)
 
     results = {
         "manifest": report.manifest(
             seed=seed,
             data="PneumoniaMNIST test split (embedded, 28x28 grey, CC BY 4.0)",
-            num_examples=int(x.shape[0]),
+            num_examples=int(pick.shape[0]),
             example_indices=pick.tolist(),
             num_steps=num_steps,
             eps=list(map(float, eps)),
@@ -175,18 +150,16 @@ def run_demo(
     report.write_csv(out / "results.csv", rows)
     report.plot_curves(out / "robust_accuracy.png", curves, title="PneumoniaMNIST, L∞ attacks")
     if example_pick is not None:
-        mname, aname, per_eps = example_pick
-        j = len(eps) - 1
-        idx = np.arange(min(8, x.shape[0]))
-        adv = np.asarray(per_eps[j].adv)[idx]
-        pred = np.asarray(jnp.argmax(targets[mname](jnp.asarray(adv)), 1))
-        labels = [f"y={int(y_np[i])} adv→{int(p)}" for i, p in zip(idx, pred, strict=True)]
+        mname, aname, model, ev = example_pick
+        x_show, y_show = ds.get(ev.indices[: ev.adv.shape[0]])
+        pred = np.asarray(jnp.argmax(model(jnp.asarray(ev.adv)), 1))
+        labels = [f"y={int(t)} adv→{int(p)}" for t, p in zip(y_show, pred, strict=True)]
         report.image_grid(
             out / "examples.png",
-            x_np[idx],
-            adv,
+            x_show,
+            ev.adv,
             labels=labels,
-            title=f"{mname}, {aname}, eps={eps[j] * 255:.0f}/255",
+            title=f"{mname}, {aname}, eps={float(ev.eps[ev.adv_index]) * 255:.0f}/255",
         )
     return results
 

@@ -23,6 +23,7 @@ import numpy as np
 from jaxadv import _validate
 from jaxadv._struct import pytree_dataclass
 from jaxadv.attacks.base import _bound, example_keys
+from jaxadv.engine.layout import bucket, pad_rows
 from jaxadv.models import as_model
 from jaxadv.result import AttackResult, finalize
 
@@ -148,13 +149,6 @@ def _level(attack, eps, keys, model, x, y, target, prev, idx, valid):
     return jax.tree_util.tree_map(lambda p, q: p.at[dest].set(q, mode="drop"), prev, res)
 
 
-def _bucket(n: int, b: int) -> int:
-    """Padded batch size for ``n`` survivors of a batch of ``b``: ``n`` rounded up to three
-    significant bits (padding under a quarter; four sizes per octave to compile), at most ``b``."""
-    shift = max(0, n.bit_length() - 3)
-    return min(b, -(-n >> shift) << shift)
-
-
 def _cascade(attack, e: np.ndarray, keys, model, x, y, target) -> EpsCurve:
     b = x.shape[0]
     prev = _start(attack, keys, model, x, y, target)
@@ -163,8 +157,8 @@ def _cascade(attack, e: np.ndarray, keys, model, x, y, target) -> EpsCurve:
     for k in np.argsort(e, kind="stable"):
         alive = np.flatnonzero(~done)
         if alive.size:
-            size = _bucket(alive.size, b)
-            idx = np.concatenate([alive, np.full(size - alive.size, alive[0])]).astype(np.int32)
+            size = bucket(alive.size, b)
+            idx = pad_rows(alive, size).astype(np.int32)
             valid = np.arange(size) < alive.size
             prev = _level(attack, jnp.float32(e[k]), keys, model, x, y, target, prev, idx, valid)
             done = np.asarray(prev.success)

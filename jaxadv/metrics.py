@@ -9,7 +9,6 @@ function that works under ``jit`` (those three run on the host and return Python
 from __future__ import annotations
 
 import functools
-import math
 from typing import Any
 
 import jax
@@ -393,17 +392,24 @@ def auc(scores: Any, labels: Any) -> float:
     return u / (n_pos * n_neg)
 
 
+def positive_log_odds(logits: Array, positive_class: int = 1) -> Array:
+    """Log-odds ``log(p / (1 - p))`` of the softmax probability ``p`` of ``positive_class``,
+    ``logits[..., C] -> [...]`` (pure ``jnp``, works under ``jit``).
+
+    A strictly increasing function of ``p`` (same AUC), computed without forming ``p``: in float32
+    ``p`` itself (and even ``log p``) rounds to exactly 1.0 (0.0) for confident predictions, which
+    would turn distinct scores into spurious ties.
+    """
+    is_pos = jnp.arange(logits.shape[-1]) == positive_class
+    others = jax.nn.logsumexp(jnp.where(is_pos, -jnp.inf, logits), axis=-1)
+    return logits[..., positive_class] - others
+
+
 def _positive_scores(logits: Array, positive_class: int) -> np.ndarray:
-    """Log-odds ``log(p / (1 - p))`` of the softmax probability ``p`` of ``positive_class``."""
     c = logits.shape[1]
     if not 0 <= positive_class < c:
         raise ValueError(f"positive_class must be in [0, {c - 1}], got {positive_class}")
-    # The log-odds are a strictly increasing function of p (same AUC), computed without forming p:
-    # in float32 p itself (and even log p) rounds to exactly 1.0 (0.0) for confident predictions,
-    # which would turn distinct scores into spurious ties.
-    is_pos = jnp.arange(c) == positive_class
-    others = jax.nn.logsumexp(jnp.where(is_pos[None, :], -jnp.inf, logits), axis=1)
-    return np.asarray(logits[:, positive_class] - others, np.float64)
+    return np.asarray(positive_log_odds(logits, positive_class), np.float64)
 
 
 def _model_auc(model: Any, x: Array, y: Array, positive_class: int) -> float:
@@ -438,13 +444,6 @@ def auc_under_attack(model: Any, x_adv: Array, y: Array, positive_class: int = 1
 
 
 # -- summary (host) -------------------------------------------------------------------------------
-def _stats(v: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
-    sel = v[mask].astype(np.float64)
-    if sel.size == 0:  # np.mean of an empty slice warns; report NaN quietly instead
-        return math.nan, math.nan
-    return float(np.mean(sel)), float(np.median(sel))
-
-
 @jax.jit
 def _sizes(x: Array, adv: Array, tol: Array) -> tuple[Array, Array, Array]:
     return l0_pixels(x, adv, tol), l2(x, adv), linf(x, adv)
@@ -460,19 +459,19 @@ def summarize(
     l0_tol: float = 0.0,
     ssim_win_size: int = 11,
 ) -> dict[str, float]:
-    """One-line report of an attack run, as a dict of Python floats (host code).
+    """One-line report of one attack result, as a dict of Python floats (host code).
 
-    Perturbation statistics (``l0_pixels``, ``l2``, ``linf``, ``ssim``) are taken over the
-    *successful attacks*: examples that were classified correctly and that the attack fooled
-    (clean errors also count as successes but need no perturbation, so they would bias the sizes
-    toward 0). They are ``NaN`` when there is no such example, and ``ssim_mean`` is ``NaN`` when the
-    images are smaller than the SSIM window.
+    The same summary as :func:`jaxadv.evaluate`'s (:func:`jaxadv.engine.summary_rows`), for a
+    result already in hand. Perturbation statistics (``l0_pixels``, ``l2``, ``linf``, ``ssim``) are
+    taken over the *successful attacks*: examples that were classified correctly and that the
+    attack fooled. They are ``NaN`` when there is no such example, and ``ssim_mean`` is ``NaN``
+    when the images are smaller than the SSIM window.
 
-    Keys: ``num_examples``, ``num_clean_correct``, ``num_successful``, ``clean_accuracy``,
-    ``robust_accuracy``, ``attack_success_rate``, ``l0_pixels_mean``, ``l0_pixels_median``,
-    ``l2_mean``, ``l2_median``, ``linf_mean``, ``linf_median``, ``ssim_mean``; for a binary model
-    (two logits) also ``auc`` (clean) and ``auc_under_attack`` (on ``result.adv``), ``NaN`` when
-    ``y`` holds one class only.
+    Keys: ``num_examples``, ``num_clean_correct``, ``num_successful``, ``num_robust``,
+    ``clean_accuracy``, ``robust_accuracy``, ``attack_success_rate``, ``<size>_mean`` and
+    ``<size>_median`` for ``l0_pixels``, ``l2``, ``linf``, ``ssim``; for a binary model (two
+    logits) also ``auc`` (clean) and ``auc_under_attack`` (on ``result.adv``), ``NaN`` when ``y``
+    holds one class only.
 
     Args:
         model: a callable ``model(x[B, H, W, K]) -> logits[B, C]``.
@@ -486,6 +485,8 @@ def summarize(
     Returns:
         ``dict[str, float]``.
     """
+    from jaxadv.engine.summary import summary_rows
+
     if not isinstance(result, AttackResult):
         raise TypeError(f"result must be an AttackResult, got {type(result).__name__}")
     x = _float(x, "x")
@@ -497,37 +498,28 @@ def summarize(
     _check_logits(logits)
     check_labels(y, x.shape[0], logits.shape[1])
     yv = np.asarray(y)
-    clean_correct = np.asarray(jnp.argmax(logits, axis=1)) == yv
-    success = np.asarray(_success(result))
-    attacked = success & clean_correct
-
-    out: dict[str, float] = {
-        "num_examples": float(x.shape[0]),
-        "num_clean_correct": float(np.sum(clean_correct)),
-        "num_successful": float(np.sum(attacked)),
-        "clean_accuracy": float(np.mean(clean_correct)),
-        "robust_accuracy": float(robust_accuracy(jnp.asarray(success))),
-        "attack_success_rate": float(
-            attack_success_rate(jnp.asarray(success), jnp.asarray(clean_correct))
-        ),
-    }
+    binary = logits.shape[1] == 2
+    if binary:
+        clean_score = _positive_scores(logits, positive_class)  # checks positive_class
     sizes = _sizes(x, adv, jnp.asarray(l0_tol, x.dtype))
+    per = {"success": np.asarray(_success(result))[None]}
     for name, v in zip(("l0_pixels", "l2", "linf"), sizes, strict=True):
-        out[f"{name}_mean"], out[f"{name}_median"] = _stats(np.asarray(v), attacked)
+        per[name] = np.asarray(v)[None]
     if min(x.shape[1], x.shape[2]) >= ssim_win_size:
-        out["ssim_mean"] = _stats(np.asarray(ssim(x, adv, win_size=ssim_win_size)), attacked)[0]
+        per["ssim"] = np.asarray(ssim(x, adv, win_size=ssim_win_size))[None]
     else:
-        out["ssim_mean"] = math.nan
-
-    if logits.shape[1] == 2:
-        labels = yv == positive_class
-        if labels.all() or not labels.any():
-            out["auc"] = out["auc_under_attack"] = math.nan
-        else:
-            out["auc"] = auc(_positive_scores(logits, positive_class), labels)
-            adv_logits = jnp.asarray(model(adv))
-            out["auc_under_attack"] = auc(_positive_scores(adv_logits, positive_class), labels)
-    return out
+        per["ssim"] = np.full((1, x.shape[0]), np.nan, np.float32)
+    if binary:
+        per["score"] = _positive_scores(jnp.asarray(model(adv)), positive_class)[None]
+    row = summary_rows(
+        [0.0],
+        per,
+        np.asarray(jnp.argmax(logits, axis=1)) == yv,
+        labels=yv if binary else None,
+        clean_score=clean_score if binary else None,
+        positive_class=positive_class,
+    )[0]
+    return {k: float(v) for k, v in row.items() if not k.startswith("eps")}
 
 
 __all__ = [
@@ -539,6 +531,7 @@ __all__ = [
     "l0_pixels",
     "l2",
     "linf",
+    "positive_log_odds",
     "robust_accuracy",
     "ssim",
     "summarize",

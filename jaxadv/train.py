@@ -503,17 +503,6 @@ def random_shift(max_shift: int = 2) -> Callable[[Array, Array], Array]:
     return augment
 
 
-@jax.jit
-def _correct(model, x, y, mask):
-    return jnp.sum((jnp.argmax(model(x), axis=1) == y) & mask)
-
-
-@jax.jit
-def _robust(attack, keys, model, x, y, mask):
-    res = attack.run(keys, model, x, y)
-    return jnp.sum(res.robust & mask)
-
-
 def evaluate(
     model: nnx.Module | Model,
     x: Any,
@@ -527,15 +516,15 @@ def evaluate(
 ) -> float:
     """Accuracy in eval mode: clean, or robust under ``attack``.
 
-    Batches are padded to ``batch_size`` (one compiled program); the attack's per-example keys are
-    ``fold_in(key, example_index)`` over the whole set, so the result does not depend on
-    ``batch_size``.
+    Runs through :func:`jaxadv.evaluate` (padded fixed batches over every local device); the
+    attack's per-example keys are ``fold_in(key, example_index)`` over the whole set, so the result
+    does not depend on ``batch_size``.
 
     Args:
         model: an NNX module (evaluated in eval mode on a copy, after ``(x - mean) / std``) or a
             ready :class:`jaxadv.Model` (``mean``/``std`` must then be ``None``).
         x: images ``[N, H, W, K]`` in ``[0, 1]``; y: labels ``int[N]``.
-        batch_size: examples per forward pass.
+        batch_size: examples per device per step.
         attack: optional jaxadv attack: the fraction of examples it does *not* fool is returned.
         key: key or int seed for the attack.
 
@@ -556,26 +545,16 @@ def evaluate(
             f"model must be an nnx.Module or a jaxadv.Model, got {type(model).__name__}"
         )
     x, y = _check_xy(x, y)
-    n = x.shape[0]
-    if n == 0:
+    if x.shape[0] == 0:
         raise ValueError("empty evaluation set")
-    bs = min(batch_size, n)
-    akey = _as_key(key) if attack is not None else None
-    total = 0
-    for start in range(0, n, bs):
-        xb, yb = x[start : start + bs], y[start : start + bs]
-        m = xb.shape[0]
-        mask = np.arange(bs) < m
-        if m < bs:
-            pad = bs - m
-            xb = np.concatenate([xb, np.repeat(xb[-1:], pad, axis=0)])
-            yb = np.concatenate([yb, np.repeat(yb[-1:], pad, axis=0)])
-        if attack is None:
-            total += int(_correct(target, xb, yb, mask))
-        else:
-            keys = example_keys(akey, bs, offset=start)
-            total += int(_robust(attack, keys, target, jnp.asarray(xb), jnp.asarray(yb), mask))
-    return total / n
+    from jaxadv.engine import evaluate as run
+
+    if attack is None:
+        ev = run(None, target, (x, y), [0.0], key=0, batch_size=batch_size, validate=False)
+    else:
+        eps = float(np.asarray(attack.threat.eps))
+        ev = run(attack, target, (x, y), [eps], key=_as_key(key), batch_size=batch_size)
+    return float(ev.robust_accuracy[0])
 
 
 __all__ = [

@@ -20,14 +20,21 @@ import copy
 import dataclasses
 import hashlib
 import json
-import math
 import pathlib
 import re
 from collections.abc import Mapping, Sequence
 from importlib import resources
 from typing import Any
 
-from jaxadv.sweep.vocab import NORMS, SpecError, check_dataset_name, check_model_name, make_attack
+from jaxadv.vocab import (
+    NORMS,
+    SpecError,
+    check_dataset_name,
+    check_model_name,
+    lookup_attack,
+    make_attack,
+    parse_eps,
+)
 
 FORMAT = "jaxadv-sweep/1"
 
@@ -47,8 +54,8 @@ _TOP = {
     "norm": "default threat model: linf, l2 or l1",
     "eps": "default eps grid",
     "eps_scale": "eps numbers are divided by this (default 255: 1/255 units)",
-    "num_steps": "default iterations of iterative attacks (default 20)",
-    "restarts": "default restarts (default 1)",
+    "num_steps": "default iterations of the attacks whose budget is num_steps (default 20)",
+    "restarts": "default restarts of the attacks that have restarts (default 1)",
     "models": "list of models",
     "datasets": "list of data sets",
     "attacks": "list of attacks",
@@ -74,6 +81,7 @@ _ATTACK_KEYS = {
     "restarts",
     "black_box",
     "options",
+    "cascade",
 }
 
 
@@ -250,50 +258,6 @@ def _keys(entry: Mapping[str, Any], allowed: set[str], where: str) -> None:
         )
 
 
-def parse_eps(v: Any, scale: float, where: str) -> list[float]:
-    """An eps grid: numbers (divided by ``scale``), ``'a/b'`` strings, or ``'0,2,8'``.
-
-    Returns pixel-unit floats (rounded to float32 precision so hashes are stable)."""
-    if isinstance(v, str):
-        items: Sequence[Any] = [s for s in v.split(",") if s.strip()]
-    elif isinstance(v, (int, float)) and not isinstance(v, bool):
-        items = [v]
-    elif isinstance(v, Sequence):
-        items = list(v)
-    else:
-        raise ConfigError(f"{where}: eps must be a list of numbers, got {v!r}")
-    out = []
-    for it in items:
-        if isinstance(it, bool):
-            raise ConfigError(f"{where}: eps values must be numbers, got {it!r}")
-        if isinstance(it, (int, float)):
-            val = float(it) / scale
-        elif isinstance(it, str) and re.fullmatch(r"\s*[0-9.eE+-]+\s*/\s*[0-9.eE+-]+\s*", it):
-            a, b = it.split("/")
-            try:
-                val = float(a) / float(b)
-            except (ValueError, ZeroDivisionError) as e:
-                raise ConfigError(f"{where}: cannot read eps {it!r}") from e
-        elif isinstance(it, str):
-            try:
-                val = float(it) / scale
-            except ValueError as e:
-                raise ConfigError(
-                    f"{where}: cannot read eps {it!r}; use numbers (in 1/{scale:g} units) or "
-                    "'a/b' strings"
-                ) from e
-        else:
-            raise ConfigError(f"{where}: eps values must be numbers, got {it!r}")
-        if not math.isfinite(val) or val < 0:
-            raise ConfigError(f"{where}: eps values must be finite and >= 0, got {it!r}")
-        out.append(float(f"{val:.9g}"))
-    if not out:
-        raise ConfigError(f"{where}: the eps grid is empty")
-    if len(set(out)) != len(out):
-        raise ConfigError(f"{where}: the eps grid has repeated values {out}")
-    return out
-
-
 def _label(s: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", s).strip("-") or "x"
 
@@ -423,23 +387,36 @@ def validate(raw: Any, *, base_dir: str, source: str) -> SweepConfig:
         bb = a.get("black_box")
         if bb is not None and not isinstance(bb, bool):
             raise ConfigError(f"{where}.black_box: must be true or false, got {bb!r}")
+        cascade = a.get("cascade", False)
+        if not isinstance(cascade, bool):
+            raise ConfigError(f"{where}.cascade: must be true or false, got {cascade!r}")
+        try:
+            known = lookup_attack(name)
+            eps = parse_eps(eps_raw, anorm, float(ascale))
+        except SpecError as e:
+            raise ConfigError(f"{where}: {e}") from e
+        # An explicit num_steps / restarts on the attack must apply to it (make_attack refuses it
+        # otherwise); the top-level defaults apply only to the attacks that have that setting.
+        steps = a.get("num_steps", num_steps if known.budget_field == "num_steps" else None)
+        rst = a.get("restarts", restarts if known.restarts_field == "num_restarts" else None)
         entry = {
             "label": "",
             "attack": name,
             "norm": anorm,
-            "eps": parse_eps(eps_raw, float(ascale), f"{where}.eps"),
-            "num_steps": _int(a.get("num_steps", num_steps), f"{where}.num_steps", lo=1),
-            "restarts": _int(a.get("restarts", restarts), f"{where}.restarts", lo=1),
+            "eps": eps,
+            "num_steps": _int(steps, f"{where}.num_steps", lo=1, none_ok=True),
+            "restarts": _int(rst, f"{where}.restarts", lo=1, none_ok=True),
             "options": copy.deepcopy(dict(options)),
             "black_box": bb,
+            "cascade": cascade,
         }
         default_label = name if anorm == "linf" else f"{name}-{anorm}"
         entry["label"] = _label(_str(a.get("label", default_label), f"{where}.label"))
         try:  # build it once now: unknown names and bad options fail before anything runs
             make_attack(
                 name,
-                max(entry["eps"]),  # some attacks check their budget (OnePixel: eps >= num_pixels)
                 norm=anorm,
+                eps_max=max(entry["eps"]),
                 num_steps=entry["num_steps"],
                 restarts=entry["restarts"],
                 options=entry["options"],

@@ -29,10 +29,10 @@ from typing import Any
 import numpy as np
 
 from jaxadv import report as _out
+from jaxadv.engine import summary as _summary
+from jaxadv.engine.summary import PER_EXAMPLE, eps_label
 from jaxadv.sweep.config import SweepConfig, expand
-from jaxadv.sweep.runner import PER_EPS, summarize_cell
 from jaxadv.sweep.storage import SweepDir, SweepError, decode_array, decode_images, write_atomic
-from jaxadv.sweep.vocab import eps_label
 
 
 @dataclasses.dataclass
@@ -60,7 +60,9 @@ def decode(rec: Mapping[str, Any]) -> CellData:
     c, r = rec["cell"], rec["results"]
     eps = [float(e) for e in c["attack"]["eps"]]
     cc = decode_array(r["clean_correct"], np.bool_)
-    per_eps = {k: decode_array(r[k], dt) for k, dt in PER_EPS.items()}
+    per_eps = {k: decode_array(r[k], dt) for k, dt in PER_EXAMPLE.items()}
+    labels = decode_array(r["labels"], np.int32)
+    binary = rec.get("num_classes") == 2
     return CellData(
         id=c["id"],
         model=c["model"]["label"],
@@ -71,11 +73,18 @@ def decode(rec: Mapping[str, Any]) -> CellData:
         eps=eps,
         black_box=bool(rec.get("black_box", False)),
         indices=decode_array(r["indices"], np.int64),
-        labels=decode_array(r["labels"], np.int32),
+        labels=labels,
         clean_correct=cc,
         per_eps=per_eps,
         # recomputed from the per-example arrays (the checksummed part of the record)
-        summary=summarize_cell(eps, {**per_eps, "clean_correct": cc}, c["attack"]["norm"]),
+        summary=_summary.summary_rows(
+            eps,
+            per_eps,
+            cc,
+            norm=c["attack"]["norm"],
+            labels=labels if binary else None,
+            clean_score=decode_array(r["clean_score"], np.float32) if binary else None,
+        ),
         samples=rec.get("samples"),
         run=dict(rec.get("run") or {}),
     )

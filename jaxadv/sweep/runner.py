@@ -1,11 +1,11 @@
-"""Run the cells of a sweep: every local (or global) device, streamed batches, resumable.
+"""Run the cells of a sweep: every local (or global) device, resumable, one cell at a time.
 
-Per batch, the examples' data-set indices are padded to a fixed bucket (a multiple of the device
-count, so one compilation serves every batch), laid out over a 1-D device mesh with
-``NamedSharding`` (each process reads only the rows its own devices hold), and the attack's whole
-eps grid runs as one compiled program (``vmap`` over eps). Example ``i`` of a data set always uses
-the key ``fold_in(key(seed), i)``, so per-example results do not depend on the batch size, the
-device count or the number of processes. Only small per-example arrays come back to the host.
+Each cell is one call of the evaluation engine (:func:`jaxadv.evaluate`: padded fixed batches,
+``shard_map`` over a 1-D device mesh, each process reading only the rows its own devices hold, the
+eps grid vmapped or cascaded). Example ``i`` of a data set always uses the key
+``fold_in(key(seed), i)``, so per-example results do not depend on the batch size, the device count
+or the number of processes. This module orchestrates: which cells to run, resume, locks, signals,
+progress and the run records in the manifest.
 """
 
 from __future__ import annotations
@@ -13,9 +13,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
-import functools
 import logging
-import math
 import os
 import platform
 import signal
@@ -25,12 +23,11 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec
 
-from jaxadv import losses, metrics
-from jaxadv.sharding import data_mesh
+from jaxadv.engine import EvaluationStopped, evaluate
+from jaxadv.engine.layout import data_mesh
+from jaxadv.engine.summary import PER_EXAMPLE
 from jaxadv.sweep.config import Cell, SweepConfig, diff_keys, expand, shard_cells
 from jaxadv.sweep.storage import (
     CELL_FORMAT,
@@ -39,20 +36,9 @@ from jaxadv.sweep.storage import (
     encode_array,
     encode_images,
 )
-from jaxadv.sweep.vocab import eps_label, is_black_box, load_dataset, load_model, make_attack
+from jaxadv.vocab import is_black_box, load_dataset, load_model, make_attack
 
 log = logging.getLogger("jaxadv.sweep")
-
-#: Per-example arrays ``[E, N]`` stored for each cell, with their dtypes.
-PER_EPS = {
-    "success": np.bool_,
-    "norm": np.float32,
-    "queries": np.int32,
-    "margin": np.float32,
-    "l2": np.float32,
-    "linf": np.float32,
-    "ssim": np.float32,
-}
 
 
 @dataclasses.dataclass
@@ -82,155 +68,6 @@ class SweepOutcome:
         return not self.interrupted and len(self.computed) + len(self.skipped) == len(self.cells)
 
 
-# ----------------------------------------------------------------------------- device program
-def _example_metrics(model, x, y, advs, ssim_win: int) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Margin, L2 distance and SSIM ``[E, b]`` of one device's block, one example at a time.
-
-    Why one at a time: the arithmetic XLA emits for a batched reduction or convolution depends on
-    the batch shape and on how the program around it was fused (1 device vs. several), which moved
-    the last bits of SSIM and of the attacks' own loss values between device counts. Per example
-    the shapes (``[E, ...]``) and the program are the same everywhere, so the stored numbers are.
-    The margin ``max_{j != y} z_j - z_y`` (> 0 exactly when fooled) replaces the attacks' own
-    losses, which differ between attacks anyway.
-    """
-
-    def one(xya):
-        xi, yi, ai = xya  # [H, W, K], [], [E, H, W, K]
-        xe = jnp.broadcast_to(xi[None], ai.shape)
-        l2 = metrics.l2(xe, ai).astype(jnp.float32)
-        if ssim_win:
-            ss = metrics.ssim(xe, ai, win_size=ssim_win).astype(jnp.float32)
-        else:  # images smaller than the SSIM window
-            ss = jnp.full(l2.shape, jnp.nan, jnp.float32)
-        logits = model(ai)
-        m = losses.margin(logits, jnp.broadcast_to(yi, (ai.shape[0],))).astype(jnp.float32)
-        return m, l2, ss
-
-    m, l2, ss = jax.lax.map(one, (x, y, jnp.moveaxis(advs, 1, 0)))
-    return m.T, l2.T, ss.T
-
-
-@functools.partial(jax.jit, static_argnames=("mesh", "ssim_win"))
-def _metrics_step(model, x, y, advs, *, mesh, ssim_win: int):
-    axis = mesh.axis_names[0]
-    per_eps = PartitionSpec(None, axis)
-    return jax.shard_map(
-        functools.partial(_example_metrics, ssim_win=ssim_win),
-        mesh=mesh,
-        in_specs=(PartitionSpec(), PartitionSpec(axis), PartitionSpec(axis), per_eps),
-        out_specs=(per_eps, per_eps, per_eps),
-        check_vma=False,
-    )(model, x, y, advs)
-
-
-def _attack_block(attack, eps, seed, model, idx, x, y):
-    """One device's block: the attack at every eps (``vmap``), keys ``fold_in(key(seed), index)``."""
-    key = jax.random.key(seed)
-    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(idx)
-
-    def one(e):
-        r = attack.with_eps(e).run(keys, model, x, y, target=None)
-        per = {
-            "success": r.success,
-            "norm": r.norm.astype(jnp.float32),
-            "queries": r.queries.astype(jnp.int32),
-            "linf": metrics.linf(x, r.adv).astype(jnp.float32),
-        }
-        return r.adv, per
-
-    advs, per = jax.vmap(one)(eps)
-    clean = jnp.argmax(model(x), axis=1) == y
-    return advs, per, clean
-
-
-@functools.partial(jax.jit, static_argnames=("mesh",))
-def _attack_step(attack, eps, seed, model, idx, x, y, *, mesh):
-    # shard_map, not a sharded jit: each device runs the program traced at its own block shape,
-    # which is the configured per-device batch whatever the device or process count, so the
-    # compiled arithmetic (and every last bit of the results) is the same on 1 or 256 devices.
-    # check_vma=False: attacks are arbitrary per-example code (while loops whose carries start
-    # replicated); nothing here communicates between devices.
-    axis = mesh.axis_names[0]
-    rep, bat, per_eps = PartitionSpec(), PartitionSpec(axis), PartitionSpec(None, axis)
-    advs, per, clean = jax.shard_map(
-        _attack_block,
-        mesh=mesh,
-        in_specs=(rep, rep, rep, rep, bat, bat, bat),
-        out_specs=(per_eps, per_eps, bat),
-        check_vma=False,
-    )(attack, eps, seed, model, idx, x, y)
-    return advs, {**per, "clean_correct": clean, "y": y}
-
-
-def _cell_step(attack, eps, seed, adv_index, model, idx, x, y, *, mesh, ssim_win: int):
-    """One padded, sharded step at every eps: per-example arrays ``[E, B]`` / ``[B]`` and the
-    adversarial images ``adv[B, ...]`` at ``eps[adv_index]``, all still on the devices.
-
-    The metrics run as a second program on purpose: fused into the attack's program, XLA's
-    choices moved SSIM by an ulp between batch shapes.
-    """
-    advs, out = _attack_step(attack, eps, seed, model, idx, x, y, mesh=mesh)
-    out["margin"], out["l2"], out["ssim"] = _metrics_step(
-        model, x, y, advs, mesh=mesh, ssim_win=ssim_win
-    )
-    out["adv"] = advs[adv_index]
-    return out
-
-
-def _replicate(tree: Any, mesh: jax.sharding.Mesh) -> Any:
-    """Every array leaf replicated over ``mesh`` (works across processes: each one supplies its
-    own devices' copies from its host value)."""
-    rep = NamedSharding(mesh, PartitionSpec())
-
-    def put(a):
-        if not isinstance(a, (jax.Array, np.ndarray)):
-            return a
-        if jnp.issubdtype(a.dtype, jax.dtypes.prng_key):  # e.g. RNG state kept in a model
-            impl = jax.random.key_impl(a)
-            data = np.asarray(jax.random.key_data(a))
-            arr = jax.make_array_from_callback(data.shape, rep, lambda i: data[i])
-            return jax.random.wrap_key_data(arr, impl=impl)
-        host = np.asarray(a)
-        return jax.make_array_from_callback(host.shape, rep, lambda i: host[i])
-
-    return jax.tree_util.tree_map(put, tree)
-
-
-def _global_batch(mesh: jax.sharding.Mesh, ds: Any, pidx: np.ndarray):
-    """Index, image and label arrays of one padded batch, sharded on the batch axis. Each process
-    reads from the data set only the rows that its own devices hold."""
-    axis = mesh.axis_names[0]
-    b = pidx.shape[0]
-    h, w, k = ds.image_shape
-    cache: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
-
-    def rows(index) -> tuple[np.ndarray, np.ndarray]:
-        sl = index[0]
-        key = (sl.start, sl.stop)
-        if key not in cache:
-            x, y = ds.get(pidx[sl])
-            cache[key] = (np.asarray(x, np.float32), np.asarray(y, np.int32))
-        return cache[key]
-
-    s1 = NamedSharding(mesh, PartitionSpec(axis))
-    s4 = NamedSharding(mesh, PartitionSpec(axis, None, None, None))
-    idx = jax.make_array_from_callback((b,), s1, lambda i: pidx[i[0]].astype(np.uint32))
-    x = jax.make_array_from_callback((b, h, w, k), s4, lambda i: rows(i)[0])
-    y = jax.make_array_from_callback((b,), s1, lambda i: rows(i)[1])
-    return idx, x, y
-
-
-def _to_host(tree: dict[str, jax.Array], keys: Sequence[str]) -> dict[str, np.ndarray]:
-    sel = {k: tree[k] for k in keys}
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        return {
-            k: np.asarray(v) for k, v in multihost_utils.process_allgather(sel, tiled=True).items()
-        }
-    return {k: np.asarray(v) for k, v in jax.device_get(sel).items()}
-
-
 # ----------------------------------------------------------------------------- host helpers
 def example_indices(ds: Any, entry: dict) -> np.ndarray:
     """The data-set indices a cell evaluates (sorted): the first ``num_examples`` or a seeded random
@@ -241,34 +78,6 @@ def example_indices(ds: Any, entry: dict) -> np.ndarray:
         rng = np.random.default_rng(int(entry.get("subset_seed", 0)))
         return np.sort(rng.permutation(n)[:k]).astype(np.int64)
     return np.arange(k, dtype=np.int64)
-
-
-def summarize_cell(
-    eps: Sequence[float], res: dict[str, np.ndarray], norm: str = "linf"
-) -> list[dict[str, Any]]:
-    """Per-eps summary rows from a cell's per-example arrays (sizes over successful attacks: clean
-    correct and fooled, as in :func:`jaxadv.metrics.summarize`)."""
-    cc = np.asarray(res["clean_correct"], bool)
-    rows = []
-    for j, e in enumerate(eps):
-        succ = np.asarray(res["success"][j], bool)
-        att = succ & cc
-        row: dict[str, Any] = {
-            "eps": float(e),
-            "eps_255": round(float(e) * 255, 3),
-            "eps_label": eps_label(norm, float(e)),
-            "num_examples": int(cc.size),
-            "clean_accuracy": float(cc.mean()) if cc.size else math.nan,
-            "robust_accuracy": float((~succ).mean()) if succ.size else math.nan,
-            "attack_success_rate": float(att.sum() / cc.sum()) if cc.sum() else math.nan,
-        }
-        for name in ("norm", "l2", "linf", "ssim", "queries"):
-            v = np.asarray(res[name][j], np.float64)[att]
-            v = v[np.isfinite(v)]
-            row[f"{name}_mean"] = float(v.mean()) if v.size else math.nan
-            row[f"{name}_median"] = float(np.median(v)) if v.size else math.nan
-        rows.append(row)
-    return rows
 
 
 class _Progress:
@@ -407,15 +216,14 @@ class _Resources:
     def __init__(self, cfg: SweepConfig, mesh: jax.sharding.Mesh):
         self.cfg = cfg
         self.mesh = mesh
-        self._model: tuple[str, Any, Any] | None = None
+        self._model: tuple[str, Any] | None = None
         self._data: tuple[str, Any] | None = None
 
-    def model(self, entry: dict) -> tuple[Any, Any]:
+    def model(self, entry: dict) -> Any:
         spec = self.cfg.resolve(entry["model"])
         if self._model is None or self._model[0] != spec:
-            m = load_model(spec)
-            self._model = (spec, m, _replicate(m, self.mesh))
-        return self._model[1], self._model[2]
+            self._model = (spec, load_model(spec))
+        return self._model[1]
 
     def dataset(self, entry: dict) -> Any:
         key = repr(sorted(entry.items()))
@@ -435,6 +243,11 @@ class _Resources:
         return self._data[1]
 
 
+def _steps(n: int, batch_size: int, ndev: int) -> int:
+    """Padded steps :func:`jaxadv.evaluate` takes for ``n`` examples."""
+    return -(-n // (min(batch_size, n) * ndev))
+
+
 def _run_cell(
     cell: Cell,
     res: _Resources,
@@ -445,105 +258,77 @@ def _run_cell(
     stop: Callable[[], bool],
 ) -> dict[str, Any] | None:
     """Compute one cell; ``None`` when stopped before it finished."""
-    from jaxadv import _validate
-    from jaxadv.attacks.base import _bound
+    from jaxadv.vocab import attack_config
 
     t0 = time.perf_counter()
-    model_host, model = res.model(cell.model)
+    model = res.model(cell.model)
     ds = res.dataset(cell.dataset)
     idx = example_indices(ds, cell.dataset)
     a = cell.attack
     attack = make_attack(
         a["attack"],
-        max(a["eps"]),  # a valid budget to build with; every eps of the grid is swept below
         norm=a["norm"],
+        eps_max=max(a["eps"]),
         num_steps=a["num_steps"],
         restarts=a["restarts"],
         options=a["options"],
     )
-    black_box = a["black_box"] if a["black_box"] is not None else is_black_box(a["attack"], attack)
-    eps = np.asarray(a["eps"], np.float32)
-    adv_index = np.int32(int(np.argmax(eps)))
-    n = idx.shape[0]
+    black_box = a["black_box"] if a["black_box"] is not None else is_black_box(attack)
     ndev = res.mesh.devices.size
-    # Each device attacks blocks of exactly `per_dev` examples (the last step is padded), so the
-    # compiled shapes depend on the config and the data, never on the device count.
-    per_dev = min(batch_size, n)
-    bucket = per_dev * ndev
-    bs = min(bucket, n)
-    h, w, _ = ds.image_shape
-    ssim_win = 11 if min(h, w) >= 11 else 0
-    # host-side input checks on a few examples (range, NaN, labels vs. the model's classes)
-    xv, yv = ds.get(idx[: min(n, 16)])
-    _validate.check_inputs(
-        model_host,
-        jnp.asarray(xv),
-        jnp.asarray(yv, jnp.int32),
-        lo=_bound(attack.threat.lo, min),
-        hi=_bound(attack.threat.hi, max),
-        target=None,
-    )
-    attack_r = _replicate(attack, res.mesh)
-    seed = np.uint32(cell.seed)
-    starts = list(range(0, n, bs))
-    progress.start_cell(cell, len(starts))
-    parts: dict[str, list[np.ndarray]] = {}
-    adv_sample = None
-    keys = [*PER_EPS, "clean_correct", "y"]
-    for start in starts:
-        chunk = idx[start : start + bs]
-        b = chunk.shape[0]
-        pidx = np.concatenate([chunk, np.repeat(chunk[-1:], bucket - b)])
-        gi, gx, gy = _global_batch(res.mesh, ds, pidx)
-        out = _cell_step(
-            attack_r, eps, seed, adv_index, model, gi, gx, gy, mesh=res.mesh, ssim_win=ssim_win
+    progress.start_cell(cell, _steps(idx.shape[0], batch_size, ndev))
+    try:
+        ev = evaluate(
+            attack,
+            model,
+            ds,
+            a["eps"],
+            key=jax.random.key(cell.seed),
+            mesh=res.mesh,
+            cascade=bool(a.get("cascade", False)),
+            batch_size=batch_size,
+            indices=idx,
+            num_adv=num_images,
+            progress=lambda done, total: progress.batch(),
+            stop=stop,
         )
-        want = keys + (["adv"] if adv_sample is None and num_images else [])
-        host = _to_host(out, want)
-        for k in keys:
-            v = host[k]
-            parts.setdefault(k, []).append(v[..., :b] if v.ndim == 2 else v[:b])
-        if "adv" in host:
-            adv_sample = host["adv"][: min(num_images, b)]
-        progress.batch()
-        if start != starts[-1] and stop():  # a finished cell is kept: the caller saves it
-            return None
-    cat = {k: np.concatenate(v, axis=-1 if k in PER_EPS else 0) for k, v in parts.items()}
+    except EvaluationStopped:
+        return None
     results: dict[str, Any] = {
         "indices": encode_array(idx),
-        "labels": encode_array(cat["y"]),
-        "clean_correct": encode_array(cat["clean_correct"]),
+        "labels": encode_array(ev.labels),
+        "clean_correct": encode_array(ev.clean_correct),
+        "clean_score": encode_array(ev.clean_score.astype(np.float32)),
     }
-    for k, dt in PER_EPS.items():
-        results[k] = encode_array(cat[k].astype(dt))
+    for k, dt in PER_EXAMPLE.items():
+        results[k] = encode_array(ev.per_eps[k].astype(dt))
     samples = None
-    if adv_sample is not None and adv_sample.shape[0]:
-        k = adv_sample.shape[0]
+    if ev.adv.shape[0]:
+        k = ev.adv.shape[0]
         clean, _ = ds.get(idx[:k])
         samples = {
             "indices": encode_array(idx[:k]),
-            "eps": float(eps[int(adv_index)]),
+            "eps": float(ev.eps[ev.adv_index]),
             "clean": encode_images(clean),
-            "adv": encode_images(adv_sample),
+            "adv": encode_images(ev.adv),
         }
-    dt = time.perf_counter() - t0
-    rows = summarize_cell(a["eps"], cat, a["norm"])
     return {
         "format": CELL_FORMAT,
         "cell": cell.spec(),
         "black_box": bool(black_box),
+        "num_classes": int(ev.num_classes),
+        "attack_config": attack_config(attack, a["eps"]),
         "results": results,
-        "summary": rows,
+        "summary": ev.summary(),
         "samples": samples,
         "run": {
-            "seconds": round(dt, 3),
+            "seconds": round(time.perf_counter() - t0, 3),
             "finished": _now(),
             "host": platform.node(),
             "process_count": jax.process_count(),
             "devices": int(ndev),
             "device_kind": str(res.mesh.devices.flat[0].device_kind),
-            "batch_size": int(per_dev),
-            "step": int(bucket),
+            "batch_size": int(min(batch_size, idx.shape[0])),
+            "step": int(min(batch_size, idx.shape[0]) * ndev),
         },
     }
 
@@ -755,13 +540,12 @@ def run_sweep(
 
 
 def _total_batches(cells: Sequence[Cell], res: _Resources, bs: int) -> int:
-    """Batches over all pending cells (for the overall ETA); data set sizes are read cheaply."""
+    """Steps over all pending cells (for the overall ETA); data set sizes are read cheaply."""
     total = 0
     sizes: dict[str, int] = {}
     for c in cells:
         key = repr(sorted(c.dataset.items()))
         if key not in sizes:
             sizes[key] = int(example_indices(res.dataset(c.dataset), c.dataset).shape[0])
-        n = max(sizes[key], 1)
-        total += -(-n // (min(bs, n) * res.mesh.devices.size))
+        total += _steps(max(sizes[key], 1), bs, res.mesh.devices.size)
     return total

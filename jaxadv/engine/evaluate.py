@@ -1,0 +1,393 @@
+"""``jaxadv.evaluate``: one attack over a data set and an eps grid, streamed, padded and sharded.
+
+This is the one engine under every entry point (``jaxadv demo``, ``jaxadv attack``, ``jaxadv
+sweep``, training's robust evaluation, the benchmarks). Batches of data-set indices are padded to
+one fixed size (a multiple of the device count, so one compilation serves every batch, the last one
+included), laid out over a 1-D device mesh, and each device attacks its block with ``shard_map``.
+Example ``i`` of a data set always uses the key ``fold_in(key, i)``, so per-example results do not
+depend on the batch size, the device count or the number of processes. Only small per-example
+arrays (and, on request, a few adversarial images) come back to the host.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+
+from jaxadv.engine import layout, programs
+from jaxadv.engine.summary import summary_rows
+
+Array = jax.Array
+
+#: Threat class name -> the norm name used in labels and summaries.
+_NORMS = {"LinfBall": "linf", "L2Ball": "l2", "L1Ball": "l1", "L0Pixels": "l0"}
+
+
+class EvaluationStopped(Exception):
+    """Raised by :func:`evaluate` when its ``stop`` callback asked it to stop between batches."""
+
+
+def norm_name(threat: Any) -> str:
+    """``'linf'``, ``'l2'``, ``'l1'`` or ``'l0'`` for a threat value (its class name otherwise)."""
+    name = type(threat).__name__
+    return _NORMS.get(name, name)
+
+
+@dataclasses.dataclass(frozen=True)
+class Evaluation:
+    """Per-example results of :func:`evaluate` (host NumPy arrays).
+
+    Attributes:
+        eps: ``f32[E]`` the budgets, in the order given.
+        norm: the threat's norm name (``linf``, ``l2``, ``l1``, ``l0``).
+        indices: ``int64[N]`` data-set indices of the evaluated examples (their keys are
+            ``fold_in(key, index)``).
+        labels: ``int32[N]`` true labels.
+        clean_correct: ``bool[N]`` the model classifies the clean image correctly.
+        clean_margin: ``f32[N]`` margin ``max_{j != y} z_j - z_y`` on the clean image.
+        clean_score: ``f32[N]`` log-odds of class 1 on the clean image (for AUCs).
+        per_eps: ``[E, N]`` arrays: ``success`` (misclassified at ``adv``; clean errors count),
+            ``norm`` (in the threat's norm; pixels for L0), ``queries`` (forward passes),
+            ``margin`` (> 0 exactly when fooled), ``l2``, ``linf``, ``ssim`` (NaN for images
+            smaller than 11 px), ``score`` (log-odds of class 1 at ``adv``).
+        num_classes: number of logits of the model.
+        adv: ``[k, H, W, K]`` adversarial images of the first ``k`` examples at ``eps[adv_index]``.
+        adv_index: index into ``eps`` of the images in ``adv``.
+        cascade: whether the grid was cascaded (each budget attacked only the survivors).
+        seconds: wall time.
+        batches: number of padded steps run.
+    """
+
+    eps: np.ndarray
+    norm: str
+    indices: np.ndarray
+    labels: np.ndarray
+    clean_correct: np.ndarray
+    clean_margin: np.ndarray
+    clean_score: np.ndarray
+    per_eps: dict[str, np.ndarray]
+    num_classes: int
+    adv: np.ndarray
+    adv_index: int
+    cascade: bool
+    seconds: float
+    batches: int
+
+    @property
+    def robust_accuracy(self) -> np.ndarray:
+        """``f32[E]`` fraction of examples still correctly classified at each budget."""
+        return (~self.per_eps["success"]).mean(axis=1).astype(np.float32)
+
+    def summary(self, positive_class: int = 1) -> list[dict[str, Any]]:
+        """One row per budget (see :func:`jaxadv.engine.summary_rows`); ``auc`` and
+        ``auc_under_attack`` for two-class models."""
+        binary = self.num_classes == 2
+        return summary_rows(
+            self.eps.tolist(),
+            self.per_eps,
+            self.clean_correct,
+            norm=self.norm,
+            labels=self.labels if binary else None,
+            clean_score=self.clean_score if binary else None,
+            positive_class=positive_class,
+        )
+
+
+def _as_dataset(data: Any):
+    from jaxadv import data as jdata
+
+    if isinstance(data, jdata.Dataset):
+        return data
+    if isinstance(data, (tuple, list)) and len(data) == 2:
+        x, y = (np.asarray(a) for a in data)
+        if x.ndim == 4 and x.shape[-1] not in (1, 3):
+            raise ValueError(
+                f"images must be NHWC with 1 or 3 channels, got shape {x.shape} (NCHW? transpose "
+                "with x.transpose(0, 2, 3, 1))"
+            )
+        if x.dtype.kind == "f" and x.dtype != np.float32:
+            x = x.astype(np.float32)  # bf16 / f16 / f64 images are attacked in float32
+        return jdata.from_arrays(x, y)
+    raise TypeError(
+        f"data must be a jaxadv.data.Dataset or a pair (x, y) of arrays, got {type(data).__name__}"
+    )
+
+
+def check_eps(eps: Any) -> np.ndarray:
+    """An eps grid as ``f32[E]``: non-empty, 1-D, every value ``>= 0`` and not NaN."""
+    try:
+        e = np.asarray(eps, dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"eps must be a sequence of numbers, got {eps!r}") from err
+    if e.ndim == 0:
+        e = e[None]
+    if e.ndim != 1 or e.size == 0:
+        raise ValueError(f"eps must be a non-empty 1-D grid, got shape {e.shape}")
+    if np.any(np.isnan(e)) or np.any(e < 0):
+        raise ValueError(f"eps values must be >= 0 and not NaN, got {e.tolist()}")
+    return e.astype(np.float32)
+
+
+def _positive_int(v: Any, name: str) -> int:
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+        raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    return int(v)
+
+
+def evaluate(
+    attack: Any,
+    model: Any,
+    data: Any,
+    eps: Sequence[float] | np.ndarray,
+    *,
+    key: Any,
+    mesh: jax.sharding.Mesh | None = None,
+    cascade: bool = False,
+    batch_size: int = 128,
+    indices: Sequence[int] | np.ndarray | None = None,
+    num_adv: int = 0,
+    adv_eps: float | None = None,
+    validate: bool = True,
+    progress: Callable[[int, int], None] | None = None,
+    stop: Callable[[], bool] | None = None,
+) -> Evaluation:
+    """Run ``attack`` on every example of ``data`` at every budget of ``eps``.
+
+    The budgets are passed at run time (``attack.with_eps``), so the attack's own ``eps`` does not
+    matter and a new grid never recompiles. A budget of 0 is the clean evaluation (no attack
+    runs). With ``cascade=True`` budgets are taken in ascending order and each one attacks only the
+    examples that no smaller budget (and no clean error) broke; the others keep the adversarial
+    found at the smaller budget, which lies inside every larger ball. The result is then the
+    per-example worst case over the grid: ``success[k] = OR_{j <= k} success_independent[j]``.
+    Survivors are gathered into blocks padded to three significant bits (:func:`layout.bucket`).
+
+    Args:
+        attack: an attack value (``jaxadv.PGD(...)``, ...); ``None`` when every eps is 0.
+        model: a :class:`jaxadv.Model` or anything :func:`jaxadv.models.as_model` accepts.
+        data: a :class:`jaxadv.data.Dataset`, or ``(x, y)``: images ``[N, H, W, K]`` in
+            ``[0, 1]`` (any float dtype is attacked in float32) and integer labels ``[N]``.
+        eps: the budgets ``[E]`` in the threat's units (pixels in ``[0, 1]``; pixel counts for L0).
+        key: a PRNG key or an int seed; example ``i`` uses ``fold_in(key, i)``.
+        mesh: a 1-D device mesh (default: every local device; with several processes after
+            ``jax.distributed.initialize``, pass a mesh over ``jax.devices()``).
+        cascade: attack each budget only on the survivors of the smaller ones.
+        batch_size: examples per device per step.
+        indices: the data-set indices to evaluate (default: all), in this order.
+        num_adv: keep the adversarial images of the first ``num_adv`` examples...
+        adv_eps: ...at this budget (default: the largest).
+        validate: check a few examples first (range, NaN, labels against the model's classes).
+        progress: called as ``progress(done_steps, total_steps)`` after each step.
+        stop: polled between steps; when it returns True, :class:`EvaluationStopped` is raised.
+
+    Returns:
+        An :class:`Evaluation`; ``.summary()`` gives one row per budget.
+
+    Example:
+        >>> import jax.numpy as jnp, numpy as np, jaxadv
+        >>> model = jaxadv.from_apply(lambda w, x: x.reshape(x.shape[0], -1) @ w, jnp.eye(4, 2))
+        >>> x, y = np.full((6, 2, 2, 1), 0.5, np.float32), np.array([0, 1, 0, 1, 0, 1])
+        >>> pgd = jaxadv.PGD(threat=jaxadv.LinfBall(eps=0.0), num_steps=5)
+        >>> ev = jaxadv.evaluate(pgd, model, (x, y), [0.0, 0.1, 0.3], key=0)
+        >>> ev.robust_accuracy.shape
+        (3,)
+    """
+    from jaxadv import _validate
+    from jaxadv.attacks.base import _bound
+    from jaxadv.models import as_model
+
+    t0 = time.perf_counter()
+    model = as_model(model)
+    e = check_eps(eps)
+    if attack is None and np.any(e > 0):
+        raise ValueError("attack=None evaluates clean accuracy only; every eps must be 0")
+    per_dev = _positive_int(batch_size, "batch_size")
+    if isinstance(num_adv, bool) or not isinstance(num_adv, (int, np.integer)) or num_adv < 0:
+        raise ValueError(f"num_adv must be a non-negative integer, got {num_adv!r}")
+    ds = _as_dataset(data)
+    if ds.multi_label:
+        raise ValueError(
+            "the data set is multi-label; attacks need one integer label per example (reduce it "
+            "with jaxadv.data.select_finding first)"
+        )
+    n_all = len(ds)
+    idx = np.arange(n_all, dtype=np.int64) if indices is None else np.asarray(indices)
+    if idx.ndim != 1 or idx.size == 0 or not np.issubdtype(idx.dtype, np.integer):
+        raise ValueError(f"indices must be a non-empty 1-D integer array, got {indices!r}")
+    if idx.min() < 0 or idx.max() >= n_all:
+        raise ValueError(f"indices must lie in [0, {n_all}), got [{idx.min()}, {idx.max()}]")
+    idx = idx.astype(np.int64)
+    if adv_eps is None:
+        adv_index = int(np.argmax(e))
+    else:
+        hits = np.flatnonzero(np.isclose(e, adv_eps))
+        if hits.size == 0:
+            raise ValueError(f"adv_eps={adv_eps} is not in the eps grid {e.tolist()}")
+        adv_index = int(hits[0])
+    threat = attack.threat if attack is not None else None
+    if validate:
+        xv, yv = ds.get(idx[: min(idx.size, 16)])
+        _validate.check_inputs(
+            model,
+            np.asarray(xv, np.float32),
+            np.asarray(yv, np.int32),
+            lo=_bound(threat.lo, min) if threat is not None else 0.0,
+            hi=_bound(threat.hi, max) if threat is not None else 1.0,
+            target=None,
+        )
+    if not isinstance(key, jax.Array):
+        key = jax.random.key(int(key))
+    elif not jax.numpy.issubdtype(key.dtype, jax.dtypes.prng_key):
+        key = jax.random.wrap_key_data(key)
+
+    mesh = mesh or layout.data_mesh()
+    # Each device attacks blocks of exactly `per_dev` examples (the last step is padded), so the
+    # compiled shapes depend on the settings and the data, never on the device count.
+    per_dev = min(per_dev, idx.size)
+    h, w, k = ds.image_shape
+    num_classes = int(
+        jax.eval_shape(model, jax.ShapeDtypeStruct((1, h, w, k), np.float32)).shape[-1]
+    )
+    run = _Runner(attack, model, ds, e, key, mesh, per_dev, adv_index, num_adv)
+    steps = layout.chunks(idx.size, per_dev * mesh.devices.size)
+    parts: list[dict[str, np.ndarray]] = []
+    for i, pos in enumerate(steps):
+        parts.append(run.cascade(idx[pos]) if cascade else run.independent(idx[pos]))
+        if progress is not None:
+            progress(i + 1, len(steps))
+        if i + 1 < len(steps) and stop is not None and stop():
+            raise EvaluationStopped
+    cat = {k: np.concatenate([p[k] for p in parts], axis=-1) for k in parts[0]}
+    adv = run.sample if run.sample is not None else np.zeros((0, h, w, k), np.float32)
+    return Evaluation(
+        eps=e,
+        norm=norm_name(threat) if threat is not None else "linf",
+        indices=idx,
+        labels=cat.pop("y").astype(np.int32),
+        clean_correct=cat.pop("clean_correct").astype(bool),
+        clean_margin=cat.pop("clean_margin"),
+        clean_score=cat.pop("clean_score"),
+        per_eps=cat,
+        num_classes=num_classes,
+        adv=adv,
+        adv_index=adv_index,
+        cascade=bool(cascade),
+        seconds=time.perf_counter() - t0,
+        batches=run.steps,
+    )
+
+
+class _Runner:
+    """Per-batch device work of :func:`evaluate` (holds the replicated attack, model and key).
+
+    Every step is ``per_dev * ndev`` rows (the last batch padded), so the attack compiles once per
+    data set; cascade levels use smaller blocks from :func:`layout.bucket`.
+    """
+
+    def __init__(self, attack, model, ds, e, key, mesh, per_dev, adv_index, num_adv):
+        self.attack = layout.replicate(attack, mesh) if attack is not None else None
+        self.model = layout.replicate(model, mesh)
+        self.key = layout.replicate(key, mesh)
+        self.ds, self.e, self.mesh, self.per_dev = ds, e, mesh, per_dev
+        self.ndev = mesh.devices.size
+        self.adv_index, self.num_adv = adv_index, num_adv
+        h, w, _ = ds.image_shape
+        self.ssim_win = 11 if min(h, w) >= 11 else 0
+        self.sample: np.ndarray | None = None  # adversarials of the first examples
+        self.steps = 0
+
+    def _batch(self, rows: np.ndarray, size: int):
+        return layout.global_batch(self.mesh, self.ds, layout.pad_rows(rows, size))
+
+    def _attack(self, eps: np.ndarray, gi, gx, gy, b: int):
+        """Attack program, then metrics program, at ``eps[E']``: host arrays ``[E', b]`` and the
+        device images ``adv[E', B, ...]``."""
+        self.steps += 1
+        advs, per = programs.attack_step(
+            self.attack, eps, self.key, self.model, gi, gx, gy, mesh=self.mesh
+        )
+        met = programs.metrics_step(
+            self.model, gx, gy, advs, mesh=self.mesh, ssim_win=self.ssim_win
+        )
+        host = layout.to_host({**per, **met})
+        return {k: v[:, :b] for k, v in host.items()}, advs
+
+    def _clean(self, gx, gy, b: int) -> dict[str, np.ndarray]:
+        host = layout.to_host({**programs.clean_step(self.model, gx, gy, mesh=self.mesh), "y": gy})
+        return {k: v[:b] for k, v in host.items()}
+
+    @staticmethod
+    def _unattacked(clean: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Per-example fields of the clean image as its own adversarial (budget 0)."""
+        b = clean["clean_correct"].shape[0]
+        return {
+            "success": ~clean["clean_correct"],
+            "norm": np.zeros(b, np.float32),
+            "queries": np.ones(b, np.int32),
+            "margin": clean["clean_margin"],
+            "l2": np.zeros(b, np.float32),
+            "linf": np.zeros(b, np.float32),
+            "ssim": np.ones(b, np.float32),
+            "score": clean["clean_score"],
+        }
+
+    def _open_sample(self, rows: np.ndarray) -> bool:
+        """Start the kept images with the clean ones of the first batch; True on that batch."""
+        if self.num_adv == 0 or self.sample is not None:
+            return False
+        x, _ = self.ds.get(rows[: self.num_adv])
+        self.sample = np.array(x, np.float32)
+        return True
+
+    def _keep(self, pos: np.ndarray, advs_row: Any) -> None:
+        """Overwrite the kept images at batch positions ``pos`` (rows of ``advs_row``)."""
+        want = np.flatnonzero(pos < self.sample.shape[0])
+        if want.size:
+            got = layout.to_host({"adv": advs_row})["adv"]
+            self.sample[pos[want]] = got[want]
+
+    def independent(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+        b = rows.shape[0]
+        gi, gx, gy = self._batch(rows, self.per_dev * self.ndev)
+        first = self._open_sample(rows)
+        clean = self._clean(gx, gy, b)
+        out = {
+            k: np.repeat(v[None], self.e.size, axis=0) for k, v in self._unattacked(clean).items()
+        }
+        pos = np.flatnonzero(self.e > 0)
+        if pos.size:
+            got, advs = self._attack(self.e[pos], gi, gx, gy, b)
+            for k, v in got.items():
+                out[k][pos] = v
+            if first and self.e[self.adv_index] > 0:
+                j = int(np.flatnonzero(pos == self.adv_index)[0])
+                self._keep(np.arange(b), advs[j])
+        return {**out, **clean}
+
+    def cascade(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+        b = rows.shape[0]
+        _, gx, gy = self._batch(rows, self.per_dev * self.ndev)
+        keeping = self._open_sample(rows)
+        clean = self._clean(gx, gy, b)
+        prev = self._unattacked(clean)
+        out = {k: np.empty((self.e.size, b), v.dtype) for k, v in prev.items()}
+        for k in np.argsort(self.e, kind="stable"):
+            alive = np.flatnonzero(~prev["success"]) if self.e[k] > 0 else np.zeros(0, np.int64)
+            if alive.size:
+                blk = layout.bucket(-(-alive.size // self.ndev), self.per_dev)
+                gi_, gx_, gy_ = self._batch(rows[alive], blk * self.ndev)
+                got, advs = self._attack(self.e[k : k + 1], gi_, gx_, gy_, alive.size)
+                prev = {f: v.copy() for f, v in prev.items()}
+                for f, v in got.items():
+                    prev[f][alive] = v[0]
+                if keeping:
+                    self._keep(alive, advs[0])
+            for f, v in prev.items():
+                out[f][k] = v
+            if k == self.adv_index:
+                keeping = False  # larger budgets do not change the kept images
+        return {**out, **clean}

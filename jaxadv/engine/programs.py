@@ -1,0 +1,123 @@
+"""The device programs of the evaluation engine, each a ``shard_map`` over a 1-D device mesh.
+
+Each device runs the program traced at its own block shape, which is the configured per-device
+batch whatever the number of devices or processes, so the compiled arithmetic (and every last bit
+of the per-example results) is the same on 1 or 256 devices. ``check_vma=False``: attacks are
+arbitrary per-example code (while loops whose carries start replicated); nothing here communicates
+between devices.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import PartitionSpec
+
+from jaxadv import losses, metrics
+
+Array = jax.Array
+
+#: Per-example fields ``[E, B]`` that the attack program returns, with their dtypes.
+ATTACK_FIELDS = {"success": jnp.bool_, "norm": jnp.float32, "queries": jnp.int32}
+#: Per-example fields ``[E, B]`` that the metrics program returns.
+METRIC_FIELDS = ("margin", "l2", "linf", "ssim", "score")
+
+
+def _attack_block(attack, eps, key, model, idx, x, y):
+    """One device's block: the attack at every eps (``vmap``), keys ``fold_in(key, index)``."""
+    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(idx)
+
+    def one(e):
+        r = attack.with_eps(e).run(keys, model, x, y, target=None)
+        per = {k: getattr(r, k).astype(dt) for k, dt in ATTACK_FIELDS.items()}
+        return r.adv.astype(x.dtype), per
+
+    return jax.vmap(one)(eps)
+
+
+@functools.partial(jax.jit, static_argnames=("mesh",))
+def attack_step(attack, eps, key, model, idx, x, y, *, mesh):
+    """``adv[E, B, ...]`` and ``{success, norm, queries}[E, B]`` of ``attack`` at every ``eps``."""
+    axis = mesh.axis_names[0]
+    rep, bat, per_eps = PartitionSpec(), PartitionSpec(axis), PartitionSpec(None, axis)
+    return jax.shard_map(
+        _attack_block,
+        mesh=mesh,
+        in_specs=(rep, rep, rep, rep, bat, bat, bat),
+        out_specs=(per_eps, per_eps),
+        check_vma=False,
+    )(attack, eps, key, model, idx, x, y)
+
+
+def _metrics_block(model, x, y, advs, ssim_win: int):
+    """Margin, L2, L-inf, SSIM and positive-class score ``[E, b]``, one example at a time.
+
+    Why one at a time: the arithmetic XLA emits for a batched reduction or convolution depends on
+    the batch shape and on how the program around it was fused (1 device vs. several), which moved
+    the last bits of SSIM and of the attacks' own loss values between device counts. Per example
+    the shapes (``[E, ...]``) and the program are the same everywhere, so the stored numbers are.
+    The margin ``max_{j != y} z_j - z_y`` (> 0 exactly when fooled) replaces the attacks' own
+    losses, which differ between attacks.
+    """
+
+    def one(xya):
+        xi, yi, ai = xya  # [H, W, K], [], [E, H, W, K]
+        xe = jnp.broadcast_to(xi[None], ai.shape)
+        l2 = metrics.l2(xe, ai).astype(jnp.float32)
+        linf = metrics.linf(xe, ai).astype(jnp.float32)
+        if ssim_win:
+            ss = metrics.ssim(xe, ai, win_size=ssim_win).astype(jnp.float32)
+        else:  # images smaller than the SSIM window
+            ss = jnp.full(l2.shape, jnp.nan, jnp.float32)
+        logits = model(ai)
+        m = losses.margin(logits, jnp.broadcast_to(yi, (ai.shape[0],))).astype(jnp.float32)
+        return m, l2, linf, ss, metrics.positive_log_odds(logits).astype(jnp.float32)
+
+    out = jax.lax.map(one, (x, y, jnp.moveaxis(advs, 1, 0)))
+    return dict(zip(METRIC_FIELDS, (o.T for o in out), strict=True))
+
+
+@functools.partial(jax.jit, static_argnames=("mesh", "ssim_win"))
+def metrics_step(model, x, y, advs, *, mesh, ssim_win: int):
+    """Per-example metrics ``[E, B]`` of the adversarials ``advs[E, B, ...]`` (a second program on
+    purpose: fused into the attack's program, XLA's choices moved SSIM by an ulp between shapes)."""
+    axis = mesh.axis_names[0]
+    per_eps = PartitionSpec(None, axis)
+    return jax.shard_map(
+        functools.partial(_metrics_block, ssim_win=ssim_win),
+        mesh=mesh,
+        in_specs=(PartitionSpec(), PartitionSpec(axis), PartitionSpec(axis), per_eps),
+        out_specs=per_eps,
+        check_vma=False,
+    )(model, x, y, advs)
+
+
+def _clean_block(model, x, y):
+    def one(xy):
+        xi, yi = xy
+        logits = model(xi[None])
+        m = losses.margin(logits, yi[None]).astype(jnp.float32)[0]
+        return (
+            jnp.argmax(logits[0]) == yi,
+            m,
+            metrics.positive_log_odds(logits[0]).astype(jnp.float32),
+        )
+
+    correct, margin, score = jax.lax.map(one, (x, y))
+    return {"clean_correct": correct, "clean_margin": margin, "clean_score": score}
+
+
+@functools.partial(jax.jit, static_argnames=("mesh",))
+def clean_step(model, x, y, *, mesh):
+    """``clean_correct``, ``clean_margin`` and ``clean_score`` ``[B]`` (one forward per example)."""
+    axis = mesh.axis_names[0]
+    bat = PartitionSpec(axis)
+    return jax.shard_map(
+        _clean_block,
+        mesh=mesh,
+        in_specs=(PartitionSpec(), bat, bat),
+        out_specs=bat,
+        check_vma=False,
+    )(model, x, y)

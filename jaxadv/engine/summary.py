@@ -1,0 +1,119 @@
+"""The one summary of an evaluation: per-eps rows from per-example arrays (host code, NumPy only).
+
+Every entry point reports through :func:`summary_rows`: ``jaxadv.evaluate`` results, sweep cells,
+``jaxadv attack``, the demo and :func:`jaxadv.metrics.summarize`. Rows are computed from the
+concatenated per-example arrays of the whole data set, so means and medians are over the right
+examples whatever the batching. Perturbation sizes are taken over the *successful attacks*
+(clean-correct examples the attack fooled); clean errors count as successes but need no
+perturbation, so they would bias the sizes toward 0.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+#: Per-example ``[E, N]`` arrays an evaluation keeps (and a sweep cell stores), with their dtypes.
+PER_EXAMPLE = {
+    "success": np.bool_,
+    "norm": np.float32,
+    "queries": np.int32,
+    "margin": np.float32,
+    "l2": np.float32,
+    "linf": np.float32,
+    "ssim": np.float32,
+    "score": np.float32,
+}
+
+#: Per-example ``[E, N]`` fields whose mean and median over successful attacks each row reports.
+SIZE_FIELDS = ("norm", "l0_pixels", "l2", "linf", "ssim", "queries")
+
+
+def eps_label(norm: str, eps: float) -> str:
+    """A budget as people write it: ``8/255`` (L-inf), ``0.5`` (L2, L1), ``3 px`` (L0)."""
+    if norm == "l0":
+        return f"{eps:g} px"
+    if norm == "linf":
+        return f"{round(eps * 255, 3):g}/255"
+    return f"{eps:.4g}"
+
+
+def _mean_median(v: np.ndarray) -> tuple[float, float]:
+    v = v[np.isfinite(v)]
+    if v.size == 0:  # np.mean of an empty slice warns; report NaN quietly instead
+        return math.nan, math.nan
+    return float(np.mean(v)), float(np.median(v))
+
+
+def _auc(scores: np.ndarray, labels: np.ndarray) -> float:
+    from jaxadv.metrics import auc
+
+    if labels.all() or not labels.any():
+        return math.nan
+    return auc(scores, labels)
+
+
+def summary_rows(
+    eps: Sequence[float],
+    per_eps: Mapping[str, np.ndarray],
+    clean_correct: np.ndarray,
+    *,
+    norm: str = "linf",
+    labels: np.ndarray | None = None,
+    clean_score: np.ndarray | None = None,
+    positive_class: int = 1,
+) -> list[dict[str, Any]]:
+    """One summary row per budget.
+
+    Args:
+        eps: the budgets ``[E]``.
+        per_eps: per-example arrays ``[E, N]``: ``success`` (required) and any of
+            :data:`SIZE_FIELDS`, and ``score`` (positive-class log-odds on ``adv``).
+        clean_correct: ``bool[N]``.
+        norm: the threat's norm name, for ``eps_label`` and ``eps_255``.
+        labels: ``int[N]``, with ``clean_score`` and ``per_eps['score']`` gives ``auc`` and
+            ``auc_under_attack`` (binary tasks: pass them only for a two-class model).
+        clean_score: positive-class log-odds on the clean images ``[N]``.
+        positive_class: the class counted as positive for the AUCs.
+
+    Returns:
+        Rows of ``eps``, ``eps_label``, ``eps_255`` (not for L0), ``num_examples``,
+        ``num_clean_correct``, ``num_successful``, ``num_robust``, ``clean_accuracy``,
+        ``robust_accuracy``, ``attack_success_rate``, ``<size>_mean`` and ``<size>_median`` for each
+        size field present, and ``auc`` / ``auc_under_attack`` when scores are given.
+    """
+    cc = np.asarray(clean_correct, bool)
+    n = int(cc.size)
+    auc_clean = None
+    pos = None
+    if labels is not None and clean_score is not None and "score" in per_eps:
+        pos = np.asarray(labels) == positive_class
+        auc_clean = _auc(np.asarray(clean_score, np.float64), pos)
+    rows = []
+    for j, e in enumerate(eps):
+        succ = np.asarray(per_eps["success"][j], bool)
+        att = succ & cc
+        row: dict[str, Any] = {"eps": float(e), "eps_label": eps_label(norm, float(e))}
+        if norm != "l0":
+            row["eps_255"] = round(float(e) * 255, 3)
+        row.update(
+            num_examples=n,
+            num_clean_correct=int(cc.sum()),
+            num_successful=int(att.sum()),
+            num_robust=int((~succ).sum()),
+            clean_accuracy=float(cc.mean()) if n else math.nan,
+            robust_accuracy=float((~succ).mean()) if n else math.nan,
+            attack_success_rate=float(att.sum() / cc.sum()) if cc.sum() else math.nan,
+        )
+        for name in SIZE_FIELDS:
+            if name in per_eps:
+                v = np.asarray(per_eps[name][j], np.float64)[att]
+                row[f"{name}_mean"], row[f"{name}_median"] = _mean_median(v)
+        if pos is not None:
+            row["auc"] = auc_clean
+            row["auc_under_attack"] = _auc(np.asarray(per_eps["score"][j], np.float64), pos)
+        rows.append(row)
+    return rows

@@ -1,0 +1,427 @@
+"""The names shared by every entry point: data sets, models, attacks, threat norms and eps grids.
+
+``jaxadv attack --data D --model M --attack A --eps E``, a sweep config entry ``{data: D}``,
+``{model: M}``, ``{attack: A, eps: E}`` and ``jaxadv demo`` mean the same thing; all go through
+this module. Names are case-insensitive everywhere. Every user error is a :class:`SpecError` (a
+``ValueError``) whose message says what to give instead.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import pathlib
+import re
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+
+class SpecError(ValueError):
+    """A data set, model, attack or eps grid that cannot be resolved."""
+
+
+# ----------------------------------------------------------------------------- data sets
+_DATA_HINT = (
+    "give 'default', a MedMNIST .npz file, an image folder (one sub-folder per class) or tfds:NAME"
+)
+
+
+MEDMNIST_SPLITS = ("train", "val", "test")
+
+
+def _is_default(name: str) -> bool:
+    return str(name).strip().lower() == "default"
+
+
+def _is_tfds(name: str) -> bool:
+    return str(name).lower().startswith("tfds:")
+
+
+def load_dataset(
+    name: str,
+    split: str = "test",
+    size: int | None = None,
+    channels: int | None = None,
+):
+    """A :class:`jaxadv.data.Dataset` from a name: ``'default'`` (the shipped PneumoniaMNIST test
+    split), a MedMNIST ``.npz`` file, an image folder (one sub-folder per class, needs ``size``) or
+    ``tfds:NAME``. Nothing is converted to float until a batch is asked for."""
+    from jaxadv import data
+
+    split = str(split).strip().lower()
+    try:
+        if _is_default(name):
+            if split != "test":
+                raise SpecError(
+                    f"the embedded default holds the test split only, not {split!r}; "
+                    "drop --split or give --split test"
+                )
+            return data.load_default(channels=channels)
+        p = pathlib.Path(name)
+        if p.suffix == ".npz" or p.is_file():
+            if split not in MEDMNIST_SPLITS:
+                raise SpecError(
+                    f"unknown split {split!r} for a MedMNIST file; give one of "
+                    f"{', '.join(MEDMNIST_SPLITS)}"
+                )
+            return data.load_medmnist(p, split=split, channels=channels)
+        if p.is_dir():
+            if size is None:
+                raise SpecError("--image-size is required for an image folder")
+            return data.load_image_folder(p, size=size, channels=channels or 3)
+        if _is_tfds(name):
+            return data.load_tfds(name[5:], split=split, size=size, channels=channels)
+    except ImportError as e:
+        raise SpecError(
+            f"data {name!r} needs an optional dependency ({e.name or e}); install it with "
+            "pip install 'jaxadv[tfds]'"
+        ) from e
+    except (KeyError, OSError) as e:
+        raise SpecError(f"cannot read data {name!r} (split {split!r}): {e}") from e
+    raise SpecError(f"data {name!r} not found: {_DATA_HINT}")
+
+
+def check_dataset_name(name: str) -> None:
+    """Cheap existence check (no loading) for config validation."""
+    if _is_default(name) or _is_tfds(name):
+        return
+    if not pathlib.Path(name).exists():
+        raise SpecError(f"data {name!r} not found: {_DATA_HINT}")
+
+
+# ----------------------------------------------------------------------------- models
+def load_model(spec: str):
+    """A :class:`jaxadv.Model` from a shipped reference name or a checkpoint path."""
+    from jaxadv import checkpoint
+
+    ref = _reference_name(spec)
+    if ref is not None:
+        return checkpoint.reference_model(ref)
+    check_model_name(spec)
+    from jaxadv.models import from_nnx
+
+    try:
+        module, meta = checkpoint.load(pathlib.Path(spec))
+    except checkpoint.CheckpointError as e:
+        raise SpecError(str(e)) from e
+    return from_nnx(module, mean=meta.get("mean"), std=meta.get("std"))
+
+
+def _reference_name(spec: str) -> str | None:
+    """The shipped reference model ``spec`` names (case-insensitive), or None."""
+    from jaxadv import checkpoint
+
+    by_lower = {m.lower(): m for m in checkpoint.REFERENCE_MODELS}
+    return by_lower.get(str(spec).strip().lower())
+
+
+def check_model_name(spec: str) -> None:
+    """Cheap existence check (no loading) for config validation."""
+    from jaxadv import checkpoint
+
+    if _reference_name(spec) is not None:
+        return
+    if not pathlib.Path(spec).exists():
+        raise SpecError(
+            f"model {spec!r} not found: give a shipped reference model "
+            f"({', '.join(checkpoint.REFERENCE_MODELS)}) or a checkpoint saved by `jaxadv train`"
+        )
+
+
+# ----------------------------------------------------------------------------- threats and eps
+NORMS = ("linf", "l2", "l1", "l0")
+
+#: The default unit of eps numbers per norm: L-inf / L2 / L1 numbers are in 1/255 (``8`` means
+#: 8/255), L0 numbers are pixel counts.
+EPS_SCALE = {"linf": 255.0, "l2": 255.0, "l1": 255.0, "l0": 1.0}
+
+
+def check_norm(norm: Any) -> str:
+    key = str(norm).strip().lower()
+    if key not in NORMS:
+        raise SpecError(f"norm must be one of {', '.join(NORMS)}, got {norm!r}")
+    return key
+
+
+def threat(norm: str, eps: float = 0.0):
+    """The threat value of a norm name: ``LinfBall``, ``L2Ball``, ``L1Ball`` or ``L0Pixels``."""
+    import jaxadv
+
+    classes = {
+        "linf": jaxadv.LinfBall,
+        "l2": jaxadv.L2Ball,
+        "l1": jaxadv.L1Ball,
+        "l0": jaxadv.L0Pixels,
+    }
+    return classes[check_norm(norm)](eps=eps)
+
+
+_FRACTION = re.compile(r"\s*([0-9.eE+-]+)\s*/\s*([0-9.eE+-]+)\s*")
+_PIXELS = re.compile(r"\s*([0-9.eE+-]+)\s*px\s*", re.IGNORECASE)
+
+
+def parse_eps(value: Any, norm: str = "linf", scale: float | None = None) -> list[float]:
+    """An eps grid from the command line or a config, in the threat's own units.
+
+    Accepts a number, a list of numbers and strings, or a comma-separated string. Plain numbers
+    are divided by ``scale`` (default :data:`EPS_SCALE`: 1/255 units for L-inf/L2/L1, pixel
+    counts for L0); ``'a/b'`` strings are read as written (``'8/255'``, ``'1/2'``); ``'3px'`` is a
+    pixel count (L0 only). Values are rounded to float32 precision so hashes are stable.
+
+    Raises:
+        SpecError: an empty grid, a value that is not a number, negative, NaN or infinite, a
+        repeated value, or ``px`` outside L0.
+    """
+    norm = check_norm(norm)
+    if scale is None:
+        scale = EPS_SCALE[norm]
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0:
+        raise SpecError(f"eps_scale must be a positive number, got {scale!r}")
+    if isinstance(value, str):
+        items: Sequence[Any] = [s for s in value.split(",") if s.strip()]
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        items = [value]
+    elif isinstance(value, Sequence):
+        items = list(value)
+    else:
+        raise SpecError(f"eps must be numbers (e.g. 0,2,8 or 8/255), got {value!r}")
+    out = []
+    for it in items:
+        val = _eps_value(it, norm, float(scale))
+        if not math.isfinite(val) or val < 0:
+            raise SpecError(f"eps values must be finite and >= 0, got {it!r}")
+        out.append(float(f"{val:.9g}"))
+    if not out:
+        raise SpecError("the eps grid is empty; give at least one budget, e.g. 0,2,8")
+    if len(set(out)) != len(out):
+        raise SpecError(f"the eps grid has repeated values {out}")
+    return out
+
+
+def _eps_value(it: Any, norm: str, scale: float) -> float:
+    if isinstance(it, bool):
+        raise SpecError(f"eps values must be numbers, got {it!r}")
+    if isinstance(it, (int, float)):
+        return float(it) / scale
+    if not isinstance(it, str):
+        raise SpecError(f"eps values must be numbers, got {it!r}")
+    m = _FRACTION.fullmatch(it)
+    px = _PIXELS.fullmatch(it)
+    try:
+        if m:
+            return float(m.group(1)) / float(m.group(2))
+        if px:
+            if norm != "l0":
+                raise SpecError(f"eps {it!r}: pixel counts (px) are budgets of norm l0 only")
+            return float(px.group(1))
+        return float(it) / scale
+    except (ValueError, ZeroDivisionError) as e:
+        raise SpecError(
+            f"cannot read eps {it!r}; use numbers (in 1/{scale:g} units), 'a/b' fractions "
+            "such as 8/255, or pixel counts such as 3px (norm l0)"
+        ) from e
+
+
+def eps_label(norm: str, eps: float) -> str:
+    """A budget as people write it: ``8/255`` (L-inf), ``0.5`` (L2, L1), ``3 px`` (L0)."""
+    from jaxadv.engine.summary import eps_label as label
+
+    return label(norm, eps)
+
+
+# ----------------------------------------------------------------------------- attacks
+@dataclasses.dataclass(frozen=True)
+class AttackName:
+    """One entry of the attack vocabulary.
+
+    Attributes:
+        name: the lower-case name (``pgd``, ``apgd-dlr``, ``square``, ...).
+        cls: the attack class; its declaration (``oracle``, ``budget_field``, ``restarts_field``,
+            ``threats``) says what it reads and which options apply.
+        preset: constructor keywords this name fixes (``apgd-dlr``: ``loss='dlr'``).
+        factory: builds the attack from ``(threat, **options)`` when the class constructor is not
+            the way in (AutoAttack's standard ensemble).
+        budget: the option that sets the budget (default: the class's ``budget_field``).
+        restarts: the option that sets restarts (default: the class's ``restarts_field``).
+    """
+
+    name: str
+    cls: type
+    preset: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    factory: Callable[..., Any] | None = None
+    budget: str | None = "<class>"
+    restarts: str | None = "<class>"
+
+    @property
+    def budget_field(self) -> str | None:
+        return self.cls.budget_field if self.budget == "<class>" else self.budget
+
+    @property
+    def restarts_field(self) -> str | None:
+        return self.cls.restarts_field if self.restarts == "<class>" else self.restarts
+
+    @property
+    def oracle(self) -> str:
+        return self.cls.oracle
+
+    @property
+    def norms(self) -> list[str]:
+        names = {"LinfBall": "linf", "L2Ball": "l2", "L1Ball": "l1", "L0Pixels": "l0"}
+        return [names.get(t.__name__, t.__name__) for t in self.cls.threats]
+
+
+def attack_table() -> dict[str, AttackName]:
+    """The attack vocabulary: short names, then every registered attack class by its lower-case
+    name."""
+    import jaxadv
+    from jaxadv.attacks import REGISTRY
+
+    table = {
+        "fgsm": AttackName("fgsm", jaxadv.FGSM),
+        "pgd": AttackName("pgd", jaxadv.PGD),
+        "apgd": AttackName("apgd", jaxadv.APGD),
+        "apgd-dlr": AttackName("apgd-dlr", jaxadv.APGD, preset={"loss": "dlr"}),
+        "apgdt": AttackName("apgdt", jaxadv.APGDT),
+        "fmn": AttackName("fmn", jaxadv.FMN),
+        # the standard ensemble: its stages take num_steps (APGD) and square_queries (Square)
+        "autoattack": AttackName(
+            "autoattack",
+            jaxadv.AutoAttack,
+            factory=jaxadv.AutoAttack.standard,
+            budget="num_steps",
+            restarts=None,
+        ),
+    }
+    for cname, cls in sorted(REGISTRY.items()):
+        table.setdefault(cname.lower(), AttackName(cname.lower(), cls))
+    return table
+
+
+def attack_names() -> list[str]:
+    """Every attack name :func:`make_attack` accepts."""
+    return list(attack_table())
+
+
+def lookup_attack(name: Any) -> AttackName:
+    table = attack_table()
+    key = str(name).strip().lower()
+    if key not in table:
+        raise SpecError(f"unknown attack {name!r}; choose from {', '.join(table)}")
+    return table[key]
+
+
+def make_attack(
+    name: str,
+    *,
+    norm: str = "linf",
+    eps_max: float = 0.0,
+    num_steps: int | None = None,
+    restarts: int | None = None,
+    options: Mapping[str, Any] | None = None,
+    default_num_steps: int | None = None,
+):
+    """An attack value from its name.
+
+    The budgets of a grid are passed at run time (:func:`jaxadv.evaluate`), so the attack is built
+    with ``eps = 0`` (norm balls) or ``eps = eps_max`` (L0, whose pixel *capacity*
+    ``num_pixels`` is a static setting sized for the largest budget when not given).
+
+    Args:
+        name: a name of :func:`attack_names` (case-insensitive).
+        norm: ``linf``, ``l2``, ``l1`` or ``l0``; refused when the attack does not support it.
+        eps_max: the largest budget of the grid (sizes the L0 capacity).
+        num_steps: sets the attack's budget where that budget is ``num_steps``; refused (with the
+            right option named) for attacks whose budget is queries, iterations or generations.
+        restarts: sets ``num_restarts``; refused for attacks without restarts.
+        options: other constructor keywords (``{'num_queries': 1000, 'step_size': 0.01}``).
+        default_num_steps: used for ``num_steps`` where it applies and none was given.
+    """
+    entry = lookup_attack(name)
+    nrm = check_norm(norm)
+    if nrm not in entry.norms:
+        raise SpecError(
+            f"attack {entry.name!r} supports norm {', '.join(entry.norms)}, not {nrm!r}"
+        )
+    opts = dict(options or {})
+    fixed = sorted(set(opts) & set(entry.preset))
+    if fixed:
+        raise SpecError(f"attack {entry.name!r} fixes {', '.join(fixed)}; use another name")
+    opts.update(entry.preset)
+    _budget_option(entry, "num_steps", num_steps, default_num_steps, entry.budget_field, opts)
+    _budget_option(entry, "num_restarts", restarts, None, entry.restarts_field, opts)
+    fields = {f.name for f in dataclasses.fields(entry.cls)}
+    if nrm == "l0" and "num_pixels" in fields and "num_pixels" not in opts:
+        # OnePixel: capacity for the largest budget; each budget uses floor(eps) pixels
+        opts["num_pixels"] = max(1, int(eps_max))
+    t = threat(nrm, float(eps_max) if nrm == "l0" else 0.0)
+    build = entry.factory or entry.cls
+    try:
+        return build(threat=t, **opts)
+    except TypeError as e:
+        raise SpecError(
+            f"attack {entry.name!r} does not accept the options {sorted(opts)}: {e}"
+        ) from e
+    except ValueError as e:  # the attack's own validation of its settings
+        raise SpecError(f"attack {entry.name!r}: {e}") from e
+
+
+def _budget_option(entry, what, given, default, field, opts) -> None:
+    """Map ``--num-steps`` / ``--restarts`` onto the attack's declared field, or refuse them."""
+    flag = {"num_steps": "--num-steps / num_steps", "num_restarts": "--restarts / restarts"}[what]
+    if given is None:
+        if default is not None and field == what and what not in opts:
+            opts[what] = default
+        return
+    if field != what:
+        if field is None:
+            why = "has no restarts" if what == "num_restarts" else "has no iteration budget"
+            raise SpecError(f"attack {entry.name!r} {why}; drop {flag}")
+        raise SpecError(
+            f"attack {entry.name!r} has no {what}: its budget is {field}; set it with "
+            f"--option {field}=N (config: options: {{{field}: N}}) instead of {flag}"
+        )
+    if what in opts:
+        raise SpecError(f"attack {entry.name!r}: {what} given twice ({flag} and options)")
+    opts[what] = given
+
+
+def is_black_box(attack: Any) -> bool:
+    """Whether ``attack`` reads only the model's outputs (its class's declared oracle)."""
+    return type(attack).oracle != "gradient"
+
+
+def attack_config(attack: Any, eps: Sequence[float] | None = None) -> dict[str, Any]:
+    """Every field of an attack value as plain data (``type`` names each value's class); with
+    ``eps``, the threat's ``eps`` is recorded as that grid (the budgets actually run)."""
+    out = _plain(attack)
+    if eps is not None and isinstance(out.get("threat"), dict):
+        out["threat"]["eps"] = [float(e) for e in eps]
+    return out
+
+
+def _plain(v: Any) -> Any:
+    import numpy as np
+
+    if dataclasses.is_dataclass(v) and not isinstance(v, type):
+        return {
+            "type": type(v).__name__,
+            **{f.name: _plain(getattr(v, f.name)) for f in dataclasses.fields(v)},
+        }
+    if isinstance(v, (list, tuple)):
+        return [_plain(a) for a in v]
+    if isinstance(v, Mapping):
+        return {str(k): _plain(a) for k, a in v.items()}
+    if v is None or isinstance(v, (bool, int, str)):
+        return v
+    if isinstance(v, float):
+        return v if math.isfinite(v) else str(v)
+    if callable(v):
+        return getattr(v, "__qualname__", getattr(v, "__name__", repr(v)))
+    try:
+        a = np.asarray(v)
+    except Exception:  # noqa: BLE001 - anything else is recorded by its repr
+        return repr(v)
+    if a.dtype.kind in "biuf":
+        a = a.tolist()
+        return _plain(a) if isinstance(a, (list, float)) else a
+    return repr(v)
