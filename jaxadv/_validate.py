@@ -16,6 +16,16 @@ import numpy as np
 from jaxadv._struct import is_concrete
 
 
+def check_range(obj: Any, name: str, lo: float, hi: float) -> None:
+    """Raise ``ValueError`` when the concrete field ``name`` of ``obj`` is NaN or outside
+    ``[lo, hi]`` (``None`` and traced values are skipped)."""
+    v = getattr(obj, name)
+    if v is not None and is_concrete(v):
+        a = np.asarray(v)
+        if np.any(np.isnan(a)) or np.any(a < lo) or np.any(a > hi):
+            raise ValueError(f"{type(obj).__name__}: {name} must lie in [{lo}, {hi}], got {v!r}")
+
+
 def check_images(x: Any, *, lo: float = 0.0, hi: float = 1.0, name: str = "x") -> None:
     shape = getattr(x, "shape", None)
     dtype = getattr(x, "dtype", None)

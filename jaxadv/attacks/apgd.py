@@ -11,9 +11,10 @@ import jax
 import jax.numpy as jnp
 
 from jaxadv import losses as L
+from jaxadv._batch import bsel as _bsel
 from jaxadv._struct import pytree_dataclass, static
 from jaxadv.attacks.base import AbstractAttack, register
-from jaxadv.attacks.gradient import _bsel, keep_best, loss_grad
+from jaxadv.attacks.gradient import keep_best, loss_grad
 from jaxadv.result import AttackResult, finalize
 from jaxadv.threats import LinfBall
 

@@ -12,11 +12,11 @@ import numpy as np
 
 from jaxadv import _validate
 from jaxadv import losses as L
+from jaxadv._batch import bsel as _bsel
 from jaxadv._struct import pytree_dataclass, replace
 from jaxadv.attacks.apgd import APGD, APGDT
 from jaxadv.attacks.base import REGISTRY, AbstractAttack, _bound, _run_jit, example_keys, register
 from jaxadv.attacks.fmn import FMN
-from jaxadv.attacks.gradient import _bsel
 from jaxadv.models import as_model
 from jaxadv.result import AttackResult, finalize
 from jaxadv.threats import L2Ball, LinfBall

@@ -9,9 +9,10 @@ import jax
 import jax.numpy as jnp
 
 from jaxadv import losses as L
+from jaxadv._batch import bsel as _bsel
 from jaxadv._struct import pytree_dataclass, static
 from jaxadv.attacks.base import AbstractAttack, register
-from jaxadv.attacks.gradient import _bsel, loss_grad
+from jaxadv.attacks.gradient import loss_grad
 from jaxadv.result import AttackResult, finalize
 from jaxadv.threats import L2Ball, LinfBall
 
