@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jaxadv import _validate
+from jaxadv import _validate as V
 from jaxadv import losses as L
 from jaxadv._batch import bsel as _bsel
 from jaxadv._struct import pytree_dataclass, replace
@@ -71,6 +73,13 @@ class AutoAttack(AbstractAttack):
     def small(cls) -> AutoAttack:
         """A tiny configuration for contract tests and smoke runs."""
         return cls.standard(LinfBall(eps=0.1), num_steps=3)
+
+    # The stages carry the budgets (AutoAttack.standard(num_steps=...)); none is a field here.
+    oracle: ClassVar[str] = "gradient"
+    budget_field: ClassVar[str | None] = None
+    restarts_field: ClassVar[str | None] = None
+    threats: ClassVar[tuple[type, ...]] = (LinfBall, L2Ball)
+    settings: ClassVar[Mapping[str, V.Range]] = {}
 
     threat: Any
     attacks: tuple

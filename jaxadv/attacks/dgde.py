@@ -17,15 +17,16 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
 
+from jaxadv import _validate as V
 from jaxadv._batch import bcast as _bcast
 from jaxadv._batch import bsel
 from jaxadv._struct import float32_fields, pytree_dataclass, replace, static
-from jaxadv._validate import check_range
 from jaxadv.attacks import population as pop_lib
 from jaxadv.attacks.base import AbstractAttack, fold_keys, register
 from jaxadv.result import AttackResult, finalize
@@ -93,9 +94,6 @@ class DGDEOptions:
     l0_target: int | None = static(default=None)
 
     def __post_init__(self) -> None:
-        for name in ("num_subsets", "compact_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"DGDEOptions: {name} must be >= 1, got {getattr(self, name)}")
         choices = {
             "success_rule": ("argmax", "prob_threshold"),
             "noise_mode": ("replace", "additive"),
@@ -191,6 +189,29 @@ class DGDE(AbstractAttack):
         ([True, True], [2.0, 2.0])
     """
 
+    oracle: ClassVar[str] = "scores"
+    budget_field: ClassVar[str | None] = "num_generations"
+    restarts_field: ClassVar[str | None] = None
+    threats: ClassVar[tuple[type, ...]] = (L0Pixels,)
+    settings: ClassVar[Mapping[str, V.Range]] = {
+        "num_tries": V.at_least(1),
+        "tries_per_call": V.at_least(1),
+        "num_generations": V.at_least(1),
+        "mutation_factor": V.Range(0.0, 2.0, lo_open=True),
+        "crossover_rate": V.unit(),
+        "initial_removal": V.unit(),
+        "patience": V.at_least(0),
+        "min_pixels": V.at_least(1),
+        "eval_chunk": V.at_least(1),
+        "options.noise_amp": V.unit(lo_open=True),
+        "options.tau": V.unit(),
+        "options.compact_size": V.at_least(1),
+        "options.num_subsets": V.at_least(1),
+        "options.quantize": V.at_least(1),
+        "options.keep_close_tol": V.Range(0.0),
+        "options.l0_target": V.at_least(0),
+    }
+
     threat: Any = None
     num_tries: int = static(default=100)
     tries_per_call: int = static(default=10)
@@ -215,15 +236,7 @@ class DGDE(AbstractAttack):
             raise TypeError(
                 f"DGDE: options must be a DGDEOptions, got {type(self.options).__name__}"
             )
-        for name in ("num_tries", "tries_per_call", "min_pixels"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"DGDE: {name} must be >= 1, got {getattr(self, name)}")
-        for name in ("num_generations", "patience"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"DGDE: {name} must be >= 0, got {getattr(self, name)}")
         float32_fields(self, "mutation_factor", "crossover_rate", "initial_removal")
-        check_range(self, "crossover_rate", 0.0, 1.0)
-        check_range(self, "initial_removal", 0.0, 1.0)
 
     @classmethod
     def small(cls) -> DGDE:

@@ -16,13 +16,14 @@ Reference:
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
 
+from jaxadv import _validate as V
 from jaxadv._struct import float32_fields, pytree_dataclass, replace, static
-from jaxadv._validate import check_range
 from jaxadv.attacks import population as pop_lib
 from jaxadv.attacks.base import AbstractAttack, fold_keys, register
 from jaxadv.result import AttackResult, finalize
@@ -93,6 +94,22 @@ class OnePixel(AbstractAttack):
         (True, 1.0)
     """
 
+    oracle: ClassVar[str] = "scores"
+    budget_field: ClassVar[str | None] = "num_generations"
+    restarts_field: ClassVar[str | None] = None
+    threats: ClassVar[tuple[type, ...]] = (L0Pixels,)
+    settings: ClassVar[Mapping[str, V.Range]] = {
+        "num_pixels": V.at_least(1),
+        "population_size": V.at_least(4),  # DE/rand/1 draws 3 donors besides the parent
+        "num_generations": V.at_least(0),
+        "mutation_factor": V.Range(0.0, 2.0, lo_open=True),
+        "crossover_rate": V.unit(),
+        "stop_prob_untargeted": V.unit(),
+        "stop_prob_targeted": V.unit(),
+        "quantize": V.at_least(1),
+        "eval_chunk": V.at_least(1),
+    }
+
     threat: Any = None
     num_pixels: int = static(default=1)
     population_size: int = static(default=400)
@@ -107,14 +124,6 @@ class OnePixel(AbstractAttack):
     reuse_scores: bool = static(default=True)
 
     def __post_init__(self) -> None:
-        if self.num_pixels < 1:
-            raise ValueError(f"OnePixel: num_pixels must be >= 1, got {self.num_pixels}")
-        if self.population_size < 4:
-            raise ValueError(
-                f"OnePixel: population_size must be >= 4 (DE needs 3 donors), got {self.population_size}"
-            )
-        if self.num_generations < 0:
-            raise ValueError(f"OnePixel: num_generations must be >= 0, got {self.num_generations}")
         if self.early_stop not in ("threshold", "success", "none"):
             raise ValueError(
                 f"OnePixel: early_stop must be 'threshold', 'success' or 'none', got {self.early_stop!r}"
@@ -128,7 +137,6 @@ class OnePixel(AbstractAttack):
         float32_fields(
             self, "mutation_factor", "crossover_rate", "stop_prob_untargeted", "stop_prob_targeted"
         )
-        check_range(self, "crossover_rate", 0.0, 1.0)
 
     @classmethod
     def small(cls) -> OnePixel:
