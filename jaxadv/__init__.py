@@ -7,10 +7,10 @@ Attacks maximise their loss; success means misclassified (or classified as the t
 
 from jaxadv import checkpoint, data, losses, metrics
 from jaxadv.attacks import APGD, APGDT, FGSM, FMN, PGD, REGISTRY, AbstractAttack, AutoAttack
-from jaxadv.attacks.evolution import DGDE, OnePixel
+from jaxadv.attacks.dgde import DGDE, DGDEOptions
 from jaxadv.attacks.hopskipjump import HopSkipJump
 from jaxadv.attacks.nes import NES
-from jaxadv.attacks.sparse_threat import L0Pixels
+from jaxadv.attacks.onepixel import OnePixel
 from jaxadv.attacks.square import Square
 from jaxadv.attacks.zoo import ZOO
 from jaxadv.engine import Evaluation, evaluate
@@ -27,7 +27,7 @@ from jaxadv.metrics import (
 from jaxadv.models import Model, from_apply, from_linen, from_nnx
 from jaxadv.result import AttackResult
 from jaxadv.sanity import SanityWarning, check_model
-from jaxadv.threats import L1Ball, L2Ball, LinfBall
+from jaxadv.threats import L0Pixels, L1Ball, L2Ball, LinfBall
 
 __version__ = "0.1.0"
 
@@ -36,6 +36,7 @@ __all__ = [
     "APGDT",
     "AutoAttack",
     "DGDE",
+    "DGDEOptions",
     "EpsCurve",
     "Evaluation",
     "FMN",

@@ -11,6 +11,7 @@ import dataclasses
 from typing import Any, TypeVar
 
 import jax
+import numpy as np
 
 T = TypeVar("T")
 
@@ -40,3 +41,12 @@ def is_concrete(x: Any) -> bool:
     if isinstance(x, jax.core.Tracer):
         return False
     return isinstance(x, (int, float)) or hasattr(x, "__array__")
+
+
+def float32_fields(obj: Any, *names: str) -> None:
+    """Python numbers in fields ``names`` of a frozen ``obj`` become float32 scalars (one trace
+    whatever the literal type); call from ``__post_init__``."""
+    for name in names:
+        v = getattr(obj, name)
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            object.__setattr__(obj, name, np.float32(v))

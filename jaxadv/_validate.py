@@ -7,6 +7,8 @@ checked).
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from typing import Any
 
 import jax
@@ -14,6 +16,103 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxadv._struct import is_concrete
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """The valid values of one numeric setting: an interval, closed unless ``lo_open`` /
+    ``hi_open``, of integers when ``integer``. NaN is never inside.
+
+    Example:
+        >>> from jaxadv._validate import Range
+        >>> r = Range(0.0, 1.0, lo_open=True)
+        >>> str(r), r.contains(0.0), r.contains(0.5)
+        ('(0.0, 1.0]', False, True)
+    """
+
+    lo: float = -math.inf
+    hi: float = math.inf
+    lo_open: bool = False
+    hi_open: bool = False
+    integer: bool = False
+
+    def contains(self, value: Any) -> bool:
+        """Whether every element of the concrete ``value`` lies in the range."""
+        a = np.asarray(value, dtype=np.float64)
+        if a.size == 0:
+            return True
+        if np.any(np.isnan(a)):
+            return False
+        above = a > self.lo if self.lo_open else a >= self.lo
+        below = a < self.hi if self.hi_open else a <= self.hi
+        ok = bool(np.all(above & below))
+        if self.integer:
+            ok = ok and bool(np.all(a == np.floor(a)))
+        return ok
+
+    def __str__(self) -> str:
+        left = "(" if self.lo_open or self.lo == -math.inf else "["
+        right = ")" if self.hi_open or self.hi == math.inf else "]"
+        kind = "integers in " if self.integer else ""
+        return f"{kind}{left}{self.lo}, {self.hi}{right}"
+
+
+def positive(*, integer: bool = False) -> Range:
+    """``(0, inf)``: step sizes, radii, constants."""
+    return Range(0.0, math.inf, lo_open=True, integer=integer)
+
+
+def at_least(lo: float) -> Range:
+    """Integers ``>= lo``: budgets, population sizes, counts."""
+    return Range(lo, math.inf, integer=True)
+
+
+def unit(*, lo_open: bool = False, hi_open: bool = False) -> Range:
+    """``[0, 1]`` (ends open on request): rates, probabilities, fractions."""
+    return Range(0.0, 1.0, lo_open=lo_open, hi_open=hi_open)
+
+
+def _get_path(obj: Any, path: str) -> Any:
+    for part in path.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def check_settings(obj: Any, settings: Any = None) -> None:
+    """Check every declared numeric setting of ``obj`` against its :class:`Range`.
+
+    ``settings`` maps a field name (dotted for nested values, e.g. ``"options.tau"``) to its
+    range; by default ``type(obj).settings``. ``None`` values (a documented default) and traced
+    values (``jit`` / ``vmap`` over leaves) are skipped. Raises ``ValueError`` naming the class,
+    the field, the value and the allowed range.
+    """
+    name = type(obj).__name__
+    for path, rng in (type(obj).settings if settings is None else settings).items():
+        v = _get_path(obj, path)
+        if v is None or isinstance(v, (bool, np.bool_)) or not is_concrete(v):
+            continue
+        if not rng.contains(v):
+            raise ValueError(f"{name}: {path}={v!r} is outside the allowed range {rng}")
+
+
+def check_attack(attack: Any) -> None:
+    """Construction-time checks of a registered attack: the threat model is one of the class's
+    declared ``threats``, its budget is a scalar (a per-example ``[B]`` budget only for
+    ``L0Pixels``, whose projection is per example), and every declared setting is in range."""
+    cls = type(attack)
+    threat = attack.threat
+    if not isinstance(threat, cls.threats):
+        kinds = ", ".join(t.__name__ for t in cls.threats)
+        raise TypeError(
+            f"{cls.__name__} supports the threat models {kinds}; got {type(threat).__name__}"
+        )
+    eps = getattr(threat, "eps", None)
+    if is_concrete(eps) and np.ndim(eps) != 0 and type(threat).__name__ != "L0Pixels":
+        raise ValueError(
+            f"{cls.__name__}: eps must be a scalar, got an array of shape {np.shape(eps)}. For a "
+            "grid of budgets use jaxadv.sweep_eps(attack, eps=[...], ...)."
+        )
+    check_settings(attack)
 
 
 def check_images(x: Any, *, lo: float = 0.0, hi: float = 1.0, name: str = "x") -> None:
@@ -118,4 +217,12 @@ def check_inputs(model: Any, x: Any, y: Any, *, lo: float, hi: float, target: An
     check_labels(y, x.shape[0], c)
     if target is not None:
         check_labels(target, x.shape[0], c, name="target")
+        if is_concrete(target) and is_concrete(y):
+            same = np.asarray(target) == np.asarray(y)
+            if np.any(same):
+                raise ValueError(
+                    f"target equals the true label y for {int(same.sum())} of {same.size} examples "
+                    f"(first at index {int(np.argmax(same))}); a targeted attack needs target != y. "
+                    "Drop those examples or pick another target."
+                )
     return c

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 import jaxadv
 from jaxadv.attacks import example_keys
 from jaxadv.attacks import population as pop_lib
-from jaxadv.attacks.evolution import exact_subset
+from jaxadv.attacks.dgde import exact_subset
 from jaxadv.sharding import attack_sharded
 
 TRIGGER = 3  # pixels the planted model needs to flip
@@ -259,8 +259,7 @@ def test_dgde_query_schedule_per_example():
         tries_per_call=4,
         num_generations=30,
         patience=5,
-        noise_mode="additive",
-        noise_amp=0.6,
+        options=jaxadv.DGDEOptions(noise_mode="additive", noise_amp=0.6),
     )
     xs = jnp.concatenate([_flat(2), _flat(1, v=0.0), _flat(1, v=0.95)])
     r = dg(jax.random.key(2), trigger_model(), xs, jnp.ones((4,), jnp.int32))
@@ -368,7 +367,10 @@ def test_same_key_same_result_and_sharded_equals_unsharded(attack):
 def test_dgde_switches_keep_invariants(cfg):
     model = trigger_model()
     x, y = _flat(2, (6, 6, 2)), jnp.ones((2,), jnp.int32)
-    res = jaxadv.DGDE(**dict(DGDE_FAST, num_generations=40, **cfg))(jax.random.key(0), model, x, y)
+    top = {k: cfg[k] for k in ("record_history",) if k in cfg}
+    opts = jaxadv.DGDEOptions(**{k: v for k, v in cfg.items() if k not in top})
+    atk = jaxadv.DGDE(**dict(DGDE_FAST, num_generations=40, options=opts, **top))
+    res = atk(jax.random.key(0), model, x, y)
     assert bool(jnp.all(res.success))
     np.testing.assert_array_equal(np.asarray(res.norm), _recount(x, res.adv))
     assert np.all(np.asarray(res.norm) <= np.asarray(res.info["support_size"]))
@@ -403,9 +405,9 @@ def test_dgde_targeted_three_classes():
 
 def test_rejects_bad_config():
     with pytest.raises(ValueError, match="block"):
-        jaxadv.DGDE(evolve_positions=True)
+        jaxadv.DGDEOptions(evolve_positions=True)
     with pytest.raises(ValueError, match="noise_mode"):
-        jaxadv.DGDE(noise_mode="gauss")
+        jaxadv.DGDEOptions(noise_mode="gauss")
     with pytest.raises(TypeError, match="L0Pixels"):
         jaxadv.DGDE(threat=jaxadv.LinfBall(eps=0.1))
     with pytest.raises(ValueError, match="num_pixels"):

@@ -3,11 +3,12 @@
 from jaxadv.attacks.apgd import APGD, APGDT
 from jaxadv.attacks.autoattack import AutoAttack
 from jaxadv.attacks.base import REGISTRY, AbstractAttack, example_keys, register
-from jaxadv.attacks.evolution import DGDE, OnePixel
+from jaxadv.attacks.dgde import DGDE, DGDEOptions
 from jaxadv.attacks.fmn import FMN
 from jaxadv.attacks.gradient import FGSM, PGD
 from jaxadv.attacks.hopskipjump import HopSkipJump
 from jaxadv.attacks.nes import NES
+from jaxadv.attacks.onepixel import OnePixel
 from jaxadv.attacks.square import Square
 from jaxadv.attacks.zoo import ZOO
 
@@ -15,6 +16,7 @@ __all__ = [
     "APGD",
     "APGDT",
     "DGDE",
+    "DGDEOptions",
     "FGSM",
     "FMN",
     "HopSkipJump",

@@ -4,18 +4,20 @@ step-size schedule, and its targeted version APGD-T.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
 
+from jaxadv import _validate as V
 from jaxadv import losses as L
+from jaxadv._batch import bsel as _bsel
 from jaxadv._struct import pytree_dataclass, static
 from jaxadv.attacks.base import AbstractAttack, register
-from jaxadv.attacks.gradient import _bsel, keep_best, loss_grad
+from jaxadv.attacks.gradient import keep_best, loss_grad
 from jaxadv.result import AttackResult, finalize
-from jaxadv.threats import LinfBall
+from jaxadv.threats import L1Ball, L2Ball, LinfBall
 
 Array = jax.Array
 
@@ -139,6 +141,17 @@ class APGD(AbstractAttack):
         """A tiny configuration for contract tests and smoke runs."""
         return cls(threat=LinfBall(eps=0.1), num_steps=3)
 
+    oracle: ClassVar[str] = "gradient"
+    budget_field: ClassVar[str | None] = "num_steps"
+    restarts_field: ClassVar[str | None] = "num_restarts"
+    threats: ClassVar[tuple[type, ...]] = (LinfBall, L2Ball, L1Ball)
+    settings: ClassVar[Mapping[str, V.Range]] = {
+        "num_steps": V.at_least(1),
+        "num_restarts": V.at_least(1),
+        "rho": V.unit(),
+        "momentum": V.unit(),
+    }
+
     threat: Any
     num_steps: int = static(default=100)
     num_restarts: int = static(default=1)
@@ -201,6 +214,18 @@ class APGDT(AbstractAttack):
     def small(cls) -> APGDT:
         """A tiny configuration for contract tests and smoke runs."""
         return cls(threat=LinfBall(eps=0.1), num_steps=3, num_target_classes=2)
+
+    oracle: ClassVar[str] = "gradient"
+    budget_field: ClassVar[str | None] = "num_steps"
+    restarts_field: ClassVar[str | None] = "num_restarts"
+    threats: ClassVar[tuple[type, ...]] = (LinfBall, L2Ball, L1Ball)
+    settings: ClassVar[Mapping[str, V.Range]] = {
+        "num_steps": V.at_least(1),
+        "num_target_classes": V.at_least(1),
+        "num_restarts": V.at_least(1),
+        "rho": V.unit(),
+        "momentum": V.unit(),
+    }
 
     threat: Any
     num_steps: int = static(default=100)

@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jaxadv import _validate
+from jaxadv import _validate as V
 from jaxadv import losses as L
+from jaxadv._batch import bsel as _bsel
 from jaxadv._struct import pytree_dataclass, replace
 from jaxadv.attacks.apgd import APGD, APGDT
 from jaxadv.attacks.base import REGISTRY, AbstractAttack, _bound, _run_jit, example_keys, register
 from jaxadv.attacks.fmn import FMN
-from jaxadv.attacks.gradient import _bsel
 from jaxadv.models import as_model
 from jaxadv.result import AttackResult, finalize
 from jaxadv.threats import L2Ball, LinfBall
@@ -71,6 +73,13 @@ class AutoAttack(AbstractAttack):
     def small(cls) -> AutoAttack:
         """A tiny configuration for contract tests and smoke runs."""
         return cls.standard(LinfBall(eps=0.1), num_steps=3)
+
+    # The stages carry the budgets (AutoAttack.standard(num_steps=...)); none is a field here.
+    oracle: ClassVar[str] = "gradient"
+    budget_field: ClassVar[str | None] = None
+    restarts_field: ClassVar[str | None] = None
+    threats: ClassVar[tuple[type, ...]] = (LinfBall, L2Ball)
+    settings: ClassVar[Mapping[str, V.Range]] = {}
 
     threat: Any
     attacks: tuple

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -18,7 +20,36 @@ Array = jax.Array
 REGISTRY: dict[str, type] = {}
 
 
+_DECLARED = ("oracle", "budget_field", "restarts_field", "threats", "settings")
+ORACLES = ("gradient", "scores", "labels")
+
+
 def register(cls: type) -> type:
+    """Add an attack class to :data:`REGISTRY` (apply above ``@pytree_dataclass``).
+
+    The class must declare, on itself, every attribute of :class:`AbstractAttack`'s declaration
+    (``oracle``, ``budget_field``, ``restarts_field``, ``threats``, ``settings``). Construction then
+    ends with :func:`jaxadv._validate.check_attack`, after the class's own ``__post_init__``: an
+    unsupported threat model raises ``TypeError``, a setting outside its declared range
+    ``ValueError``.
+    """
+    missing = [a for a in _DECLARED if a not in vars(cls)]
+    if missing:
+        raise TypeError(f"{cls.__name__} must declare {', '.join(missing)} (see AbstractAttack)")
+    if cls.oracle not in ORACLES:
+        raise TypeError(f"{cls.__name__}.oracle must be one of {ORACLES}, got {cls.oracle!r}")
+    fields = {f.name for f in dataclasses.fields(cls)}
+    for attr in ("budget_field", "restarts_field"):
+        name = getattr(cls, attr)
+        if name is not None and name not in fields:
+            raise TypeError(f"{cls.__name__}.{attr} names {name!r}, which is not a field")
+    own_post = cls.__post_init__
+
+    def __post_init__(self) -> None:
+        own_post(self)
+        _validate.check_attack(self)
+
+    cls.__post_init__ = __post_init__
     REGISTRY[cls.__name__] = cls
     return cls
 
@@ -48,9 +79,31 @@ def _run_jit(attack, keys, model, x, y, target):
 class AbstractAttack:
     """Base class. Subclasses are ``@pytree_dataclass`` values with a ``threat`` field and implement
     ``run(keys, model, x, y, *, target=None) -> AttackResult`` (pure, jittable, per-example keys).
+
+    Every registered class declares what it needs and what it accepts (read by the command line
+    and configuration layer, checked at construction by :func:`register`):
+
+    Attributes:
+        oracle: what the attack reads from the model: ``"gradient"`` (white box), ``"scores"``
+            (probabilities / logits only) or ``"labels"`` (the top-1 label only).
+        budget_field: the field setting the iteration / query budget (``"num_steps"``,
+            ``"num_queries"``, ...), ``None`` when the attack has none.
+        restarts_field: the field setting random restarts, ``None`` when the attack has none.
+        threats: the threat-model classes the attack supports.
+        settings: field name (dotted for nested values) -> :class:`jaxadv._validate.Range` of its
+            valid values, for every numeric setting.
     """
 
+    oracle: ClassVar[str]
+    budget_field: ClassVar[str | None]
+    restarts_field: ClassVar[str | None]
+    threats: ClassVar[tuple[type, ...]]
+    settings: ClassVar[Mapping[str, _validate.Range]]
+
     threat: Any
+
+    def __post_init__(self) -> None:
+        """Subclasses normalise their fields here; :func:`register` appends the shared checks."""
 
     def run(self, keys: Array, model: Any, x: Array, y: Array, *, target: Array | None = None):
         raise NotImplementedError

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
 
+from jaxadv import _validate as V
 from jaxadv import losses as L
+from jaxadv._batch import bsel as _bsel
 from jaxadv._struct import pytree_dataclass, static
 from jaxadv.attacks.base import AbstractAttack, register
-from jaxadv.attacks.gradient import _bsel, loss_grad
+from jaxadv.attacks.gradient import loss_grad
 from jaxadv.result import AttackResult, finalize
 from jaxadv.threats import L2Ball, LinfBall
 
@@ -45,6 +48,18 @@ class FMN(AbstractAttack):
     def small(cls) -> FMN:
         """A tiny configuration for contract tests and smoke runs."""
         return cls(threat=LinfBall(eps=0.1), num_steps=3)
+
+    oracle: ClassVar[str] = "gradient"
+    budget_field: ClassVar[str | None] = "num_steps"
+    restarts_field: ClassVar[str | None] = None
+    threats: ClassVar[tuple[type, ...]] = (LinfBall, L2Ball)
+    settings: ClassVar[Mapping[str, V.Range]] = {
+        "num_steps": V.at_least(1),
+        "alpha_init": V.positive(),
+        "alpha_final": V.positive(),
+        "gamma_init": V.unit(lo_open=True),
+        "gamma_final": V.unit(lo_open=True),
+    }
 
     threat: Any
     num_steps: int = static(default=100)

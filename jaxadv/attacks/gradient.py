@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
 
+from jaxadv import _validate as V
 from jaxadv import losses as L
 from jaxadv._batch import bsel as _bsel
 from jaxadv._struct import pytree_dataclass, static
 from jaxadv._xla_cpu import canonical_convs
 from jaxadv.attacks.base import AbstractAttack, register
 from jaxadv.result import AttackResult, finalize
-from jaxadv.threats import LinfBall
+from jaxadv.threats import L1Ball, L2Ball, LinfBall
 
 Array = jax.Array
 
@@ -64,6 +65,12 @@ class FGSM(AbstractAttack):
     def small(cls) -> FGSM:
         """A tiny configuration for contract tests and smoke runs."""
         return cls(threat=LinfBall(eps=0.1))
+
+    oracle: ClassVar[str] = "gradient"
+    budget_field: ClassVar[str | None] = None
+    restarts_field: ClassVar[str | None] = None
+    threats: ClassVar[tuple[type, ...]] = (LinfBall, L2Ball, L1Ball)
+    settings: ClassVar[Mapping[str, V.Range]] = {}
 
     threat: Any
     loss: str | Callable = static(default="ce")
@@ -121,6 +128,16 @@ class PGD(AbstractAttack):
     def small(cls) -> PGD:
         """A tiny configuration for contract tests and smoke runs."""
         return cls(threat=LinfBall(eps=0.1), num_steps=3)
+
+    oracle: ClassVar[str] = "gradient"
+    budget_field: ClassVar[str | None] = "num_steps"
+    restarts_field: ClassVar[str | None] = "num_restarts"
+    threats: ClassVar[tuple[type, ...]] = (LinfBall, L2Ball, L1Ball)
+    settings: ClassVar[Mapping[str, V.Range]] = {
+        "step_size": V.positive(),
+        "num_steps": V.at_least(1),
+        "num_restarts": V.at_least(1),
+    }
 
     threat: Any
     step_size: float | Array | None = None

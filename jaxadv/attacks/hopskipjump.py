@@ -5,17 +5,19 @@ minimum-norm attack that walks along the decision boundary.
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxadv import _validate as V
 from jaxadv._struct import pytree_dataclass, replace, static
 from jaxadv.attacks import _blackbox as bb
 from jaxadv.attacks.base import AbstractAttack, register
 from jaxadv.result import AttackResult, finalize
-from jaxadv.threats import L2Ball
+from jaxadv.threats import L2Ball, LinfBall
 
 Array = jax.Array
 
@@ -79,6 +81,19 @@ class HopSkipJump(AbstractAttack):
     def small(cls) -> HopSkipJump:
         """A tiny configuration for contract tests and smoke runs."""
         return cls(threat=L2Ball(eps=1.0), num_iterations=3, init_num_evals=8, max_num_evals=16)
+
+    oracle: ClassVar[str] = "labels"
+    budget_field: ClassVar[str | None] = "num_iterations"
+    restarts_field: ClassVar[str | None] = None
+    threats: ClassVar[tuple[type, ...]] = (LinfBall, L2Ball)
+    settings: ClassVar[Mapping[str, V.Range]] = {
+        "num_iterations": V.at_least(1),
+        "init_num_evals": V.at_least(1),
+        "max_num_evals": V.at_least(1),
+        "gamma": V.positive(),
+        "init_tries": V.at_least(1),
+        "max_halvings": V.at_least(0),
+    }
 
     threat: Any
     num_iterations: int = static(default=40)

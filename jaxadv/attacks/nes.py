@@ -6,18 +6,19 @@ partial-information and label-only settings.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
 
+from jaxadv import _validate as V
 from jaxadv import losses as L
 from jaxadv._struct import pytree_dataclass, static
 from jaxadv.attacks import _blackbox as bb
 from jaxadv.attacks.base import AbstractAttack, register
 from jaxadv.result import AttackResult, finalize
-from jaxadv.threats import LinfBall
+from jaxadv.threats import L2Ball, LinfBall
 
 Array = jax.Array
 
@@ -120,6 +121,31 @@ class NES(AbstractAttack):
     def small(cls) -> NES:
         """A tiny configuration for contract tests and smoke runs."""
         return cls(threat=LinfBall(eps=0.1), num_queries=60, population_size=10)
+
+    # The default mode reads probabilities; mode='label_only' reads only the top-1 label (the
+    # paper's label-only setting): configuration layers filtering by oracle should check `mode`.
+    oracle: ClassVar[str] = "scores"
+    budget_field: ClassVar[str | None] = "num_queries"
+    restarts_field: ClassVar[str | None] = None
+    threats: ClassVar[tuple[type, ...]] = (LinfBall, L2Ball)
+    settings: ClassVar[Mapping[str, V.Range]] = {
+        "num_queries": V.at_least(1),
+        "population_size": V.at_least(2),
+        "sigma": V.positive(),
+        "step_size": V.positive(),
+        "min_step_size": V.positive(),
+        "momentum": V.unit(hi_open=True),
+        "plateau_length": V.at_least(1),
+        "plateau_drop": V.Range(1.0),
+        "top_k": V.at_least(1),
+        "starting_eps": V.positive(),
+        "starting_delta_eps": V.positive(),
+        "min_delta_eps": V.positive(),
+        "line_search_steps": V.at_least(1),
+        "init_tries": V.at_least(1),
+        "label_only_samples": V.at_least(1),
+        "label_only_sigma": V.positive(),
+    }
 
     threat: Any
     num_queries: int = static(default=10000)

@@ -3,7 +3,7 @@
 Every array is batch-first: a population is ``pop[B, P, D]`` (``B`` examples, ``P`` individuals,
 ``D`` genes). One generation renders all ``B·P`` candidate images and sends them through the model in
 **one** call (or one ``lax.map`` over static chunks of the population axis when ``B·P·D`` is large,
-spec §0.4 P3); the batch axis is never split, so a batch sharded over devices stays sharded.
+a fixed element budget); the batch axis is never split, so a batch sharded over devices stays sharded.
 
 The engine only ever looks at ``softmax(model(images))`` (score-based black box): no gradients. Every
 image whose score an example may use is charged to that example as one query, and an example stops
@@ -46,6 +46,19 @@ Array = jax.Array
 
 #: Float elements of one population evaluation before it is split into ``lax.map`` chunks.
 DEFAULT_EVAL_BUDGET = 2**24
+
+
+def quantize(v: Array, lo: Array, hi: Array, levels: int | None) -> Array:
+    """Round ``v`` to ``levels + 1`` equally spaced values of ``[lo, hi]`` (8-bit: ``levels=255``)."""
+    if levels is None:
+        return v
+    step = (hi - lo) / levels
+    return jnp.round((v - lo) / step) * step + lo
+
+
+def box(threat, dtype) -> tuple[Array, Array]:
+    """The threat's box bounds ``(lo, hi)`` as arrays of ``dtype`` (colour-gene range)."""
+    return jnp.asarray(threat.lo, dtype), jnp.asarray(threat.hi, dtype)
 
 
 def auto_chunk(batch: int, population: int, size: int, budget: int = DEFAULT_EVAL_BUDGET) -> int:

@@ -8,19 +8,20 @@ window), and the candidate is kept when it increases the margin loss. One query 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxadv import _validate as V
 from jaxadv import losses as L
 from jaxadv._struct import pytree_dataclass, static
 from jaxadv.attacks import _blackbox as bb
 from jaxadv.attacks.base import AbstractAttack, register
 from jaxadv.result import AttackResult, finalize
-from jaxadv.threats import LinfBall
+from jaxadv.threats import L2Ball, LinfBall
 
 Array = jax.Array
 
@@ -128,6 +129,15 @@ class Square(AbstractAttack):
     def small(cls) -> Square:
         """A tiny configuration for contract tests and smoke runs."""
         return cls(threat=LinfBall(eps=0.1), num_queries=20)
+
+    oracle: ClassVar[str] = "scores"
+    budget_field: ClassVar[str | None] = "num_queries"
+    restarts_field: ClassVar[str | None] = None
+    threats: ClassVar[tuple[type, ...]] = (LinfBall, L2Ball)
+    settings: ClassVar[Mapping[str, V.Range]] = {
+        "num_queries": V.at_least(2),
+        "p_init": V.unit(lo_open=True),
+    }
 
     threat: Any
     num_queries: int = static(default=5000)

@@ -6,19 +6,20 @@ per-coordinate Adam on a random batch of coordinates per iteration.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxadv import _validate as V
 from jaxadv import losses as L
 from jaxadv._struct import pytree_dataclass, static
 from jaxadv.attacks import _blackbox as bb
 from jaxadv.attacks.base import AbstractAttack, register
 from jaxadv.result import AttackResult, finalize
-from jaxadv.threats import L2Ball
+from jaxadv.threats import L2Ball, LinfBall
 
 Array = jax.Array
 
@@ -102,6 +103,23 @@ class ZOO(AbstractAttack):
     def small(cls) -> ZOO:
         """A tiny configuration for contract tests and smoke runs."""
         return cls(threat=L2Ball(eps=0.5), num_steps=4, num_coords=4)
+
+    oracle: ClassVar[str] = "scores"
+    budget_field: ClassVar[str | None] = "num_steps"
+    restarts_field: ClassVar[str | None] = None
+    threats: ClassVar[tuple[type, ...]] = (LinfBall, L2Ball)
+    settings: ClassVar[Mapping[str, V.Range]] = {
+        "num_steps": V.at_least(1),
+        "num_coords": V.at_least(1),
+        "num_binary_steps": V.at_least(1),
+        "initial_const": V.positive(),
+        "step_size": V.positive(),
+        "fd_step": V.positive(),
+        "confidence": V.Range(0.0),
+        "beta1": V.unit(hi_open=True),
+        "beta2": V.unit(hi_open=True),
+        "patience": V.at_least(0),
+    }
 
     threat: Any
     num_steps: int = static(default=1000)

@@ -1,303 +1,43 @@
-"""Sparse evolutionary attacks (score-based black box): One Pixel and DGDE.
+"""Decrease Group Differential Evolution (DGDE), a minimal-pixel score-based black-box attack.
 
-Both attacks look only at ``softmax(model(x))`` (no gradients), count every image they score as one
-query of the example it belongs to, and report ``res.norm`` as the number of changed spatial pixels
-(:class:`~jaxadv.attacks.sparse_threat.L0Pixels`). Populations are evaluated batch-first with the
-engine of :mod:`jaxadv.attacks.population`: one model call on all ``B·P`` candidates per generation.
+It looks only at ``softmax(model(x))`` (no gradients), counts every image it scores as one query of
+the example it belongs to, and reports ``res.norm`` as the number of changed spatial pixels
+(:class:`~jaxadv.threats.L0Pixels`). Candidate images are scored batch-first with the engine of
+:mod:`jaxadv.attacks.population`.
 
-Both *minimise* a fitness: the true-class probability (untargeted) or ``1 - p_target`` (targeted).
-This is the library's "attacks maximise their loss" convention with the sign flipped inside the
-population engine; ``res.loss`` is the usual margin (success ⇔ margin > 0).
+It *minimises* a fitness: the true-class probability (untargeted) or ``1 - p_target`` (targeted);
+``res.loss`` is the usual margin (success ⇔ margin > 0).
 
-References:
-    J. Su, D. V. Vargas, K. Sakurai, "One pixel attack for fooling deep neural networks",
-    IEEE TEVC 23(5), 2019 (arXiv:1710.08864).
+Reference:
     Y. Wang, M. Wildgruber, X. Wang, "Attacking medical images with minimal noise" (DGDE),
     Quant Imaging Med Surg 14(12):9374-9384, 2024 (doi:10.21037/qims-24-1764).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
+from jaxadv import _validate as V
 from jaxadv._batch import bcast as _bcast
-from jaxadv._struct import is_concrete, pytree_dataclass, replace, static
+from jaxadv._batch import bsel
+from jaxadv._struct import float32_fields, pytree_dataclass, replace, static
 from jaxadv.attacks import population as pop_lib
 from jaxadv.attacks.base import AbstractAttack, fold_keys, register
-from jaxadv.attacks.sparse_threat import L0Pixels
 from jaxadv.result import AttackResult, finalize
+from jaxadv.threats import L0Pixels
 
 Array = jax.Array
 
 
-def _f32(obj: Any, *names: str) -> None:
-    """Python numbers become float32 scalars (one trace whatever the literal type)."""
-    for name in names:
-        v = getattr(obj, name)
-        if isinstance(v, (int, float)) and not isinstance(v, bool):
-            object.__setattr__(obj, name, np.float32(v))
-
-
-def _check_range(obj: Any, name: str, lo: float, hi: float) -> None:
-    v = getattr(obj, name)
-    if v is not None and is_concrete(v):
-        a = np.asarray(v)
-        if np.any(np.isnan(a)) or np.any(a < lo) or np.any(a > hi):
-            raise ValueError(f"{type(obj).__name__}: {name} must lie in [{lo}, {hi}], got {v!r}")
-
-
-def _quantize(v: Array, lo: Array, hi: Array, levels: int | None) -> Array:
-    """Round ``v`` to ``levels + 1`` equally spaced values of ``[lo, hi]`` (8-bit: ``levels=255``)."""
-    if levels is None:
-        return v
-    step = (hi - lo) / levels
-    return jnp.round((v - lo) / step) * step + lo
-
-
-def _box(threat: Any, dtype) -> tuple[Array, Array]:
-    return jnp.asarray(threat.lo, dtype), jnp.asarray(threat.hi, dtype)
-
-
-# ==================================================================================== One Pixel
-@register
-@pytree_dataclass
-class OnePixel(AbstractAttack):
-    """One Pixel attack (Su, Vargas & Sakurai, IEEE TEVC 2019): differential evolution over ``k``
-    pixel replacements.
-
-    An individual is ``k`` tuples ``(row, col, v_1..v_K)`` (``D = k (2 + K)`` genes); its image is
-    ``x`` with those pixels replaced by the colours (positions floored, colours clipped to the box
-    and rounded to ``quantize`` levels, as the reference code casts genes to 8-bit integers).
-    DE/rand/1 with ``F = 0.5`` and no crossover (``crossover_rate = 1``), greedy parent-vs-child
-    selection, population 400, 100 generations, positions ``U(0, H) x U(0, W)`` and colours
-    ``N(mid, 127/255 · range)`` clipped to the box (the paper's ``N(128, 127)`` on 0..255).
-
-    Fitness (minimised): the true-class probability (untargeted) or ``1 - p_target`` (targeted).
-    Early stop per example (``early_stop``):
-
-    * ``"threshold"`` (the paper's rules): untargeted stops when ``p_true < stop_prob_untargeted``
-      (0.05, Su et al.'s ImageNet rule); targeted when ``p_target > stop_prob_targeted`` (0.5, their
-      CIFAR-10 rule).
-    * ``"success"``: as soon as some individual is misclassified (or classified as the target),
-      the callback of the public reference implementations.
-    * ``"none"``: always run ``num_generations``.
-
-    The result is the best individual seen (a finished one first, then the lowest fitness) even
-    when the attack fails, so ``res.norm <= num_pixels`` always; ``res.success`` is recomputed by the
-    library. Queries: the images scored for the example plus the final check, at most
-    ``population_size · (generations + 1) + 1`` (repeated images are scored once). Su et al.'s CIFAR
-    "at least one target class" success is the union of ``C - 1`` targeted runs (run them with
-    ``target=`` and OR the successes).
-
-    Attributes:
-        threat: an :class:`L0Pixels`; ``None`` means ``L0Pixels(eps=num_pixels)`` (its box gives the
-            colour range). Its budget ``eps`` sets the live pixel count ``min(floor(eps),
-            num_pixels)``, so one compiled attack serves a whole ``sweep_eps`` grid of pixel counts.
-        num_pixels: pixels per individual ``k`` (static; 1, 3, 5 in the paper): the most pixels any
-            budget can use.
-        population_size: DE population (static; 400).
-        num_generations: maximum generations (static; 100).
-        mutation_factor: DE ``F`` (0.5).
-        crossover_rate: probability a gene comes from the mutant (1.0 = no crossover, as published).
-        early_stop: ``"threshold"``, ``"success"`` or ``"none"`` (static).
-        stop_prob_untargeted, stop_prob_targeted: thresholds of the ``"threshold"`` rule.
-        quantize: colour levels (``255`` = 8-bit; ``None`` = continuous) (static).
-        eval_chunk: population members per model call (static; ``None`` = automatic, see
-            :func:`jaxadv.attacks.population.probabilities`).
-        reuse_scores: score each distinct image once (static; default on): a trial that makes
-            the same image as a population member or an earlier trial of its generation reuses
-            that score, finished examples are not scored, and the rest go through the model as
-            compacted chunks. Same search, fewer model calls (see
-            :func:`jaxadv.attacks.population.minimize`); ``False`` scores all ``B·P`` trials.
-
-    Example:
-        >>> import jax, jax.numpy as jnp, jaxadv
-        >>> from jaxadv.attacks.evolution import OnePixel
-        >>> w = jnp.zeros((16, 2)).at[5, 1].set(10.0)  # class 1 iff pixel 5 is bright
-        >>> model = jaxadv.from_apply(lambda w, x: x.reshape(x.shape[0], -1) @ w - jnp.array([[0., 7.]]), w)
-        >>> x, y = jnp.full((1, 4, 4, 1), 0.2), jnp.array([0])
-        >>> res = OnePixel(population_size=20, num_generations=10)(jax.random.key(0), model, x, y)
-        >>> bool(res.success[0]), float(res.norm[0])
-        (True, 1.0)
-    """
-
-    threat: Any = None
-    num_pixels: int = static(default=1)
-    population_size: int = static(default=400)
-    num_generations: int = static(default=100)
-    mutation_factor: float | Array = 0.5
-    crossover_rate: float | Array = 1.0
-    early_stop: str = static(default="threshold")
-    stop_prob_untargeted: float | Array = 0.05
-    stop_prob_targeted: float | Array = 0.5
-    quantize: int | None = static(default=255)
-    eval_chunk: int | None = static(default=None)
-    reuse_scores: bool = static(default=True)
-
-    def __post_init__(self) -> None:
-        if self.num_pixels < 1:
-            raise ValueError(f"OnePixel: num_pixels must be >= 1, got {self.num_pixels}")
-        if self.population_size < 4:
-            raise ValueError(
-                f"OnePixel: population_size must be >= 4 (DE needs 3 donors), got {self.population_size}"
-            )
-        if self.num_generations < 0:
-            raise ValueError(f"OnePixel: num_generations must be >= 0, got {self.num_generations}")
-        if self.early_stop not in ("threshold", "success", "none"):
-            raise ValueError(
-                f"OnePixel: early_stop must be 'threshold', 'success' or 'none', got {self.early_stop!r}"
-            )
-        if self.threat is None:
-            object.__setattr__(self, "threat", L0Pixels(eps=self.num_pixels))
-        elif not isinstance(self.threat, L0Pixels):
-            raise TypeError(
-                f"OnePixel needs an L0Pixels threat model, got {type(self.threat).__name__}"
-            )
-        _f32(
-            self, "mutation_factor", "crossover_rate", "stop_prob_untargeted", "stop_prob_targeted"
-        )
-        _check_range(self, "crossover_rate", 0.0, 1.0)
-
-    @classmethod
-    def small(cls) -> OnePixel:
-        """A tiny configuration for contract tests and smoke runs."""
-        return cls(num_pixels=1, population_size=8, num_generations=3)
-
-    # -- genotype -> image ----------------------------------------------------------------------
-    def _pixels(self, x: Array, pop: Array, eps: Array | None = None) -> tuple[Array, Array]:
-        """Flat pixel indices ``int32[B, P, k]`` (``H·W`` for pixels beyond the live count: dropped)
-        and their colours ``[B, P, k, K]`` for ``pop[B, P, D]``; ``eps`` (scalar or ``[B]``)
-        overrides the threat's budget, e.g. with the budgets of gathered rows."""
-        b, h, w, c = x.shape
-        p = pop.shape[1]
-        lo, hi = _box(self.threat, x.dtype)
-        genes = pop.reshape(b, p, self.num_pixels, 2 + c)
-        rows = jnp.clip(jnp.floor(genes[..., 0]), 0, h - 1).astype(jnp.int32)
-        cols = jnp.clip(jnp.floor(genes[..., 1]), 0, w - 1).astype(jnp.int32)
-        colour = _quantize(jnp.clip(genes[..., 2:], lo, hi), lo, hi, self.quantize)
-        flat = rows * w + cols  # [B, P, k]
-        # pixels beyond the budget's live count go to an out-of-range index and are dropped
-        eps = self.threat.eps if eps is None else eps
-        live = jnp.clip(jnp.floor(eps), 0, self.num_pixels).astype(jnp.int32)
-        live = jnp.broadcast_to(jnp.reshape(live, (-1, 1, 1)), (b, 1, 1))
-        flat = jnp.where(jnp.arange(self.num_pixels)[None, None, :] < live, flat, h * w)
-        return flat, colour.astype(x.dtype)
-
-    def render(self, x: Array, pop: Array, eps: Array | None = None) -> Array:
-        """Images ``[B, P, H, W, K]`` of ``pop[B, P, D]`` applied to ``x[B, H, W, K]``."""
-        b, h, w, c = x.shape
-        p = pop.shape[1]
-        flat, colour = self._pixels(x, pop, eps)
-
-        def one(xi, idx, col):  # xi [HW, K], idx [k], col [k, K]
-            return xi.at[idx].set(col, mode="drop")
-
-        xf = x.reshape(b, 1, h * w, c)
-        xf = jnp.broadcast_to(xf, (b, p, h * w, c))
-        out = jax.vmap(jax.vmap(one))(xf, flat, colour)
-        return out.reshape(b, p, h, w, c)
-
-    def codes(self, x: Array, pop: Array) -> Array:
-        """``int32[B, P, m]``: equal exactly when two individuals render the same pixel writes
-        (positions and the bytes of the colours they write, in genome order; any float dtype)."""
-        flat, colour = self._pixels(x, pop)
-        b, p, k = flat.shape
-        dropped = (flat == x.shape[1] * x.shape[2])[..., None]
-        raw = jax.lax.bitcast_convert_type(colour, jnp.uint8).reshape(b, p, k, -1)
-        raw = jnp.where(dropped, 0, raw.astype(jnp.int32))
-        return jnp.concatenate([flat[..., None], raw], axis=-1).reshape(b, p, -1)
-
-    def init_population(self, keys: Array, x: Array) -> Array:
-        """The published initialisation ``[B, P, D]`` (one key per example)."""
-        _, h, w, c = x.shape
-        lo, hi = _box(self.threat, jnp.float32)
-        shape = (self.population_size, self.num_pixels)
-
-        def one(key):
-            kr, kc, kv = jax.random.split(key, 3)
-            r = jax.random.uniform(kr, shape, jnp.float32, 0.0, h)
-            q = jax.random.uniform(kc, shape, jnp.float32, 0.0, w)
-            mid, sd = (lo + hi) / 2, (hi - lo) * (127.0 / 255.0)
-            v = jnp.clip(mid + sd * jax.random.normal(kv, (*shape, c), jnp.float32), lo, hi)
-            genes = jnp.concatenate([r[..., None], q[..., None], v], axis=-1)
-            return genes.reshape(self.population_size, -1)
-
-        return jax.vmap(one)(keys)
-
-    def bounds(self, x: Array) -> tuple[Array, Array]:
-        """Per-gene lower and upper bounds ``[D]``."""
-        _, h, w, c = x.shape
-        lo, hi = _box(self.threat, jnp.float32)
-        lower = jnp.concatenate([jnp.zeros((2,), jnp.float32), jnp.broadcast_to(lo, (c,))])
-        upper = jnp.concatenate([jnp.asarray([h, w], jnp.float32), jnp.broadcast_to(hi, (c,))])
-        return jnp.tile(lower, self.num_pixels), jnp.tile(upper, self.num_pixels)
-
-    def run(self, keys, model, x, y, *, target=None) -> AttackResult:
-        targeted = target is not None
-
-        def score(probs, yy, tt):  # probs [B', P', C] -> (fitness, finished) [B', P']
-            fit, p_true = pop_lib.fitness(probs, yy, tt)
-            if self.early_stop == "threshold":
-                if targeted:
-                    fin = (1.0 - fit) > self.stop_prob_targeted
-                else:
-                    fin = p_true < self.stop_prob_untargeted
-            elif self.early_stop == "success":
-                fin = pop_lib.is_adversarial(probs, yy, tt)
-            else:
-                fin = jnp.zeros(fit.shape, bool)
-            return fit, fin
-
-        def evaluate(pop):
-            probs = pop_lib.probabilities(model, self.render(x, pop), chunk=self.eval_chunk)
-            return score(probs, y, target)
-
-        eps_b = jnp.broadcast_to(jnp.asarray(self.threat.eps), (x.shape[0],))
-
-        def evaluate_rows(ex, genes):  # one individual each of the examples ex[S]
-            imgs = self.render(x[ex], genes[:, None], eps_b[ex])[:, 0]  # [S, H, W, K]
-            # eval_chunk counts population members of the whole batch: B of them per model call
-            rows = None if self.eval_chunk is None else self.eval_chunk * x.shape[0]
-            probs = pop_lib.probabilities(model, imgs[None], chunk=rows)[0]
-            fit, fin = score(probs[:, None], y[ex], None if target is None else target[ex])
-            return fit[:, 0], fin[:, 0]
-
-        pkeys = fold_keys(keys, 0)
-        gkeys = fold_keys(keys, 1)
-        lower, upper = self.bounds(x)
-        reuse = {}
-        if self.reuse_scores:
-            reuse = {"codes": lambda pop: self.codes(x, pop), "evaluate_rows": evaluate_rows}
-        state = pop_lib.minimize(
-            gkeys,
-            evaluate,
-            self.init_population(pkeys, x),
-            num_generations=self.num_generations,
-            mutation_factor=self.mutation_factor,
-            crossover_rate=self.crossover_rate,
-            lower=lower,
-            upper=upper,
-            **reuse,
-        )
-        adv = self.render(x, state.best[:, None])[:, 0]
-        res = finalize(self.threat, model, x, adv, y, target=target, queries=state.queries)
-        info = {
-            "generations": state.generations,
-            "fitness": state.best_fit,
-            "early_stopped": state.done,
-        }
-        return replace(res, info=info)
-
-
-# ========================================================================================= DGDE
 def exact_subset(key: Array, mask: Array, k: Array) -> Array:
     """A uniformly random subset of exactly ``min(k, mask.sum())`` of the ``True`` entries of
-    ``mask`` (any shape; ``k`` may be traced). One sort (spec §0.4 P5)."""
+    ``mask`` (any shape; ``k`` may be traced). One sort, whatever ``k``."""
     flat = mask.reshape(-1)
     score = jnp.where(flat, jax.random.uniform(key, flat.shape), 2.0)
     order = jnp.argsort(score)
@@ -305,11 +45,86 @@ def exact_subset(key: Array, mask: Array, k: Array) -> Array:
     return ((rank < k) & flat).reshape(mask.shape)
 
 
+@pytree_dataclass
+class DGDEOptions:
+    """The choices Wang, Wildgruber & Wang (2024), "Attacking medical images with minimal noise",
+    leave open, in one frozen value; the defaults are our reading of the paper.
+
+    Shape- and control-deciding choices are static; the three continuous ones (``noise_amp``,
+    ``tau``, ``keep_close_tol``) are leaves, so changing them never retraces.
+
+    Attributes:
+        noise_mode: Phase 0 noise: ``"replace"`` (``U(lo, hi)`` per pixel and channel, default) or
+            ``"additive"`` (``x + U(-noise_amp, noise_amp)``, clipped) (static).
+        noise_amp: half-width of the additive noise, in units of the box range.
+        success_rule: when a candidate counts as adversarial during the search: ``"argmax"``
+            (misclassified / classified as the target; default) or ``"prob_threshold"`` (fitness
+            below ``tau``) (static). The final ``res.success`` is always the library's argmax check.
+        tau: probability threshold of ``success_rule="prob_threshold"``.
+        variant: ``"block"`` (colours of a shrinking subset, default) or ``"individual"`` (each
+            pixel a 5-gene DE individual once the group has at most ``compact_size`` pixels)
+            (static).
+        compact_size: ``K``, the group size below which ``"individual"`` and the minimality
+            sweep act (static).
+        evolve_positions: mutate row/col genes (``None``: True for ``"individual"``; ``"block"``
+            needs False) (static).
+        num_subsets: random reduced subsets proposed per generation (1 = an individual is a pixel;
+            more gives the alternative reading where an individual is a subset) (static).
+        grey: one colour for all channels (default: per-channel colours) (static).
+        quantize: colour levels (255 = 8-bit, default; ``None`` = continuous) (static).
+        keep_close_tol: optionally also require ``p_child - p_parent <= keep_close_tol`` to accept a
+            reduction (default ``None``: hard acceptance, child adversarial and not worse).
+        minimality_sweep: finally remove single pixels while the image stays adversarial (an
+            extension beyond the paper; needs ``n <= compact_size``) (static).
+        l0_target: stop an example once ``n <= l0_target`` (default ``None``) (static).
+    """
+
+    noise_mode: str = static(default="replace")
+    noise_amp: float | Array = 1.0
+    success_rule: str = static(default="argmax")
+    tau: float | Array = 0.5
+    variant: str = static(default="block")
+    compact_size: int = static(default=256)
+    evolve_positions: bool | None = static(default=None)
+    num_subsets: int = static(default=1)
+    grey: bool = static(default=False)
+    quantize: int | None = static(default=255)
+    keep_close_tol: float | Array | None = None
+    minimality_sweep: bool = static(default=False)
+    l0_target: int | None = static(default=None)
+
+    def __post_init__(self) -> None:
+        choices = {
+            "success_rule": ("argmax", "prob_threshold"),
+            "noise_mode": ("replace", "additive"),
+            "variant": ("block", "individual"),
+        }
+        for name, ok in choices.items():
+            if getattr(self, name) not in ok:
+                raise ValueError(
+                    f"DGDEOptions: {name} must be one of {ok}, got {getattr(self, name)!r}"
+                )
+        if self.variant == "block" and self.evolve_positions:
+            raise ValueError(
+                "DGDEOptions: variant='block' evolves colours only (the support must shrink as a "
+                "subset); use variant='individual' to mutate pixel positions"
+            )
+        float32_fields(self, "tau", "noise_amp", "keep_close_tol")
+
+    @property
+    def positions(self) -> bool:
+        """Whether row/col genes are mutated."""
+        return (
+            self.variant == "individual" if self.evolve_positions is None else self.evolve_positions
+        )
+
+
 @register
 @pytree_dataclass
 class DGDE(AbstractAttack):
-    """Decrease Group Differential Evolution (Wang, Wildgruber & Wang, QIMS 2024): a minimal-pixel
-    score-based attack, reconstructed as in spec §1.4 (the paper's pseudocode is unavailable).
+    """Decrease Group Differential Evolution (Wang, Wildgruber & Wang, 2024, "Attacking medical
+    images with minimal noise"): a minimal-pixel score-based attack, reconstructed from the paper's
+    text (its pseudocode is unavailable); the open choices are the fields of :class:`DGDEOptions`.
 
     **Phase 0** (random-noise attack, the paper's Table 1): up to ``num_tries`` (``T0``) full-image
     noise matrices, ``tries_per_call`` per model call; the first adversarial one is kept. An example
@@ -317,64 +132,43 @@ class DGDE(AbstractAttack):
     after one query.
 
     **Phase 1** (decrease group): the perturbed pixels form the group; each generation proposes
-    ``n' = max(n - Δ, min_pixels)`` pixels chosen uniformly from the current support (``num_subsets``
-    independent subsets), each both with its current colours and with a DE/rand/1/bin trial on the
-    colours of the reduced group (``F``, ``CR``, donors among the group, ``n' >= 4``), plus a DE trial
-    on the whole current group: ``2·num_subsets + 1`` images in one call. The adversarial reduced
-    candidate with the lowest fitness is accepted (``Δ ← min(Δ, n'/2)``); otherwise the current-group
-    trial replaces the colours if it is adversarial and not worse (greedy DE step), ``Δ`` halves and,
-    at ``Δ = 1``, a failure is counted. The pixel count never increases and the support at
-    ``g + 1`` is a subset of the support at ``g`` (``variant="block"``); every accepted state is
-    adversarial. An example stops after ``num_generations``, at ``min_pixels``, at ``l0_target``
-    or after ``patience`` consecutive failures at ``Δ = 1``.
+    ``n' = max(n - Δ, min_pixels)`` pixels chosen uniformly from the current support
+    (``options.num_subsets`` independent subsets), each both with its current colours and with a
+    DE/rand/1/bin trial on the colours of the reduced group (``F``, ``CR``, donors among the group,
+    ``n' >= 4``), plus a DE trial on the whole current group: ``2·num_subsets + 1`` images in one
+    call. The adversarial reduced candidate with the lowest fitness is accepted
+    (``Δ ← min(Δ, n'/2)``); otherwise the current-group trial replaces the colours if it is
+    adversarial and not worse (greedy DE step), ``Δ`` halves and, at ``Δ = 1``, a failure is
+    counted. The pixel count never increases and the support at ``g + 1`` is a subset of the
+    support at ``g`` (``variant="block"``); every accepted state is adversarial. An example stops
+    after ``num_generations``, at ``min_pixels``, at ``options.l0_target`` or after ``patience``
+    consecutive failures at ``Δ = 1``.
 
-    ``variant="individual"`` (spec §1.4): once the group has at most ``compact_size`` pixels each
+    ``options.variant="individual"``: once the group has at most ``compact_size`` pixels each
     pixel is a 5-gene DE individual ``(row, col, colours)``: every live pixel gets a trial (positions
     mutated when ``evolve_positions``; a trial landing on another live pixel is discarded), scored
     cooperatively (current perturbation with that one pixel replaced), accepted per pixel when it is
     adversarial and not worse; the winners are merged and checked by one more query, falling back
     to the best single winner. Cost ``n + 2`` (``+1``) queries per generation instead of 3.
 
-    Spec ambiguity switches (§1.6) and their defaults: A1 ``noise_mode="replace"`` (``U(lo, hi)``
-    per pixel and channel; ``"additive"``: ``x + U(-noise_amp, noise_amp)``, clipped); A2
-    ``num_tries=100``; A4 fitness = true-class probability (targeted ``1 - p_t``); A5 accept iff
-    ``child <= parent``; A6 three distinct donors; A7 ``F=0.5, CR=0.7, G=1000``; A8 individual = a
-    pixel (``num_subsets > 1`` gives reading (b)); A9 ``variant="block"`` (colours only);
-    A10 hard acceptance, ``keep_close_tol`` optional; A11 adaptive halving of ``Δ`` from
-    ``initial_removal · n0``; A12 ``patience=100``, ``min_pixels=1``, optional
-    ``minimality_sweep``; A13 ``l0_target=None``; A17 per-channel colours, ``grey=True`` ties
-    them; A22 ``quantize=255``.
-
-    Success rule ``success_rule``: ``"argmax"`` (misclassified / classified as the target; equals
-    ``p_true < 0.5`` with two classes) or ``"prob_threshold"`` (fitness below ``tau``). The final
-    ``res.success`` is always the library's argmax check on ``res.adv``.
+    Fixed readings of the paper: fitness = true-class probability (targeted ``1 - p_t``); accept iff
+    ``child <= parent``; three distinct donors; ``F=0.5, CR=0.7, G=1000``; ``T0=100``; adaptive
+    halving of ``Δ`` from ``initial_removal · n0``; ``patience=100``, ``min_pixels=1``.
 
     Attributes:
         threat: an :class:`L0Pixels` (default ``eps=inf``: no budget; the library projects the
-            result onto it, so use ``l0_target`` to make the attack aim for the budget).
+            result onto it, so use ``options.l0_target`` to make the attack aim for the budget).
         num_tries: ``T0`` noise attempts in Phase 0 (static).
         tries_per_call: ``T0_batch`` attempts per model call (static).
         num_generations: ``G`` (static; also the length of the recorded history).
         mutation_factor, crossover_rate: DE ``F`` and ``CR``.
-        tau: probability threshold of ``success_rule="prob_threshold"``.
-        success_rule: ``"argmax"`` or ``"prob_threshold"`` (static).
-        noise_mode: ``"replace"`` or ``"additive"`` (static); noise_amp: additive half-width.
         initial_removal: ``Δ0 = floor(initial_removal · n0)``.
-        num_subsets: random subsets per generation (static).
         patience: consecutive failed single-pixel removals before stopping (static).
         min_pixels: smallest support (``n_min``, static).
-        variant: ``"block"`` or ``"individual"`` (static); compact_size: ``K`` of the latter.
-        evolve_positions: mutate row/col genes (``None``: True for ``individual``; ``block`` needs
-            False) (static).
-        quantize: colour levels (255 = 8-bit; ``None`` = continuous) (static).
-        grey: one colour for all channels (static).
-        keep_close_tol: optionally also require ``p_child - p_parent <= keep_close_tol``.
-        minimality_sweep: finally remove single pixels while the image stays adversarial
-            (extension; needs ``n <= compact_size``) (static).
         record_history: record ``info["history_pixels"]`` / ``info["history_prob"]`` ``[B, G]``
             (static).
-        l0_target: stop an example once ``n <= l0_target`` (static).
         eval_chunk: population members per model call (static; ``None`` = automatic).
+        options: the paper's open choices, a :class:`DGDEOptions`.
 
     ``res.info`` (leading axis ``B``): ``phase0_success``, ``tries_used``, ``generations``,
     ``support_size`` (``n``), ``prob`` (final true-class probability), ``clean_prob``,
@@ -384,7 +178,7 @@ class DGDE(AbstractAttack):
 
     Example:
         >>> import jax, jax.numpy as jnp, jaxadv
-        >>> from jaxadv.attacks.evolution import DGDE
+        >>> from jaxadv.attacks.dgde import DGDE
         >>> def apply(t, x):  # class 0 once 2 pixels are bright, else class 1
         ...     top = jax.lax.top_k(x.reshape(x.shape[0], -1), 2)[0].mean(1)
         ...     return jnp.stack([t * (top - 0.8), jnp.zeros_like(top)], 1)
@@ -395,30 +189,41 @@ class DGDE(AbstractAttack):
         ([True, True], [2.0, 2.0])
     """
 
+    oracle: ClassVar[str] = "scores"
+    budget_field: ClassVar[str | None] = "num_generations"
+    restarts_field: ClassVar[str | None] = None
+    threats: ClassVar[tuple[type, ...]] = (L0Pixels,)
+    settings: ClassVar[Mapping[str, V.Range]] = {
+        "num_tries": V.at_least(1),
+        "tries_per_call": V.at_least(1),
+        "num_generations": V.at_least(1),
+        "mutation_factor": V.Range(0.0, 2.0, lo_open=True),
+        "crossover_rate": V.unit(),
+        "initial_removal": V.unit(),
+        "patience": V.at_least(0),
+        "min_pixels": V.at_least(1),
+        "eval_chunk": V.at_least(1),
+        "options.noise_amp": V.unit(lo_open=True),
+        "options.tau": V.unit(),
+        "options.compact_size": V.at_least(1),
+        "options.num_subsets": V.at_least(1),
+        "options.quantize": V.at_least(1),
+        "options.keep_close_tol": V.Range(0.0),
+        "options.l0_target": V.at_least(0),
+    }
+
     threat: Any = None
     num_tries: int = static(default=100)
     tries_per_call: int = static(default=10)
     num_generations: int = static(default=1000)
     mutation_factor: float | Array = 0.5
     crossover_rate: float | Array = 0.7
-    tau: float | Array = 0.5
-    success_rule: str = static(default="argmax")
-    noise_mode: str = static(default="replace")
-    noise_amp: float | Array = 1.0
     initial_removal: float | Array = 0.5
-    num_subsets: int = static(default=1)
     patience: int = static(default=100)
     min_pixels: int = static(default=1)
-    variant: str = static(default="block")
-    compact_size: int = static(default=256)
-    evolve_positions: bool | None = static(default=None)
-    quantize: int | None = static(default=255)
-    grey: bool = static(default=False)
-    keep_close_tol: float | Array | None = None
-    minimality_sweep: bool = static(default=False)
     record_history: bool = static(default=True)
-    l0_target: int | None = static(default=None)
     eval_chunk: int | None = static(default=None)
+    options: DGDEOptions = dataclasses.field(default_factory=DGDEOptions)
 
     def __post_init__(self) -> None:
         if self.threat is None:
@@ -427,79 +232,48 @@ class DGDE(AbstractAttack):
             raise TypeError(
                 f"DGDE needs an L0Pixels threat model, got {type(self.threat).__name__}"
             )
-        for name in ("num_tries", "tries_per_call", "num_subsets", "min_pixels", "compact_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"DGDE: {name} must be >= 1, got {getattr(self, name)}")
-        for name in ("num_generations", "patience"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"DGDE: {name} must be >= 0, got {getattr(self, name)}")
-        choices = {
-            "success_rule": ("argmax", "prob_threshold"),
-            "noise_mode": ("replace", "additive"),
-            "variant": ("block", "individual"),
-        }
-        for name, ok in choices.items():
-            if getattr(self, name) not in ok:
-                raise ValueError(f"DGDE: {name} must be one of {ok}, got {getattr(self, name)!r}")
-        if self.variant == "block" and self.evolve_positions:
-            raise ValueError(
-                "DGDE: variant='block' evolves colours only (the support must shrink as a subset); "
-                "use variant='individual' to mutate pixel positions"
+        if not isinstance(self.options, DGDEOptions):
+            raise TypeError(
+                f"DGDE: options must be a DGDEOptions, got {type(self.options).__name__}"
             )
-        _f32(
-            self,
-            "mutation_factor",
-            "crossover_rate",
-            "tau",
-            "noise_amp",
-            "initial_removal",
-            "keep_close_tol",
-        )
-        _check_range(self, "crossover_rate", 0.0, 1.0)
-        _check_range(self, "initial_removal", 0.0, 1.0)
+        float32_fields(self, "mutation_factor", "crossover_rate", "initial_removal")
 
     @classmethod
     def small(cls) -> DGDE:
         """A tiny configuration for contract tests and smoke runs."""
         return cls(num_tries=4, tries_per_call=2, num_generations=6, patience=3)
 
-    @property
-    def _positions(self) -> bool:
-        return (
-            self.variant == "individual" if self.evolve_positions is None else self.evolve_positions
-        )
-
     # -- helpers --------------------------------------------------------------------------------
     def _gene_bounds(self, dtype) -> tuple[Array, Array]:
-        lo, hi = _box(self.threat, dtype)
-        if self.noise_mode == "replace":
+        lo, hi = pop_lib.box(self.threat, dtype)
+        if self.options.noise_mode == "replace":
             return lo, hi
-        a = jnp.asarray(self.noise_amp, dtype) * (hi - lo)
+        a = jnp.asarray(self.options.noise_amp, dtype) * (hi - lo)
         return -a, a
 
     def _clean_genes(self, v: Array) -> Array:
         """Clip colour genes to their bounds and quantise them."""
-        lo, hi = _box(self.threat, v.dtype)
+        lo, hi = pop_lib.box(self.threat, v.dtype)
         g_lo, g_hi = self._gene_bounds(v.dtype)
         v = jnp.clip(v, g_lo, g_hi)
-        if self.quantize is None:
+        if self.options.quantize is None:
             return v
-        if self.noise_mode == "replace":
-            return _quantize(v, lo, hi, self.quantize)
-        step = (hi - lo) / self.quantize
+        if self.options.noise_mode == "replace":
+            return pop_lib.quantize(v, lo, hi, self.options.quantize)
+        step = (hi - lo) / self.options.quantize
         return jnp.round(v / step) * step
 
     def apply(self, x: Array, mask: Array, vals: Array) -> Array:
         """``A(x; S, v)``: ``x[..., H, W, K]`` with the pixels of ``mask[..., H, W]`` replaced by
         ``vals`` (``replace``) or shifted by ``vals`` and clipped (``additive``)."""
-        lo, hi = _box(self.threat, x.dtype)
+        lo, hi = pop_lib.box(self.threat, x.dtype)
         x = jnp.broadcast_to(x, vals.shape)
-        new = vals if self.noise_mode == "replace" else jnp.clip(x + vals, lo, hi)
+        new = vals if self.options.noise_mode == "replace" else jnp.clip(x + vals, lo, hi)
         return jnp.where(mask[..., None], new, x)
 
     def _noise(self, key: Array, shape: tuple[int, ...], dtype) -> Array:
         g_lo, g_hi = self._gene_bounds(dtype)
-        if self.grey:
+        if self.options.grey:
             v = jax.random.uniform(key, (*shape[:-1], 1), dtype)
             v = jnp.broadcast_to(v, shape)
         else:
@@ -519,7 +293,7 @@ class DGDE(AbstractAttack):
         f = jnp.asarray(self.mutation_factor, v.dtype)
         mutant = v[idx[r1]] + f * (v[idx[r2]] - v[idx[r3]])
         cr = jnp.asarray(self.crossover_rate, v.dtype)
-        if self.grey:
+        if self.options.grey:
             trial = pop_lib.binomial_crossover(kc, v[:, :1], mutant[:, :1], cr)
             trial = jnp.broadcast_to(trial, v.shape)
         else:
@@ -532,10 +306,10 @@ class DGDE(AbstractAttack):
         """``(fitness, p_true, adversarial)`` each ``[B, M]`` for ``images[B, M, H, W, K]``."""
         probs = pop_lib.probabilities(model, images, chunk=self.eval_chunk)
         fit, p_true = pop_lib.fitness(probs, y, target)
-        if self.success_rule == "argmax":
+        if self.options.success_rule == "argmax":
             adv = pop_lib.is_adversarial(probs, y, target)
         else:
-            adv = fit < self.tau
+            adv = fit < self.options.tau
         return fit, p_true, adv
 
     # -- phase 0 --------------------------------------------------------------------------------
@@ -565,7 +339,7 @@ class DGDE(AbstractAttack):
             return (
                 t + 1,
                 found | hit,
-                pop_lib._bsel(hit, take(noise, first), vals),
+                bsel(hit, take(noise, first), vals),
                 jnp.where(hit, take(f, first), fit),
                 jnp.where(hit, take(p, first), ptrue),
                 jnp.where(hit, t * tb + first.astype(jnp.int32) + 1, tries),
@@ -586,7 +360,7 @@ class DGDE(AbstractAttack):
     # -- phase 1 proposals ----------------------------------------------------------------------
     def _block_candidates(self, key, mask, vals, n, delta):
         """Per example: ``2·NS + 1`` candidate (mask, vals) pairs and the proposed size ``n'``."""
-        ns = self.num_subsets
+        ns = self.options.num_subsets
         n_new = jnp.maximum(n - delta, self.min_pixels)
         ks = jax.random.split(key, 2 * ns + 1)
         masks, valss = [], []
@@ -604,7 +378,7 @@ class DGDE(AbstractAttack):
         scored cooperatively. Returns ``masks[K]``, ``vals[K]``, ``live[K]`` (slot holds a pixel)
         and the trial (flat index, colour) per slot."""
         h, w, c = vals.shape
-        kc = self.compact_size
+        kc = self.options.compact_size
         kd, kx = jax.random.split(key)
         flat = mask.reshape(-1)
         idx = jnp.nonzero(flat, size=kc, fill_value=0)[0]
@@ -617,13 +391,13 @@ class DGDE(AbstractAttack):
         r1, r2, r3 = pop_lib.rand1_donors(kd, jnp.arange(kc, dtype=jnp.int32), n)
         f = jnp.asarray(self.mutation_factor, v.dtype)
         mutant = genes[r1] + f * (genes[r2] - genes[r3])
-        if not self._positions:
+        if not self.options.positions:
             mutant = mutant.at[:, :2].set(genes[:, :2])
-        if self.grey:
+        if self.options.grey:
             mutant = mutant.at[:, 2:].set(jnp.broadcast_to(mutant[:, 2:3], (kc, c)))
         cr = jnp.asarray(self.crossover_rate, v.dtype)
         trial = pop_lib.binomial_crossover(kx, genes, mutant, cr)
-        if self.grey:
+        if self.options.grey:
             trial = trial.at[:, 2:].set(jnp.broadcast_to(trial[:, 2:3], (kc, c)))
         row = jnp.clip(jnp.round(trial[:, 0]), 0, h - 1).astype(jnp.int32)
         col = jnp.clip(jnp.round(trial[:, 1]), 0, w - 1).astype(jnp.int32)
@@ -694,7 +468,7 @@ class DGDE(AbstractAttack):
             s_new = self._generation(gk, model, x, y, target, s)
             act = s["active"]
             out = {
-                name: pop_lib._bsel(act, s_new[name], s[name])
+                name: bsel(act, s_new[name], s[name])
                 for name in ("mask", "vals", "n", "fit", "p", "delta", "fails")
             }
             out["gens"] = s["gens"] + act.astype(jnp.int32)
@@ -707,7 +481,7 @@ class DGDE(AbstractAttack):
 
         g_run, state = jax.lax.while_loop(cond1, body1, (jnp.zeros((), jnp.int32), state))
 
-        if self.minimality_sweep:
+        if self.options.minimality_sweep:
             state = self._sweep(k1, model, x, y, target, state)
 
         adv = jnp.where(
@@ -733,19 +507,19 @@ class DGDE(AbstractAttack):
     def _keep_going(self, s) -> Array:
         go = (s["gens"] < self.num_generations) & (s["n"] > self.min_pixels)
         go = go & (s["fails"] < self.patience)
-        if self.l0_target is not None:
-            go = go & (s["n"] > self.l0_target)
+        if self.options.l0_target is not None:
+            go = go & (s["n"] > self.options.l0_target)
         return go
 
     def _generation(self, gkeys, model, x, y, target, s):
         """One generation for every example (the caller merges it under the active mask)."""
-        ns = self.num_subsets
+        ns = self.options.num_subsets
         kb = fold_keys(gkeys, 0)
         masks, valss, n_new = jax.vmap(self._block_candidates)(
             kb, s["mask"], s["vals"], s["n"], s["delta"]
         )  # [B, 2NS+1, H, W(, K)]
         n_red = 2 * ns
-        individual = self.variant == "individual"
+        individual = self.options.variant == "individual"
         if individual:
             ki = fold_keys(gkeys, 1)
             im, iv, live, idx, new_idx, colour = jax.vmap(self._individual_candidates)(
@@ -757,8 +531,8 @@ class DGDE(AbstractAttack):
 
         # (d) reduction: the adversarial reduced candidate with the lowest fitness.
         ok = adv[:, :n_red]
-        if self.keep_close_tol is not None:
-            ok = ok & (fit[:, :n_red] - s["fit"][:, None] <= self.keep_close_tol)
+        if self.options.keep_close_tol is not None:
+            ok = ok & (fit[:, :n_red] - s["fit"][:, None] <= self.options.keep_close_tol)
         red = jnp.where(ok, fit[:, :n_red], jnp.inf)
         j = jnp.argmin(red, axis=1)
         accept = jnp.any(ok, axis=1)
@@ -766,7 +540,7 @@ class DGDE(AbstractAttack):
         delta_acc = jnp.minimum(s["delta"], jnp.maximum(1, n_new // 2))
 
         # Otherwise a greedy DE step on the current group (A5: child <= parent, and adversarial).
-        block_mode = jnp.ones_like(accept) if not individual else s["n"] > self.compact_size
+        block_mode = jnp.ones_like(accept) if not individual else s["n"] > self.options.compact_size
         imp = adv[:, n_red] & (fit[:, n_red] <= s["fit"])
         cur_vals = jnp.where(_bcast(imp, s["vals"]), valss[:, n_red], s["vals"])
         cur_mask = s["mask"]
@@ -851,7 +625,7 @@ class DGDE(AbstractAttack):
         )
         out_fit = jnp.where(use_merge, mf, jnp.where(use_single, take(fit, jb), s["fit"]))
         out_p = jnp.where(use_merge, mp, jnp.where(use_single, take(p_true, jb), s["p"]))
-        q = jnp.minimum(s["n"], self.compact_size) + (n_win >= 2).astype(jnp.int32)
+        q = jnp.minimum(s["n"], self.options.compact_size) + (n_win >= 2).astype(jnp.int32)
         return out_mask, out_vals, out_fit, out_p, q.astype(jnp.int32)
 
     def _sweep(self, keys, model, x, y, target, s):
@@ -859,7 +633,7 @@ class DGDE(AbstractAttack):
         adversarial with the lowest fitness, until none can go (groups of at most
         ``compact_size`` pixels; larger groups are left as they are)."""
         b, h, w, c = x.shape
-        kc = self.compact_size
+        kc = self.options.compact_size
 
         def cands(mask, n):
             flat = mask.reshape(-1)
@@ -894,4 +668,4 @@ class DGDE(AbstractAttack):
         return s
 
 
-__all__ = ["DGDE", "OnePixel", "exact_subset"]
+__all__ = ["DGDE", "DGDEOptions", "exact_subset"]
