@@ -207,12 +207,12 @@ def _eps_value(it: Any, norm: str, scale: float) -> float:
         raise SpecError(f"eps values must be numbers, got {it!r}")
     m = _FRACTION.fullmatch(it)
     px = _PIXELS.fullmatch(it)
+    if px and norm != "l0":
+        raise SpecError(f"eps {it!r}: pixel counts (px) are budgets of norm l0 only")
     try:
         if m:
             return float(m.group(1)) / float(m.group(2))
         if px:
-            if norm != "l0":
-                raise SpecError(f"eps {it!r}: pixel counts (px) are budgets of norm l0 only")
             return float(px.group(1))
         return float(it) / scale
     except (ValueError, ZeroDivisionError) as e:

@@ -80,9 +80,64 @@ def test_attack_on_default(tmp_path):
         ]
     )
     assert rc == 0
-    rows = json.loads((out / "results.json").read_text())["rows"]
+    res = json.loads((out / "results.json").read_text())
+    rows = res["rows"]
     assert [r["eps_255"] for r in rows] == [0.0, 4.0]
     assert rows[0]["robust_accuracy"] >= rows[1]["robust_accuracy"]
+    cfg = res["manifest"]["attack_config"]  # the attack value actually run, every field
+    assert cfg["type"] == "PGD" and cfg["num_steps"] == 3 and cfg["num_restarts"] == 1
+    assert cfg["threat"]["type"] == "LinfBall"
+    assert cfg["threat"]["eps"] == pytest.approx([0.0, 4 / 255])
+    assert {"queries_mean", "queries_median", "linf_median"} <= set(rows[1])
+
+
+def test_attack_over_many_batches_equals_one_batch(tmp_path):
+    """Summaries come from the per-example arrays of the whole set: means over successful attacks
+    (not averages of batch means weighted by batch size), medians kept, and the last short batch
+    is padded (no second compilation)."""
+    rows = {}
+    for bs in (3, 64):
+        out = tmp_path / f"b{bs}"
+        argv = ["attack", "--eps", "0,2,8/255", "--num-examples", "20", "--num-steps", "3"]
+        assert main([*argv, "--batch-size", str(bs), "--out", str(out), "--quiet"]) == 0
+        rows[bs] = json.loads((out / "results.json").read_text())["rows"]
+    for a, b in zip(rows[3], rows[64], strict=True):
+        for k in ("robust_accuracy", "linf_mean", "l2_mean", "ssim_mean", "l2_median"):
+            assert a[k] == pytest.approx(b[k], rel=1e-6, nan_ok=True), k
+    assert rows[3][2]["eps_label"] == "8/255"
+
+
+@pytest.mark.parametrize(
+    "argv, msg",
+    [
+        (["--attack", "square", "--num-steps", "5"], "its budget is num_queries"),
+        (["--attack", "apgdt", "--restarts", "3", "--num-steps", "2"], None),
+        (["--attack", "fmn", "--restarts", "2"], "has no restarts"),
+        (["--attack", "fgsm", "--num-steps", "2"], "has no iteration budget"),
+        (["--attack", "square", "--norm", "l1"], "supports norm linf, l2"),
+        (["--attack", "onepixel", "--norm", "l0", "--eps", "2/255"], None),
+        (["--attack", "pgd", "--eps", "3px"], "l0 only"),
+        (["--attack", "pgd", "--option", "num_steps"], "KEY=VALUE"),
+    ],
+)
+def test_options_map_through_the_declaration_or_are_refused(argv, msg, tmp_path, capsys):
+    base = ["attack", "--num-examples", "2", "--eps", "0", "--quiet", "--out", str(tmp_path)]
+    rc = main([*base, *argv])
+    if msg is None:
+        assert rc == 0, capsys.readouterr().err
+    else:
+        assert rc == 2 and msg in capsys.readouterr().err
+
+
+def test_option_sets_the_budget_and_case_does_not_matter(tmp_path):
+    out = tmp_path / "sq"
+    argv = ["attack", "--attack", "SQUARE", "--norm", "LINF", "--model", "Small_CNN_Clean"]
+    argv += ["--option", "num_queries=7", "--eps", "0,8", "--num-examples", "4", "--quiet"]
+    assert main([*argv, "--out", str(out)]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["manifest"]["attack_config"]["num_queries"] == 7
+    q = res["rows"][1]["queries_median"]  # over successful attacks; None when there is none
+    assert q is None or q <= 8
 
 
 def test_attack_cascade_is_the_worst_case_over_the_grid(tmp_path):
@@ -141,11 +196,12 @@ def test_train_then_attack_checkpoint(tmp_path, pneumonia_path):
     "argv, msg",
     [
         (["attack", "--attack", "nope", "--num-examples", "2"], "unknown attack"),
-        (["attack", "--eps", "a,b"], "--eps"),
-        (["attack", "--eps", "-1"], "non-negative"),
+        (["attack", "--eps", "a,b"], "cannot read eps"),
+        (["attack", "--eps", "-1"], ">= 0"),
+        (["attack", "--eps", ""], "empty"),
         (["attack", "--data", "/nonexistent/x.npz"], "no such file"),
         (["attack", "--model", "/nonexistent/m.msgpack"], "not found"),
-        (["attack", "--norm", "l7", "--num-examples", "2"], "--norm"),
+        (["attack", "--norm", "l7", "--num-examples", "2"], "norm must be one of"),
         (["demo", "--out", "/tmp/x", "--config", "/nonexistent.yaml"], "config file not found"),
         (["train", "--out", "/tmp/m.msgpack"], "only the 624 test images"),
     ],

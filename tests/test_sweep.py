@@ -174,11 +174,11 @@ def test_config_eps_units_hash_and_shards():
 
 def test_registered_attacks_by_name_and_l0_budgets():
     from jaxadv.attacks import REGISTRY
-    from jaxadv.sweep.vocab import attack_names, eps_label, make_attack
+    from jaxadv.vocab import attack_names, eps_label, make_attack
 
     assert {"fgsm", "pgd", "autoattack"} <= set(attack_names())
     assert {n.lower() for n in REGISTRY} <= {n.lower() for n in attack_names()}
-    assert type(make_attack("APGDT", 0.1, num_steps=3)).__name__ == "APGDT"
+    assert type(make_attack("APGDT", num_steps=3)).__name__ == "APGDT"
     assert [eps_label(n, e) for n, e in [("linf", 8 / 255), ("l2", 0.5), ("l0", 3.0)]] == [
         "8/255",
         "0.5",
