@@ -321,7 +321,7 @@ def read_metadata(path: PathLike) -> dict[str, Any]:
 def _parse_meta(data: bytes, source: str) -> dict[str, Any]:
     try:
         meta = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise CheckpointError(f"checkpoint metadata {source} is not valid JSON: {e}") from e
     if not isinstance(meta, dict) or "format" not in meta:
         raise CheckpointError(f"{source} is not jaxadv checkpoint metadata (no 'format' key)")

@@ -105,6 +105,26 @@ def test_hostile_cell_labels_are_refused(work, label, capsys):
     _outside_untouched(work)
 
 
+@pytest.mark.parametrize(
+    "content, why",
+    [
+        (b"\xff\xfe\x00garbage", "not UTF-8"),
+        (b"[" * 100000 + b"]" * 100000, "nested too deeply"),
+        (b"\x00", "invalid JSON"),
+        (b"", "empty file"),
+        (b'"a string"', "not a JSON object"),
+    ],
+)
+def test_garbage_cell_and_manifest_files(work, content, why):
+    (work / "cells" / "g.json").write_bytes(content)
+    with pytest.raises(sweep.CorruptResultsError, match=why):
+        sweep.load_sweep(work)
+    (work / "cells" / "g.json").unlink()
+    (work / "sweep.json").write_bytes(content)
+    with pytest.raises(sweep.CorruptResultsError, match="sweep.json"):
+        sweep.load_sweep(work)
+
+
 def test_cell_id_that_does_not_match_its_labels(work):
     rec = _record(work)
     rec["cell"]["id"] = "../../etc/x"
@@ -117,6 +137,7 @@ def test_cell_id_that_does_not_match_its_labels(work):
     "path, value, why",
     [
         (("results", "success"), 5, "results.success"),
+        (("results", "indices"), [10**30] * 10, "wrong type"),
         (("results", "indices"), "0,1,2", "results"),
         (("results", "norm"), [[1.0]], "results.norm"),
         (("cell", "attack", "eps"), 8, "eps must be a non-empty list"),

@@ -240,7 +240,7 @@ def check_record(rec: Any) -> str | None:
             return "checksum mismatch (the file was modified or damaged)"
         if sha256(rec["results"]) != rec["results_sha256"]:
             return "results checksum mismatch"
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, RecursionError) as e:
         return f"unreadable content ({e})"
     # A checksum only proves the record was not changed after sealing; a crafted file can be
     # sealed too, so its shape and types are checked as well.
@@ -290,7 +290,7 @@ def check_cell_fields(rec: dict[str, Any]) -> str | None:
             v = decode_array(r.get(k), dt)
             if v.shape != (len(eps), n.size):
                 return f"results.{k} must be {len(eps)} lists of {n.size} numbers"
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, OverflowError) as e:
         return f"results hold a value of the wrong type ({e})"
     if not isinstance(rec.get("black_box", False), bool):
         return "black_box must be true or false"
@@ -303,7 +303,7 @@ def check_cell_fields(rec: dict[str, Any]) -> str | None:
         try:
             clean, adv = decode_images(smp.get("clean")), decode_images(smp.get("adv"))
             idx = decode_array(smp.get("indices"), np.int64)
-        except (TypeError, ValueError) as e:
+        except (TypeError, ValueError, OverflowError) as e:
             return f"samples: {e}"
         if clean.shape != adv.shape or idx.shape != (clean.shape[0],):
             return "samples: clean images, adversarial images and indices do not match"
@@ -333,15 +333,19 @@ def check_manifest(m: Any) -> str | None:
 def read_record(path: pathlib.Path) -> tuple[dict | None, str | None]:
     """``(record, None)`` or ``(None, reason)``."""
     try:
-        text = path.read_text()
+        text = path.read_bytes().decode("utf-8")
     except OSError as e:
         return None, f"cannot read ({e})"
+    except UnicodeDecodeError as e:
+        return None, f"not UTF-8 text (byte {e.start}): not a cell file"
     if not text.strip():
         return None, "empty file"
     try:
         rec = json.loads(text)
     except json.JSONDecodeError as e:
         return None, f"truncated or invalid JSON ({e.msg} at char {e.pos} of {len(text)})"
+    except RecursionError:
+        return None, "JSON nested too deeply: not a cell file"
     reason = check_record(rec)
     if reason is None and rec["cell"].get("id") != path.stem:
         reason = f"holds cell {rec['cell'].get('id')!r}, not {path.stem!r}"
@@ -388,8 +392,8 @@ class SweepDir:
             return None
         try:
             _safe(check_inside, self.root, path)
-            m = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, SweepError) as e:
+            m = json.loads(path.read_bytes().decode("utf-8"))
+        except (OSError, ValueError, RecursionError, SweepError) as e:
             raise CorruptResultsError(
                 [(str(path), f"unreadable manifest ({e})")], _MANIFEST_HINT
             ) from e
