@@ -506,6 +506,26 @@ def test_recovery_hints_work_as_written(small_run, tmp_path):
     assert str(victim) in str(e.value)
     shutil.move(victim, tmp_path / victim.name)
     assert len(sweep.merge([work], tmp_path / "m2").missing) == 1
+    # a non-empty --out: "merge into a new folder (or list it as a source)"
+    with pytest.raises(sweep.SweepError, match="list it as a source"):
+        sweep.merge([out], tmp_path / "m2")
+    assert sweep.merge([out, tmp_path / "m2"], tmp_path / "m2", allow_identical=True).complete
+    # shards run on other file content: "re-run the shards whose files differ with the same files"
+    s0, s1 = tmp_path / "s0", tmp_path / "s1"
+    for i, d in enumerate((s0, s1)):
+        sweep.run_sweep(cfg, d, num_shards=2, shard_index=i)
+    m = json.loads((s1 / "sweep.json").read_text())
+    m["inputs"] = {"small_cnn_clean": "0" * 16}
+    (s1 / "sweep.json").write_text(json.dumps(m))
+    with pytest.raises(sweep.SweepError, match="re-run the shards whose files differ"):
+        sweep.merge([s0, s1], tmp_path / "m3")
+    sweep.run_sweep(cfg, s1, num_shards=2, shard_index=1)
+    assert sweep.merge([s0, s1], tmp_path / "m3").complete
+    # an unwritable report folder: "pass --out with a writable folder"
+    (tmp_path / "file").write_text("")
+    with pytest.raises(sweep.SweepError, match="pass --out with a writable folder"):
+        sweep.write_report(tmp_path / "m3", tmp_path / "file" / "rep")
+    assert sweep.write_report(tmp_path / "m3", tmp_path / "rep").exists()
 
 
 # ----------------------------------------------------------------------------- subprocesses
