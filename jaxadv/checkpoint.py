@@ -46,7 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx, serialization, traverse_util
 
-from jaxadv._io import write_atomic
+from jaxadv._io import UnsafePathError, check_inside, is_safe_name, write_atomic
 
 PathLike = str | os.PathLike
 
@@ -311,17 +311,58 @@ def read_metadata(path: PathLike) -> dict[str, Any]:
             f"no checkpoint metadata at {mpath} (expected beside the weights {path}); "
             "save with jaxadv.checkpoint.save"
         )
+    try:
+        check_inside(path.parent, mpath)
+    except UnsafePathError as e:
+        raise CheckpointError(f"refusing to read checkpoint metadata: {e}") from e
     return _parse_meta(mpath.read_bytes(), str(mpath))
 
 
 def _parse_meta(data: bytes, source: str) -> dict[str, Any]:
     try:
         meta = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise CheckpointError(f"checkpoint metadata {source} is not valid JSON: {e}") from e
     if not isinstance(meta, dict) or "format" not in meta:
         raise CheckpointError(f"{source} is not jaxadv checkpoint metadata (no 'format' key)")
+    problem = _check_meta(meta)
+    if problem:
+        raise CheckpointError(f"checkpoint metadata {source}: {problem}; re-save the checkpoint")
     return meta
+
+
+def _is_numbers(v: Any) -> bool:
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return True
+    return isinstance(v, list) and all(_is_numbers(x) for x in v)
+
+
+def _check_meta(meta: dict[str, Any]) -> str | None:
+    """``None`` when the fields the loader uses have the right types (the file is untrusted)."""
+    if meta["format"] not in ("msgpack", "orbax"):
+        return f"'format' must be 'msgpack' or 'orbax', got {meta['format']!r}"
+    f = meta.get("file")
+    if f is not None and not is_safe_name(f):
+        return f"'file' must be a plain file name beside the metadata, got {f!r}"
+    if not isinstance(meta.get("kwargs", {}), dict):
+        return f"'kwargs' must be an object, got {type(meta['kwargs']).__name__}"
+    for k in ("architecture", "sha256"):
+        if meta.get(k) is not None and not isinstance(meta[k], str):
+            return f"{k!r} must be a string, got {meta[k]!r}"
+    for k in ("mean", "std"):
+        if meta.get(k) is not None and not _is_numbers(meta[k]):
+            return f"{k!r} must be a number or a list of numbers, got {meta[k]!r}"
+    return None
+
+
+def _check_tree_inside(root: pathlib.Path) -> None:
+    """Every file and link in an orbax directory stays inside it (no link out)."""
+    try:
+        check_inside(root.parent, root)
+        for p in root.rglob("*"):
+            check_inside(root, p)
+    except UnsafePathError as e:
+        raise CheckpointError(f"refusing to read checkpoint {root}: {e}") from e
 
 
 def build_module(meta: Mapping[str, Any]) -> nnx.Module:
@@ -336,7 +377,13 @@ def build_module(meta: Mapping[str, Any]) -> nnx.Module:
             f"unknown architecture {arch!r}; known: {sorted(ARCHITECTURES)} "
             "(register it with jaxadv.checkpoint.register_architecture before loading)"
         )
-    module = ARCHITECTURES[arch](**dict(meta.get("kwargs", {})), rngs=nnx.Rngs(0))
+    kwargs = meta.get("kwargs", {})
+    if not isinstance(kwargs, Mapping):
+        raise CheckpointError(f"'kwargs' in the metadata must be an object, got {kwargs!r}")
+    try:
+        module = ARCHITECTURES[arch](**dict(kwargs), rngs=nnx.Rngs(0))
+    except TypeError as e:  # unknown or missing constructor keywords
+        raise CheckpointError(f"cannot build {arch!r} from the metadata's kwargs: {e}") from e
     module.eval()
     return module
 
@@ -376,7 +423,16 @@ def load(path: PathLike, *, module: nnx.Module | None = None) -> tuple[nnx.Modul
     """
     path = pathlib.Path(path)
     meta = read_metadata(path)
-    wpath = (path.parent / meta["file"]) if path.suffix == ".json" else path
+    if path.suffix == ".json":
+        if meta.get("file") is None:
+            raise CheckpointError(f"{path} names no weights 'file'; load the weights path instead")
+        wpath = path.parent / meta["file"]  # a plain name (checked): never outside this folder
+        try:
+            check_inside(path.parent, wpath)
+        except UnsafePathError as e:
+            raise CheckpointError(f"refusing to read checkpoint weights: {e}") from e
+    else:
+        wpath = path
     if not wpath.exists():
         raise FileNotFoundError(f"checkpoint weights {wpath} are missing (metadata found)")
     if module is None:
@@ -390,6 +446,7 @@ def load(path: PathLike, *, module: nnx.Module | None = None) -> tuple[nnx.Modul
             raise CheckpointError(f"{wpath} should be a msgpack file")
         _restore_msgpack(wpath.read_bytes(), meta, target, str(wpath))
     elif fmt == "orbax":
+        _check_tree_inside(wpath)
         load_state_dict(target, _orbax_restore(wpath, target), source=str(wpath))
     else:
         raise CheckpointError(f"unknown checkpoint format {fmt!r} in {metadata_path(wpath)}")

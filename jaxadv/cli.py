@@ -407,10 +407,10 @@ def _init_distributed(args: argparse.Namespace) -> None:
 
 def _sweep_table(root: str) -> str:
     from jaxadv import report
-    from jaxadv.sweep.report import load_sweep, summary_rows
+    from jaxadv.sweep.report import cell_table_rows, load_sweep
 
     _, cells, _ = load_sweep(root)
-    rows = summary_rows(cells)
+    rows = cell_table_rows(cells)
     cols = ("model", "dataset", "attack", "seed", "eps_label", "clean_accuracy", "robust_accuracy")
     return report.format_table(rows, cols)
 

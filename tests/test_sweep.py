@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import shutil
 import signal
 import socket
 import subprocess
@@ -283,8 +284,6 @@ def test_rerun_skips_and_changed_config_is_refused(small_run, tmp_path):
 
 def test_corrupt_file_is_reported_then_recomputed(small_run, tmp_path, capsys):
     cfg, out = small_run
-    import shutil
-
     work = tmp_path / "w"
     shutil.copytree(out, work)
     victim = _cell_files(work)[0]
@@ -387,6 +386,147 @@ def test_cli_sweep_user_errors(tmp_path, capsys):
     assert "not a sweep folder" in capsys.readouterr().err
 
 
+def test_labels_that_would_share_an_id_are_refused():
+    models = [
+        {"model": "small_cnn_clean", "label": "Net"},
+        {"model": "small_cnn_pgdat", "label": "net"},
+    ]
+    with pytest.raises(sweep.ConfigError, match="share the label.*ignoring case"):
+        sweep.load_config({**SMALL, "models": models})
+    models = [{**models[0], "label": "a b"}, {**models[1], "label": "a-b"}]
+    with pytest.raises(sweep.ConfigError, match="share the label"):
+        sweep.load_config({**SMALL, "models": models})
+    # '__' separates the parts of an id: a label cannot contain it
+    cfg = sweep.load_config({**SMALL, "models": [{**models[0], "label": "a__b"}]})
+    assert cfg.cells()[0].id.startswith("a_b__default__")
+    # long labels are shortened, and stay distinct
+    long = [{**models[0], "label": "x" * 100 + "1"}, {**models[1], "label": "x" * 100 + "2"}]
+    ids = [c.id for c in sweep.load_config({**SMALL, "models": long}).cells()]
+    assert len(set(ids)) == len(ids) and max(len(i) for i in ids) < 120
+
+
+def test_stored_summary_equals_the_one_recomputed_from_the_file(small_run):
+    """The runner stores the engine's summary; the report recomputes it from the per-example
+    arrays of the file (one summary function, one file format: jaxadv.engine.summary)."""
+    from jaxadv.report import jsonable
+    from jaxadv.sweep.report import decode
+    from jaxadv.sweep.storage import SweepDir
+
+    _, out = small_run
+    recs = SweepDir(out).load(strict=True)
+    assert recs
+    for rec in recs.values():
+        again = decode(rec).summary
+        assert json.dumps(jsonable(again)) == json.dumps(rec["summary"])
+
+
+def _save_tiny_net(path: pathlib.Path, seed: int) -> None:
+    from flax import nnx
+
+    from jaxadv import checkpoint
+    from jaxadv.nn import SmallCNN
+
+    net = SmallCNN(2, 1, width=4, rngs=nnx.Rngs(seed))
+    checkpoint.save(path, net, {"architecture": "small_cnn", "kwargs": {"width": 4}})
+
+
+def test_retrained_checkpoint_or_new_data_file_recomputes_cells(tmp_path):
+    ck = tmp_path / "net.msgpack"
+    _save_tiny_net(ck, 0)
+    raw = {**SMALL, "seeds": [0], "models": [{"model": str(ck), "label": "mine"}]}
+    out = tmp_path / "o"
+    first = sweep.run_sweep(sweep.load_config(raw), out, devices=jax.devices()[:1])
+    assert len(first.computed) == 1
+    again = sweep.run_sweep(sweep.load_config(raw), out, devices=jax.devices()[:1])
+    assert again.computed == [] and len(again.skipped) == 1
+    before = _results(out)
+    _save_tiny_net(ck, 1)  # retrained in place: same path, other weights
+    msgs: list[str] = []
+    redo = sweep.run_sweep(sweep.load_config(raw), out, devices=jax.devices()[:1], say=msgs.append)
+    assert len(redo.computed) == 1 and redo.skipped == []
+    assert any("other model/data file content" in m for m in msgs), msgs
+    assert list((out / "cells").glob("*.stale")) and _results(out) != before
+    # the data file's content is covered too (hash only: no run needed)
+    data = tmp_path / "d.npz"
+    shutil.copy(ROOT / "jaxadv" / "assets" / "pneumoniamnist_test.npz", data)
+    draw = {**SMALL, "datasets": [{"data": str(data), "num_examples": 10}]}
+    h1 = sweep.load_config(draw).cells()[0].hash
+    with open(data, "ab") as f:
+        f.write(b"changed")
+    assert sweep.load_config(draw).cells()[0].hash != h1
+    m = json.loads((out / "sweep.json").read_text())
+    assert m["inputs"][str(ck)]  # the fingerprint is recorded (merge and report use it)
+
+
+def test_recovery_hints_work_as_written(small_run, tmp_path):
+    cfg, out = small_run
+    # deleted manifest: the hint says to re-run the sweep with the same --out; doing so keeps cells
+    work = tmp_path / "deleted"
+    shutil.copytree(out, work)
+    (work / "sweep.json").unlink()
+    with pytest.raises(sweep.SweepError, match="Re-run `jaxadv sweep` with the config") as e:
+        sweep.write_report(work)
+    assert "same --out" in str(e.value)
+    res = sweep.run_sweep(cfg, work)
+    assert res.computed == [] and len(res.skipped) == 2
+    assert sweep.write_report(work).exists()
+    # damaged manifest: same hint; the damaged file is kept as sweep.json.corrupt
+    work = tmp_path / "damaged"
+    shutil.copytree(out, work)
+    (work / "sweep.json").write_text('{"config": ')
+    with pytest.raises(sweep.CorruptResultsError, match="re-run `jaxadv sweep`") as e:
+        sweep.load_sweep(work)
+    assert "sweep.json.corrupt" in str(e.value)
+    assert main(["merge", str(work), "--out", str(tmp_path / "m0")]) == 2
+    msgs: list[str] = []
+    res = sweep.run_sweep(cfg, work, say=msgs.append)
+    assert res.computed == [] and (work / "sweep.json.corrupt").exists()
+    assert sweep.write_report(work).exists()
+    # a run record left 'running' (its process was killed) is marked on the next start
+    m = json.loads((work / "sweep.json").read_text())
+    m["runs"][-1]["status"] = "running"
+    (work / "sweep.json").write_text(json.dumps(m))
+    msgs.clear()
+    sweep.run_sweep(cfg, work, say=msgs.append)
+    runs = json.loads((work / "sweep.json").read_text())["runs"]
+    assert runs[-2]["status"] == "killed" and runs[-1]["status"] == "finished"
+    assert any("died without finishing" in x for x in msgs), msgs
+    # merge of a folder holding a stale cell: the hint names the file to move out
+    work = tmp_path / "stale"
+    shutil.copytree(out, work)
+    victim = _cell_files(work)[0]
+    from jaxadv.sweep.storage import seal
+
+    rec = json.loads(victim.read_text())
+    rec["cell"]["hash"] = "0" * 16
+    victim.write_text(json.dumps(seal(rec)))
+    with pytest.raises(sweep.SweepError, match="move that file out of the folder") as e:
+        sweep.merge([work], tmp_path / "m1")
+    assert str(victim) in str(e.value)
+    shutil.move(victim, tmp_path / victim.name)
+    assert len(sweep.merge([work], tmp_path / "m2").missing) == 1
+    # a non-empty --out: "merge into a new folder (or list it as a source)"
+    with pytest.raises(sweep.SweepError, match="list it as a source"):
+        sweep.merge([out], tmp_path / "m2")
+    assert sweep.merge([out, tmp_path / "m2"], tmp_path / "m2", allow_identical=True).complete
+    # shards run on other file content: "re-run the shards whose files differ with the same files"
+    s0, s1 = tmp_path / "s0", tmp_path / "s1"
+    for i, d in enumerate((s0, s1)):
+        sweep.run_sweep(cfg, d, num_shards=2, shard_index=i)
+    m = json.loads((s1 / "sweep.json").read_text())
+    m["inputs"] = {"small_cnn_clean": "0" * 16}
+    (s1 / "sweep.json").write_text(json.dumps(m))
+    with pytest.raises(sweep.SweepError, match="re-run the shards whose files differ"):
+        sweep.merge([s0, s1], tmp_path / "m3")
+    sweep.run_sweep(cfg, s1, num_shards=2, shard_index=1)
+    assert sweep.merge([s0, s1], tmp_path / "m3").complete
+    # an unwritable report folder: "pass --out with a writable folder"
+    (tmp_path / "file").write_text("")
+    with pytest.raises(sweep.SweepError, match="pass --out with a writable folder"):
+        sweep.write_report(tmp_path / "m3", tmp_path / "file" / "rep")
+    assert sweep.write_report(tmp_path / "m3", tmp_path / "rep").exists()
+
+
 # ----------------------------------------------------------------------------- subprocesses
 def test_sigint_then_sigkill_then_resume_on_8_devices(grid_cfg, reference, tmp_path):
     """Ctrl-C stops cleanly (exit 130, finished cells kept); SIGKILL at a random moment loses
@@ -438,8 +578,10 @@ def test_sigint_then_sigkill_then_resume_on_8_devices(grid_cfg, reference, tmp_p
     assert [p.name for p in _cell_files(out)] == sorted(f"{c}.json" for c in reference)
     assert _results(out) == reference
     assert not list((out / "cells").glob(".*")) and not list((out / "cells").glob("*.corrupt"))
+    # the SIGKILLed run could not record its end: the next start marks it and says so
+    assert "died without finishing" in r.stderr
     runs = json.loads((out / "sweep.json").read_text())["runs"]
-    assert [r["status"] for r in runs] == ["interrupted", "running", "finished"]
+    assert [r["status"] for r in runs] == ["interrupted", "killed", "finished"]
     assert runs[-1]["devices"] == 8
 
 

@@ -13,11 +13,30 @@ Example:
     True
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 from jaxadv.sweep.config import Cell, ConfigError, SweepConfig, builtin_names, load_config
-from jaxadv.sweep.merge import MergeOutcome, merge
-from jaxadv.sweep.report import load_sweep, write_report
-from jaxadv.sweep.runner import SweepOutcome, run_sweep
+from jaxadv.sweep.merge import MergeOutcome, merge  # eager: the submodule shares the name
 from jaxadv.sweep.storage import CorruptResultsError, SweepDir, SweepError
+
+# The rest is imported on first use: the runner pulls in the device programs, which reading,
+# merging and reporting never need (``from jaxadv.sweep import write_report`` stays light).
+_LAZY = {
+    "load_sweep": "jaxadv.sweep.report",
+    "write_report": "jaxadv.sweep.report",
+    "SweepOutcome": "jaxadv.sweep.runner",
+    "run_sweep": "jaxadv.sweep.runner",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'jaxadv.sweep' has no attribute {name!r}")
+
 
 __all__ = [
     "Cell",

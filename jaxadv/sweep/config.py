@@ -128,11 +128,15 @@ class SweepConfig:
         data: the normalised config (a JSON-able dict: defaults filled in, eps in pixel units).
         base_dir: folder relative paths in the config are resolved against.
         source: where the config came from (a path or ``builtin:NAME``).
+        inputs: content fingerprints of the model and data files by their config entry (as
+            recorded in a sweep manifest); ``None``: computed from the files
+            (:meth:`input_fingerprints`).
     """
 
     data: dict
     base_dir: str
     source: str
+    inputs: Mapping[str, Any] | None = None
 
     @property
     def name(self) -> str:
@@ -164,6 +168,23 @@ class SweepConfig:
     def cells(self) -> list[Cell]:
         return expand(self)
 
+    def input_fingerprints(self) -> dict[str, str | None]:
+        """Content fingerprint of every model and data file of the config, by config entry.
+
+        The rule (documented in docs/sweeps.md): a file's SHA-256, streamed and cached per process
+        by (path, size, mtime, inode); a folder (orbax checkpoint, image folder) hashes every file
+        in it (relative path, size, content hash); a checkpoint also covers its ``.json`` metadata
+        (normalisation is stored there). Shipped reference models, ``default`` and ``tfds:`` data
+        are identified by name (``None``)."""
+        if self.inputs is not None:
+            return {str(k): v for k, v in self.inputs.items()}
+        out: dict[str, str | None] = {}
+        for m in self.data["models"]:
+            out[m["model"]] = _model_fingerprint(self.resolve(m["model"]))
+        for d in self.data["datasets"]:
+            out[d["data"]] = _data_fingerprint(self.resolve(d["data"]))
+        return out
+
 
 # ----------------------------------------------------------------------------- hashing
 def canonical_json(obj: Any) -> str:
@@ -177,6 +198,28 @@ def sha256(obj: Any) -> str:
 def config_hash(data: Mapping[str, Any]) -> str:
     """Hash of the parts of a normalised config that decide cells and results."""
     return sha256({k: v for k, v in data.items() if k not in UNHASHED})[:16]
+
+
+def _model_fingerprint(spec: str) -> str | None:
+    from jaxadv import _io, checkpoint
+
+    p = pathlib.Path(spec)
+    if spec in checkpoint.REFERENCE_MODELS or not p.exists():
+        return None
+    files = {p, p.with_suffix(".json")}
+    if p.suffix == ".json":
+        files |= {p.with_suffix(".msgpack"), p.with_suffix(".orbax"), p.with_suffix("")}
+    parts = [f"{f.name}:{_io.content_sha256(f)}" for f in sorted(files) if f.exists()]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+def _data_fingerprint(spec: str) -> str | None:
+    from jaxadv import _io
+
+    p = pathlib.Path(spec)
+    if spec == "default" or spec.startswith("tfds:") or not p.exists():
+        return None
+    return _io.content_sha256(p)[:16]
 
 
 def diff_keys(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
@@ -258,8 +301,26 @@ def _keys(entry: Mapping[str, Any], allowed: set[str], where: str) -> None:
         )
 
 
+#: Longest label; longer ones are shortened and given a hash of the original (cell ids name files).
+MAX_LABEL = 48
+
+
 def _label(s: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", s).strip("-") or "x"
+    """A label as it appears in cell ids and file names: characters outside ``[A-Za-z0-9._-]``
+    become ``-``, runs of ``_`` become one (``__`` separates the parts of a cell id), no leading
+    or trailing ``-._``, and at most :data:`MAX_LABEL` characters (a longer label keeps its start
+    and gains 8 hex digits of its SHA-256)."""
+    out = re.sub(r"[^A-Za-z0-9._-]+", "-", s)
+    out = re.sub(r"_{2,}", "_", out).strip("-._") or "x"
+    if len(out) > MAX_LABEL:
+        tag = hashlib.sha256(s.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+        out = f"{out[: MAX_LABEL - 9].rstrip('-._')}-{tag}"
+    return out
+
+
+def is_label(s: Any) -> bool:
+    """True when ``s`` is already a normalised label (what :func:`_label` returns)."""
+    return isinstance(s, str) and _label(s) == s
 
 
 def _as_list(v: Any, where: str) -> list:
@@ -272,14 +333,18 @@ def _as_list(v: Any, where: str) -> list:
 
 
 def _unique(entries: list[dict], what: str) -> None:
+    # Labels name files: compared without case (case-insensitive file systems) and after
+    # _label has replaced the characters a file name cannot hold.
     seen: dict[str, int] = {}
     for i, e in enumerate(entries):
-        if e["label"] in seen:
+        key = e["label"].casefold()
+        if key in seen:
             raise ConfigError(
-                f"{what}[{i}] and {what}[{seen[e['label']]}] share the label {e['label']!r}; "
+                f"{what}[{i}] and {what}[{seen[key]}] share the label {e['label']!r} (labels are "
+                "compared ignoring case, after replacing characters other than A-Z a-z 0-9 . _ -); "
                 "give one of them a distinct 'label'"
             )
-        seen[e["label"]] = i
+        seen[key] = i
 
 
 def validate(raw: Any, *, base_dir: str, source: str) -> SweepConfig:
@@ -449,15 +514,50 @@ def validate(raw: Any, *, base_dir: str, source: str) -> SweepConfig:
 def expand(cfg: SweepConfig) -> list[Cell]:
     """All cells in a fixed order (models, then data sets, then attacks, then seeds)."""
     d = cfg.data
+    _check_normalised(d)
+    fps = cfg.input_fingerprints()
     cells = []
+    seen: dict[str, str] = {}
     for m in d["models"]:
         for ds in d["datasets"]:
             for a in d["attacks"]:
                 for s in d["seeds"]:
                     cid = f"{m['label']}__{ds['label']}__{a['label']}__seed{s}"
-                    h = sha256({"model": m, "dataset": ds, "attack": a, "seed": s})[:16]
+                    if cid.casefold() in seen:  # cannot happen for a validated config
+                        raise ConfigError(f"cells {seen[cid.casefold()]} and {cid} share an id")
+                    seen[cid.casefold()] = cid
+                    what = {"model": m, "dataset": ds, "attack": a, "seed": s}
+                    inputs = {"model": fps.get(m["model"]), "data": fps.get(ds["data"])}
+                    if any(inputs.values()):  # the files' content decides the results too
+                        what["inputs"] = inputs
+                    h = sha256(what)[:16]
                     cells.append(Cell(cid, h, dict(m), dict(ds), copy.deepcopy(a), int(s)))
     return cells
+
+
+def _check_normalised(d: Any) -> None:
+    """A normalised config (possibly read back from a manifest, i.e. untrusted) has the shape
+    :func:`validate` gives it; labels are normalised (so cell ids are safe file names)."""
+    if not isinstance(d, Mapping):
+        raise ConfigError(f"the config must be a mapping, got {type(d).__name__}")
+    seeds = d.get("seeds")
+    if not isinstance(seeds, list) or not seeds:
+        raise ConfigError(f"seeds: must be a non-empty list, got {seeds!r}")
+    for i, s in enumerate(seeds):
+        _int(s, f"seeds[{i}]")
+    for what, key in (("models", "model"), ("datasets", "data"), ("attacks", "attack")):
+        entries = d.get(what)
+        if not isinstance(entries, list) or not entries:
+            raise ConfigError(f"{what}: must be a non-empty list, got {entries!r}")
+        for i, e in enumerate(entries):
+            if not isinstance(e, Mapping) or not isinstance(e.get(key), str):
+                raise ConfigError(f"{what}[{i}]: must be a mapping with a string {key!r}")
+            if not is_label(e.get("label")):
+                raise ConfigError(
+                    f"{what}[{i}].label: {e.get('label')!r} is not a normalised label "
+                    "(A-Z a-z 0-9 . _ -, no '__', at most 48 characters)"
+                )
+        _unique(list(entries), what)
 
 
 def shard_cells(cells: Sequence[Cell], num_shards: int, shard_index: int) -> list[Cell]:

@@ -1,5 +1,9 @@
 """Reports of a sweep folder: a self-contained HTML page, Markdown, CSV and JSONL.
 
+The sweep-specific part of the report (decoding cells, the worst case over attacks, the figures of
+a sweep); the writers, tables, plots and page style come from the toolkit :mod:`jaxadv.report`.
+No device code is imported: writing a report needs neither the runner nor the attacks.
+
 ``write_report(DIR)`` writes into ``DIR/report/``:
 
 * ``report.html``: everything below with the figures embedded as base64 PNG (one file to share);
@@ -14,25 +18,36 @@
 from __future__ import annotations
 
 import base64
-import csv
 import dataclasses
 import html
-import io
 import json
-import math
 import os
 import pathlib
-import tempfile
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from jaxadv import report as _out
-from jaxadv.engine import summary as _summary
-from jaxadv.engine.summary import PER_EXAMPLE, eps_label
-from jaxadv.sweep.config import SweepConfig, expand
-from jaxadv.sweep.storage import SweepDir, SweepError, decode_array, decode_images, write_atomic
+from jaxadv import _io
+from jaxadv.engine.summary import PER_EXAMPLE, eps_label, summary_rows
+from jaxadv.report import (
+    HTML_CSS,
+    columns,
+    csv_text,
+    figure,
+    figure_png,
+    html_table,
+    image_grid_png,
+    jsonl_text,
+    md_table,
+)
+from jaxadv.sweep.storage import (
+    CorruptResultsError,
+    SweepDir,
+    SweepError,
+    decode_array,
+    decode_images,
+)
 
 
 @dataclasses.dataclass
@@ -77,7 +92,7 @@ def decode(rec: Mapping[str, Any]) -> CellData:
         clean_correct=cc,
         per_eps=per_eps,
         # recomputed from the per-example arrays (the checksummed part of the record)
-        summary=_summary.summary_rows(
+        summary=summary_rows(
             eps,
             per_eps,
             cc,
@@ -100,17 +115,21 @@ def load_sweep(root: str | os.PathLike) -> tuple[dict[str, Any], list[CellData],
     m = store.read_manifest()
     if m is None:
         raise SweepError(f"{root} is not a sweep folder (no sweep.json); run `jaxadv sweep` first")
-    recs = store.load(strict=True)
-    order = [c.id for c in expand(SweepConfig(data=m["config"], base_dir="", source="report"))]
-    cells = [decode(recs[i]) for i in order if i in recs]
-    extra = sorted(set(recs) - set(order))
-    cells += [decode(recs[i]) for i in extra]
+    recs = store.load(strict=True)  # every record's fields and types are checked here
+    order = [c.id for c in store.grid(m)]
+    ids = [i for i in order if i in recs] + sorted(set(recs) - set(order))
+    cells = []
+    for i in ids:
+        try:
+            cells.append(decode(recs[i]))
+        except (KeyError, TypeError, ValueError, IndexError) as e:  # should not pass the checks
+            raise CorruptResultsError([(str(store.cell_path(i)), f"malformed record ({e})")]) from e
     missing = [i for i in order if i not in recs]
     return m, cells, missing
 
 
 # ----------------------------------------------------------------------------- tables
-def summary_rows(cells: Sequence[CellData]) -> list[dict[str, Any]]:
+def cell_table_rows(cells: Sequence[CellData]) -> list[dict[str, Any]]:
     rows = []
     for c in cells:
         for s in c.summary:
@@ -221,22 +240,6 @@ def example_lines(cells: Sequence[CellData]) -> list[dict[str, Any]]:
 
 
 # ----------------------------------------------------------------------------- figures
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _png(fig: Any) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    _plt().close(fig)
-    return buf.getvalue()
-
-
 def _x(norm: str, eps: Any) -> np.ndarray:
     """Budgets in the unit of the axis: 1/255 for L-inf, as given for the others."""
     e = np.asarray(eps, np.float64)
@@ -254,10 +257,9 @@ _XLABEL = {
 def robustness_figure(cells: Sequence[CellData], wc_rows: Sequence[dict], dataset: str) -> bytes:
     """One panel per model and threat model: robust accuracy vs eps per attack (mean over seeds,
     min-max band) and the worst case over attacks (dashed)."""
-    plt = _plt()
     mine_ds = [c for c in cells if c.dataset == dataset]
     panels = list(dict.fromkeys((c.model, c.norm) for c in mine_ds))
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.6), squeeze=False)
+    fig, axes = figure(1, len(panels), figsize=(4.6 * len(panels), 3.6))
     for ax, (model, norm) in zip(axes[0], panels, strict=True):
         mine = [c for c in mine_ds if c.model == model and c.norm == norm]
         for attack in dict.fromkeys(c.attack for c in mine):
@@ -289,7 +291,7 @@ def robustness_figure(cells: Sequence[CellData], wc_rows: Sequence[dict], datase
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    return _png(fig)
+    return figure_png(fig)
 
 
 def queries_figure(cells: Sequence[CellData], dataset: str) -> bytes | None:
@@ -297,9 +299,8 @@ def queries_figure(cells: Sequence[CellData], dataset: str) -> bytes | None:
     bb = [c for c in cells if c.black_box and c.dataset == dataset]
     if not bb:
         return None
-    plt = _plt()
     models = list(dict.fromkeys(c.model for c in bb))
-    fig, axes = plt.subplots(1, len(models), figsize=(4.6 * len(models), 3.6), squeeze=False)
+    fig, axes = figure(1, len(models), figsize=(4.6 * len(models), 3.6))
     for ax, model in zip(axes[0], models, strict=True):
         for c in [c for c in bb if c.model == model]:
             j = int(np.argmax(c.eps))
@@ -323,10 +324,10 @@ def queries_figure(cells: Sequence[CellData], dataset: str) -> bytes | None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    return _png(fig)
+    return figure_png(fig)
 
 
-def image_grid_png(c: CellData) -> bytes | None:
+def image_grid_png_of(c: CellData) -> bytes | None:
     if not c.samples:
         return None
     clean = decode_images(c.samples["clean"])
@@ -335,70 +336,22 @@ def image_grid_png(c: CellData) -> bytes | None:
     j = int(np.argmin(np.abs(np.asarray(c.eps) - float(c.samples["eps"]))))
     succ = dict(zip(c.indices.tolist(), c.per_eps["success"][j].tolist(), strict=True))
     labels = [f"#{i}{' ✗' if succ.get(int(i)) else ''}" for i in idx]
-    with tempfile.TemporaryDirectory() as d:
-        p = pathlib.Path(d) / "grid.png"
-        _out.image_grid(
-            p,
-            clean,
-            adv,
-            labels=labels,
-            title=f"{c.model} / {c.dataset} / {c.attack} at eps {eps_label(c.norm, c.eps[j])} "
-            "(✗: the attack succeeded)",
-        )
-        return p.read_bytes()
-
-
-# ----------------------------------------------------------------------------- formatting
-def _fmt(v: Any) -> str:
-    if isinstance(v, bool):
-        return "yes" if v else "no"
-    if isinstance(v, float):
-        return "–" if not math.isfinite(v) else f"{v:.4g}"
-    if v is None:
-        return "–"
-    return str(v)
-
-
-def _md_table(rows: Sequence[Mapping[str, Any]], cols: Sequence[str]) -> str:
-    if not rows:
-        return "_(none)_\n"
-    out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for r in rows:
-        out.append("| " + " | ".join(_fmt(r.get(c)).replace("|", "\\|") for c in cols) + " |")
-    return "\n".join(out) + "\n"
-
-
-def _html_table(rows: Sequence[Mapping[str, Any]], cols: Sequence[str]) -> str:
-    if not rows:
-        return "<p><em>(none)</em></p>"
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(_fmt(r.get(c)))}</td>" for c in cols) + "</tr>"
-        for r in rows
+    return image_grid_png(
+        clean,
+        adv,
+        labels=labels,
+        title=f"{c.model} / {c.dataset} / {c.attack} at eps {eps_label(c.norm, c.eps[j])} "
+        "(✗: the attack succeeded)",
     )
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def _cols(rows: Sequence[Mapping[str, Any]], first: Sequence[str]) -> list[str]:
-    cols = list(first)
-    for r in rows:
-        cols.extend(k for k in r if k not in cols)
-    return cols
-
-
-_CSS = """
-body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}
-table{border-collapse:collapse;margin:0.5em 0 1.5em;font-size:0.85em}
-th,td{border:1px solid #ccc;padding:3px 7px;text-align:right}
-th{background:#f2f2f2}td:first-child,th:first-child{text-align:left}
-img{max-width:100%;margin:0.5em 0}code{background:#f4f4f4;padding:1px 4px}
-.warn{color:#a40;font-weight:bold}
-"""
 
 
 # ----------------------------------------------------------------------------- the report
 def write_report(root: str | os.PathLike, out: str | os.PathLike | None = None) -> pathlib.Path:
     """Write the HTML/Markdown report and the CSV/JSONL exports of the sweep in ``root``.
+
+    The page leads with the robust-accuracy table and ends with the run manifest. File names made
+    from labels read from the cell files are sanitised, and every file is checked to land inside
+    the report folder (which, by default, must itself lie inside ``root``).
 
     Args:
         root: a sweep folder (``jaxadv sweep`` or ``jaxadv merge`` output).
@@ -408,76 +361,64 @@ def write_report(root: str | os.PathLike, out: str | os.PathLike | None = None) 
         The path of ``report.html``.
 
     Raises:
-        SweepError: ``root`` is not a sweep folder. CorruptResultsError: a damaged cell file.
+        SweepError: ``root`` is not a sweep folder, the report folder is a link out of ``root``
+            or not writable. CorruptResultsError: a damaged manifest or cell file.
     """
     manifest, cells, missing = load_sweep(root)
     outdir = pathlib.Path(out) if out is not None else pathlib.Path(root) / "report"
-    outdir.mkdir(parents=True, exist_ok=True)
+    try:
+        if out is None and (outdir.exists() or outdir.is_symlink()):
+            _io.check_inside(root, outdir)
+        outdir.mkdir(parents=True, exist_ok=True)
+        return _write_report(outdir, manifest, cells, missing)
+    except _io.UnsafePathError as e:
+        raise SweepError(f"refusing to write the report: {e}") from e
+    except OSError as e:
+        raise SweepError(
+            f"cannot write the report to {outdir} ({e.strerror or e}: {e.filename or outdir}); "
+            "pass --out with a writable folder"
+        ) from e
 
-    rows = summary_rows(cells)
+
+def _fig_name(*parts: str) -> str:
+    return _io.safe_name("__".join(parts), max_len=180) + ".png"
+
+
+def _write_report(
+    outdir: pathlib.Path, manifest: dict[str, Any], cells: list[CellData], missing: list[str]
+) -> pathlib.Path:
+    from jaxadv.report import write_in
+
+    rows = cell_table_rows(cells)
     wc_rows, wc_examples = worst_case(cells)
-    write_atomic(outdir / "results.csv", _csv(rows))
-    write_atomic(outdir / "results.jsonl", _jsonl(rows))
-    write_atomic(outdir / "examples.jsonl", _jsonl(example_lines(cells)))
-    write_atomic(outdir / "worst_case.csv", _csv(wc_rows))
-    write_atomic(outdir / "worst_case_examples.csv", _csv(wc_examples))
+    write_in(outdir, "results.csv", csv_text(rows))
+    write_in(outdir, "results.jsonl", jsonl_text(rows))
+    write_in(outdir, "examples.jsonl", jsonl_text(example_lines(cells)))
+    write_in(outdir, "worst_case.csv", csv_text(wc_rows))
+    write_in(outdir, "worst_case_examples.csv", csv_text(wc_examples))
 
     figures: list[tuple[str, str, bytes]] = []  # (section, file name, png)
     datasets = list(dict.fromkeys(c.dataset for c in cells))
     for ds in datasets:
-        figures.append(
-            ("curves", f"robust_accuracy_{ds}.png", robustness_figure(cells, wc_rows, ds))
-        )
+        png = robustness_figure(cells, wc_rows, ds)
+        figures.append(("curves", _fig_name("robust_accuracy_" + ds), png))
         q = queries_figure(cells, ds)
         if q is not None:
-            figures.append(("queries", f"success_vs_queries_{ds}.png", q))
+            figures.append(("queries", _fig_name("success_vs_queries_" + ds), q))
     seen = set()
     for c in cells:
         key = (c.model, c.dataset, c.attack)
         if key in seen:
             continue
-        png = image_grid_png(c)
+        png = image_grid_png_of(c)
         if png is not None:
             seen.add(key)
-            figures.append(("images", f"examples_{c.model}__{c.dataset}__{c.attack}.png", png))
+            figures.append(("images", _fig_name("examples_" + c.model, c.dataset, c.attack), png))
     for _, name, png in figures:
-        write_atomic(outdir / name, png)
+        write_in(outdir, name, png)
 
-    env = manifest.get("environment") or {}
+    meta_rows, run_rows = _manifest_rows(manifest, len(cells))
     cfg = manifest["config"]
-    meta_rows = [
-        {"field": "name", "value": cfg.get("name")},
-        {"field": "description", "value": cfg.get("description") or "–"},
-        {"field": "config hash", "value": manifest.get("config_hash")},
-        {"field": "config source", "value": manifest.get("config_source")},
-        {"field": "cells finished", "value": f"{len(cells)} of {manifest.get('num_cells')}"},
-        {"field": "seeds", "value": ", ".join(map(str, cfg.get("seeds", [])))},
-        {"field": "git commit", "value": env.get("git_commit") or "unknown"},
-    ]
-    for k in ("jaxadv", "jax", "flax", "numpy", "python", "platform", "backend", "device_count"):
-        meta_rows.append({"field": k, "value": env.get(k)})
-    meta_rows.append({"field": "devices", "value": ", ".join(sorted(set(env.get("devices", []))))})
-    run_rows = [
-        {
-            k: r.get(k)
-            for k in (
-                "started",
-                "finished",
-                "status",
-                "host",
-                "process_count",
-                "devices",
-                "device_kind",
-                "batch_size",
-                "num_shards",
-                "shard_index",
-                "resumed_cells",
-                "computed_cells",
-                "source",
-            )
-        }
-        for r in manifest.get("runs", [])
-    ]
     res_cols = [
         "model",
         "dataset",
@@ -500,19 +441,16 @@ def write_report(root: str | os.PathLike, out: str | os.PathLike | None = None) 
         "ssim_mean",
         "queries_median",
     ]
-    wc_cols = _cols(
-        wc_rows,
-        [
-            "model",
-            "dataset",
-            "norm",
-            "eps_label",
-            "num_examples",
-            "clean_accuracy",
-            "worst_case_robust_accuracy",
-        ],
-    )
-    wc_cols = [c for c in wc_cols if c not in ("eps", "eps_255")]
+    wc_first = [
+        "model",
+        "dataset",
+        "norm",
+        "eps_label",
+        "num_examples",
+        "clean_accuracy",
+        "worst_case_robust_accuracy",
+    ]
+    wc_cols = [c for c in columns(wc_rows, wc_first) if c not in ("eps", "eps_255")]
     title = f"jaxadv sweep: {cfg.get('name')}"
     missing_note = (
         f"{len(missing)} of {manifest.get('num_cells')} cells are not finished: "
@@ -521,74 +459,107 @@ def write_report(root: str | os.PathLike, out: str | os.PathLike | None = None) 
         if missing
         else ""
     )
-    sections = [
+    fig_sections = [
         ("Robust accuracy vs eps", "curves", _text_curves()),
         ("Success vs queries (black-box attacks)", "queries", ""),
         ("Adversarial examples", "images", ""),
+    ]
+    run_cols = list(run_rows[0]) if run_rows else ["started"]
+    # (heading, level, text, table rows, table columns, figure section key)
+    blocks: list[tuple[str, int, str, list, list, str]] = [
+        ("Robust accuracy", 2, "", rows, res_cols, ""),
+        ("Worst case over attacks (per example)", 2, _worst_text(), wc_rows, wc_cols, ""),
+    ]
+    for head, key, text in fig_sections:
+        if any(f[0] == key for f in figures):
+            blocks.append((head, 2, text, [], [], key))
+    blocks += [
+        ("Perturbation sizes and SSIM (successful attacks)", 2, "", rows, size_cols, ""),
+        ("Run manifest", 2, "", meta_rows, ["field", "value"], ""),
+        ("Runs", 3, "", run_rows, run_cols, ""),
     ]
 
     # ---- markdown
     md = [f"# {title}\n"]
     if missing_note:
         md.append(f"**Incomplete:** {missing_note}\n")
-    md.append("## Run manifest\n")
-    md.append(_md_table(meta_rows, ["field", "value"]))
-    md.append("### Runs\n")
-    md.append(_md_table(run_rows, list(run_rows[0]) if run_rows else ["started"]))
-    for head, key, text in sections:
-        figs = [f for f in figures if f[0] == key]
-        if not figs:
-            continue
-        md.append(f"## {head}\n")
+    for head, level, text, trows, tcols, key in blocks:
+        md.append(f"{'#' * level} {head}\n")
         if text:
             md.append(text + "\n")
-        md.extend(f"![{name}]({name})\n" for _, name, _ in figs)
-    md.append("## Worst case over attacks (per example)\n")
-    md.append(_worst_text() + "\n")
-    md.append(_md_table(wc_rows, wc_cols))
-    md.append("## Robust accuracy\n")
-    md.append(_md_table(rows, res_cols))
-    md.append("## Perturbation sizes and SSIM (successful attacks)\n")
-    md.append(_md_table(rows, size_cols))
+        if key:
+            md.extend(f"![{name}]({name})\n" for sec, name, _ in figures if sec == key)
+        else:
+            md.append(md_table(trows, tcols))
     md.append(
         "Exports: `results.csv`, `results.jsonl`, `examples.jsonl`, `worst_case.csv`, "
         "`worst_case_examples.csv`.\n"
     )
-    write_atomic(outdir / "report.md", "\n".join(md))
+    md.append("### Config\n\n```json\n" + json.dumps(cfg, indent=2) + "\n```\n")
+    write_in(outdir, "report.md", "\n".join(md))
 
     # ---- html
     parts = [
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-        f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>"
+        f"<style>{HTML_CSS}</style></head><body><h1>{html.escape(title)}</h1>"
     ]
     if missing_note:
         parts.append(f"<p class='warn'>Incomplete: {html.escape(missing_note)}</p>")
-    parts.append("<h2>Run manifest</h2>" + _html_table(meta_rows, ["field", "value"]))
-    parts.append(
-        "<h3>Runs</h3>" + _html_table(run_rows, list(run_rows[0]) if run_rows else ["started"])
-    )
-    for head, key, text in sections:
-        figs = [f for f in figures if f[0] == key]
-        if not figs:
-            continue
-        parts.append(f"<h2>{html.escape(head)}</h2>")
+    for head, level, text, trows, tcols, key in blocks:
+        parts.append(f"<h{level}>{html.escape(head)}</h{level}>")
         if text:
             parts.append(f"<p>{html.escape(text)}</p>")
-        for _, name, png in figs:
-            b64 = base64.b64encode(png).decode()
-            parts.append(f"<img alt='{html.escape(name)}' src='data:image/png;base64,{b64}'>")
-    parts.append("<h2>Worst case over attacks (per example)</h2>")
-    parts.append(f"<p>{html.escape(_worst_text())}</p>" + _html_table(wc_rows, wc_cols))
-    parts.append("<h2>Robust accuracy</h2>" + _html_table(rows, res_cols))
+        if key:
+            for sec, name, png in figures:
+                if sec == key:
+                    b64 = base64.b64encode(png).decode()
+                    alt = html.escape(name, quote=True)
+                    parts.append(f"<img alt='{alt}' src='data:image/png;base64,{b64}'>")
+        else:
+            parts.append(html_table(trows, tcols))
     parts.append(
-        "<h2>Perturbation sizes and SSIM (successful attacks)</h2>" + _html_table(rows, size_cols)
+        "<h3>Config</h3><pre>" + html.escape(json.dumps(cfg, indent=2)) + "</pre></body></html>"
     )
-    parts.append(
-        "<h2>Config</h2><pre>" + html.escape(json.dumps(cfg, indent=2)) + "</pre></body></html>"
+    return write_in(outdir, "report.html", "".join(parts))
+
+
+def _manifest_rows(manifest: dict[str, Any], num_finished: int) -> tuple[list[dict], list[dict]]:
+    env = manifest.get("environment") or {}
+    cfg = manifest["config"]
+    meta_rows = [
+        {"field": "name", "value": cfg.get("name")},
+        {"field": "description", "value": cfg.get("description") or "–"},
+        {"field": "config hash", "value": manifest.get("config_hash")},
+        {"field": "config source", "value": manifest.get("config_source")},
+        {"field": "cells finished", "value": f"{num_finished} of {manifest.get('num_cells')}"},
+        {"field": "seeds", "value": ", ".join(map(str, cfg.get("seeds", [])))},
+        {"field": "git commit", "value": env.get("git_commit") or "unknown"},
+    ]
+    for k in ("jaxadv", "jax", "flax", "numpy", "python", "platform", "backend", "device_count"):
+        meta_rows.append({"field": k, "value": env.get(k)})
+    devices = env.get("devices")
+    devices = devices if isinstance(devices, list) else []
+    meta_rows.append({"field": "devices", "value": ", ".join(sorted(set(map(str, devices))))})
+    for spec, fp in sorted((manifest.get("inputs") or {}).items()):
+        if fp:
+            meta_rows.append({"field": f"content hash of {spec}", "value": fp})
+    keys = (
+        "started",
+        "finished",
+        "status",
+        "host",
+        "process_count",
+        "devices",
+        "device_kind",
+        "batch_size",
+        "num_shards",
+        "shard_index",
+        "resumed_cells",
+        "computed_cells",
+        "source",
     )
-    path = outdir / "report.html"
-    write_atomic(path, "".join(parts))
-    return path
+    run_rows = [{k: r.get(k) for k in keys} for r in manifest.get("runs", [])]
+    return meta_rows, run_rows
 
 
 def _text_curves() -> str:
@@ -600,19 +571,3 @@ def _worst_text() -> str:
         "An example is robust at eps only if no attack (under any seed) whose grid holds that eps "
         "broke it. only_broken_by[A]: clean-correct examples that attack A alone broke."
     )
-
-
-def _jsonl(rows: Sequence[Mapping[str, Any]]) -> str:
-    return "".join(json.dumps(_out._jsonable(r), allow_nan=False) + "\n" for r in rows)
-
-
-def _csv(rows: Sequence[Mapping[str, Any]]) -> str:
-    if not rows:
-        return ""
-    cols = _cols(rows, [])
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
-    w.writeheader()
-    for r in rows:
-        w.writerow({k: _out._jsonable(r.get(k)) for k in cols})
-    return buf.getvalue()

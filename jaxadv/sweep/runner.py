@@ -19,7 +19,7 @@ import platform
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -31,10 +31,12 @@ from jaxadv.engine.summary import PER_EXAMPLE
 from jaxadv.sweep.config import Cell, SweepConfig, diff_keys, expand, shard_cells
 from jaxadv.sweep.storage import (
     CELL_FORMAT,
+    CorruptResultsError,
     SweepDir,
     SweepError,
     encode_array,
     encode_images,
+    folder_lock,
 )
 from jaxadv.vocab import is_black_box, load_dataset, load_model, make_attack
 
@@ -181,30 +183,6 @@ class _StopOnSigint:
             signal.signal(signal.SIGINT, self._old)
 
 
-@contextlib.contextmanager
-def _folder_lock(root: os.PathLike) -> Iterator[None]:
-    """One writer per sweep folder (released by the OS when the process dies)."""
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: no lock
-        yield
-        return
-    os.makedirs(root, exist_ok=True)
-    path = os.path.join(root, ".lock")
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            raise SweepError(
-                f"another `jaxadv sweep` is writing to {root}; wait for it, or give each process "
-                "its own --out (then `jaxadv merge`)"
-            ) from e
-        yield
-    finally:
-        os.close(fd)
-
-
 def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
@@ -336,12 +314,24 @@ def _run_cell(
 def _prepare(
     store: SweepDir, cfg: SweepConfig, all_cells: list[Cell], force: bool, say
 ) -> tuple[dict[str, Any], list[str]]:
-    """Check (or create) the manifest; move aside stale and corrupt cell files. Returns the
-    manifest and the list of corrupt files moved aside."""
+    """Check (or create) the manifest; move aside stale and corrupt cell files; mark earlier runs
+    that died without finishing. Runs under the folder lock. Returns the manifest and the list of
+    corrupt files moved aside."""
     from jaxadv import report
 
     store.clean_tmp()
-    m = store.read_manifest()
+    try:
+        m = store.read_manifest(missing_ok=True)  # cells without a manifest are adopted below
+    except CorruptResultsError as e:
+        dst = store.set_aside(store.manifest_path, "corrupt")
+        say(
+            f"warning: {e.problems[0][1]} in {store.manifest_path}; moved to {dst.name} and "
+            "writing a new manifest (the finished cells are checked and kept; the record of "
+            "earlier runs is in the moved file)"
+        )
+        m = None
+    if m is None and store.cell_files():
+        say(f"{store.root} has cell files but no manifest: writing a new one, keeping intact cells")
     if m is not None and m.get("config_hash") != cfg.hash:
         changed = diff_keys(m.get("config", {}), cfg.data)
         if not force:
@@ -352,6 +342,16 @@ def _prepare(
                 "the finished cells that are unchanged and recompute the rest"
             )
         say(f"--force: config changed ({', '.join(changed)}); unchanged finished cells are kept")
+    # We hold the folder lock, so a run still marked "running" is not running: it was killed
+    # (SIGKILL, out of memory, power cut) before it could record how it ended.
+    for r in (m or {}).get("runs", []):
+        if r.get("status") == "running":
+            r["status"] = "killed"
+            say(
+                f"note: the run started {r.get('started', '?')} on {r.get('host', '?')} (pid "
+                f"{r.get('pid', '?')}) died without finishing (killed, crashed or power lost); "
+                "its finished cells are kept, its run record now says 'killed'"
+            )
     expected = {c.id: c.hash for c in all_cells}
     records, problems = store.scan()
     quarantined = []
@@ -363,7 +363,12 @@ def _prepare(
     for cid, rec in records.items():
         if expected.get(cid) != rec["cell"].get("hash"):
             dst = store.set_aside(store.cell_path(cid), "stale")
-            say(f"cell {cid} is not part of this config (or changed): moved to {dst.name}")
+            why = (
+                "is not part of this config"
+                if cid not in expected
+                else "was computed from other settings or other model/data file content"
+            )
+            say(f"cell {cid} {why}: moved to {dst.name}, recomputing if part of this config")
     if m is None:
         m = {
             "format": cfg.data["format"],
@@ -376,6 +381,7 @@ def _prepare(
         config=cfg.data,
         config_hash=cfg.hash,
         config_source=cfg.source,
+        inputs=cfg.input_fingerprints(),
         cells=[c.id for c in all_cells],
         num_cells=len(all_cells),
     )
@@ -432,7 +438,7 @@ def run_sweep(
     if bs < 1:
         raise SweepError(f"--batch-size must be positive, got {bs}")
 
-    lock = _folder_lock(store.root) if writer else contextlib.nullcontext()
+    lock = folder_lock(store.root) if writer else contextlib.nullcontext()
     with lock:
         status = np.zeros((len(cells) + 1,), np.int32)
         manifest, quarantined, done = None, [], set()

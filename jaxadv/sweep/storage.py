@@ -8,32 +8,52 @@
 
 A cell is finished exactly when its file exists, so a process killed at any moment leaves every
 finished cell once and no partial one (at worst a stray ``.*.tmp`` file, ignored and cleaned up). A
-cell file that fails to parse or to match its checksum is *corrupt*: readers raise
-:class:`CorruptResultsError` naming it; the runner moves it aside to ``<name>.corrupt`` (never
-deleting it) and computes the cell again.
+cell file that fails to parse, to match its checksum or to have the expected fields and types is
+*corrupt*: readers raise :class:`CorruptResultsError` naming it; the runner moves it aside to
+``<name>.corrupt`` (never deleting it) and computes the cell again.
+
+Everything read from these files is untrusted: cell ids and labels are checked to be normalised
+labels before any file name is built from them, and every path is checked to stay inside the folder
+(symbolic links included).
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
+import contextlib
 import io
 import json
+import math
 import os
 import pathlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
 
-from jaxadv._io import fsync_dir, write_atomic  # noqa: F401  (re-exported)
-from jaxadv.sweep.config import canonical_json, sha256
+from jaxadv._io import UnsafePathError, check_inside, fsync_dir, path_inside, write_atomic
+from jaxadv.engine.summary import PER_EXAMPLE
+from jaxadv.sweep.config import (
+    ConfigError,
+    SweepConfig,
+    canonical_json,
+    config_hash,
+    expand,
+    is_label,
+    sha256,
+)
+from jaxadv.vocab import NORMS
+
+__all__ = ["fsync_dir", "write_atomic"]  # re-exported for older imports
 
 MANIFEST = "sweep.json"
 CELLS = "cells"
 CELL_FORMAT = "jaxadv-sweep-cell/1"
 _MANIFEST_HINT = (
-    "The cell files are intact; restore the manifest from a copy, or move the cells/ folder into "
-    "a fresh --out and re-run the sweep there (finished cells are kept)"
+    "Restore it from a copy, or re-run `jaxadv sweep` with the config that made this folder and "
+    "the same --out: it sets the damaged sweep.json aside as sweep.json.corrupt, writes a new one "
+    "and keeps the finished cells"
 )
 
 
@@ -57,6 +77,51 @@ class CorruptResultsError(SweepError):
                 "(the damaged files are kept, renamed *.corrupt)"
             )
         super().__init__(f"{len(problems)} corrupt or truncated result file(s): {lines}. {hint}")
+
+
+# ----------------------------------------------------------------------------- the folder lock
+@contextlib.contextmanager
+def folder_lock(root: str | os.PathLike, *, what: str = "jaxadv sweep") -> Iterator[None]:
+    """One writer per sweep folder (``jaxadv sweep`` or ``jaxadv merge``): an OS lock on
+    ``root/.lock``, released by the OS when the process dies.
+
+    Raises:
+        SweepError: another process holds the lock.
+    """
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        yield
+        return
+    path = os.path.join(root, ".lock")
+    try:
+        os.makedirs(root, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    except OSError as e:
+        raise SweepError(
+            f"cannot create the lock file {path} ({e.strerror or e}); is the folder writable? "
+            "Choose a writable --out"
+        ) from e
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            raise SweepError(
+                f"another `jaxadv sweep` or `jaxadv merge` is writing to {root}; wait for it to "
+                "finish, or give each process its own --out (then `jaxadv merge`)"
+            ) from e
+        yield
+    finally:
+        os.close(fd)
+
+
+def lock_is_free(root: str | os.PathLike) -> bool:
+    """True when no process holds the folder lock of ``root`` (checked without taking it)."""
+    try:
+        with folder_lock(root):
+            return True
+    except SweepError:
+        return False
 
 
 # ----------------------------------------------------------------------------- atomic files
@@ -95,7 +160,19 @@ def encode_images(a: np.ndarray) -> str:
 
 
 def decode_images(s: str) -> np.ndarray:
-    arr = np.load(io.BytesIO(base64.b64decode(s)), allow_pickle=False)
+    """Images ``[n, H, W, K]`` in ``[0, 1]`` from :func:`encode_images`.
+
+    Raises:
+        ValueError: not base64 of a ``uint8`` ``.npy`` array of rank 4.
+    """
+    if not isinstance(s, str):
+        raise ValueError(f"images must be a base64 string, got {type(s).__name__}")
+    try:
+        arr = np.load(io.BytesIO(base64.b64decode(s, validate=True)), allow_pickle=False)
+    except (binascii.Error, ValueError, OSError, EOFError) as e:
+        raise ValueError(f"unreadable images ({e})") from e
+    if arr.dtype != np.uint8 or arr.ndim != 4:
+        raise ValueError(f"images must be uint8 [n, H, W, K], got {arr.dtype}{list(arr.shape)}")
     return arr.astype(np.float32) / 255.0
 
 
@@ -124,27 +201,125 @@ def check_record(rec: Any) -> str | None:
             return "checksum mismatch (the file was modified or damaged)"
         if sha256(rec["results"]) != rec["results_sha256"]:
             return "results checksum mismatch"
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, RecursionError) as e:
         return f"unreadable content ({e})"
+    # A checksum only proves the record was not changed after sealing; a crafted file can be
+    # sealed too, so its shape and types are checked as well.
+    return check_cell_fields(rec)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def check_cell_fields(rec: dict[str, Any]) -> str | None:
+    """``None`` when the fields of a cell record have the types and shapes readers rely on."""
+    c, r = rec.get("cell"), rec.get("results")
+    if not isinstance(c, dict) or not isinstance(r, dict):
+        return "fields 'cell' and 'results' must be objects"
+    for k in ("model", "dataset", "attack"):
+        if not isinstance(c.get(k), dict) or not is_label(c[k].get("label")):
+            return f"cell.{k}.label is missing or not a normalised label"
+    if not _is_int(c.get("seed")) or c["seed"] < 0:
+        return f"cell.seed must be an integer >= 0, got {c.get('seed')!r}"
+    want = (
+        f"{c['model']['label']}__{c['dataset']['label']}__{c['attack']['label']}__seed{c['seed']}"
+    )
+    if c.get("id") != want:
+        return f"cell.id {c.get('id')!r} does not match its labels and seed ({want!r})"
+    if not isinstance(c.get("hash"), str):
+        return "cell.hash must be a string"
+    a = c["attack"]
+    eps = a.get("eps")
+    if not isinstance(eps, list) or not eps or not all(_is_num(e) for e in eps):
+        return f"cell.attack.eps must be a non-empty list of numbers, got {eps!r}"
+    if a.get("norm") not in NORMS:
+        return f"cell.attack.norm must be one of {', '.join(NORMS)}, got {a.get('norm')!r}"
+    try:
+        n = decode_array(r.get("indices"), np.int64)
+        if n.ndim != 1:
+            return "results.indices must be a list of integers"
+        for k in ("labels", "clean_correct"):
+            v = decode_array(r.get(k), np.int64)
+            if v.shape != n.shape:
+                return f"results.{k} must be a list of {n.size} integers"
+        if decode_array(r.get("clean_score"), np.float32).shape != n.shape:
+            return f"results.clean_score must be a list of {n.size} numbers"
+        for k, dt in PER_EXAMPLE.items():
+            v = decode_array(r.get(k), dt)
+            if v.shape != (len(eps), n.size):
+                return f"results.{k} must be {len(eps)} lists of {n.size} numbers"
+    except (TypeError, ValueError, OverflowError) as e:
+        return f"results hold a value of the wrong type ({e})"
+    if not isinstance(rec.get("black_box", False), bool):
+        return "black_box must be true or false"
+    if not isinstance(rec.get("run") or {}, dict):
+        return "run must be an object"
+    smp = rec.get("samples")
+    if smp is not None:
+        if not isinstance(smp, dict) or not _is_num(smp.get("eps")):
+            return "samples must be an object with a number 'eps'"
+        try:
+            clean, adv = decode_images(smp.get("clean")), decode_images(smp.get("adv"))
+            idx = decode_array(smp.get("indices"), np.int64)
+        except (TypeError, ValueError, OverflowError) as e:
+            return f"samples: {e}"
+        if clean.shape != adv.shape or idx.shape != (clean.shape[0],):
+            return "samples: clean images, adversarial images and indices do not match"
+    return None
+
+
+def check_manifest(m: Any) -> str | None:
+    """``None`` when ``m`` has the fields and types of a sweep manifest, else the reason."""
+    if not isinstance(m, dict):
+        return "not a sweep manifest (not a JSON object)"
+    if not isinstance(m.get("config"), dict) or not isinstance(m.get("config_hash"), str):
+        return "not a sweep manifest (no config and config_hash)"
+    try:
+        if config_hash(m["config"]) != m["config_hash"]:
+            return "its config_hash does not match its config (the file was edited or damaged)"
+    except (TypeError, ValueError) as e:
+        return f"unreadable config ({e})"
+    runs = m.get("runs", [])
+    if not isinstance(runs, list) or not all(isinstance(r, dict) for r in runs):
+        return "'runs' must be a list of objects"
+    for k in ("environment", "inputs"):
+        if not isinstance(m.get(k) or {}, dict):
+            return f"{k!r} must be an object"
     return None
 
 
 def read_record(path: pathlib.Path) -> tuple[dict | None, str | None]:
     """``(record, None)`` or ``(None, reason)``."""
     try:
-        text = path.read_text()
+        text = path.read_bytes().decode("utf-8")
     except OSError as e:
         return None, f"cannot read ({e})"
+    except UnicodeDecodeError as e:
+        return None, f"not UTF-8 text (byte {e.start}): not a cell file"
     if not text.strip():
         return None, "empty file"
     try:
         rec = json.loads(text)
     except json.JSONDecodeError as e:
         return None, f"truncated or invalid JSON ({e.msg} at char {e.pos} of {len(text)})"
+    except RecursionError:
+        return None, "JSON nested too deeply: not a cell file"
     reason = check_record(rec)
     if reason is None and rec["cell"].get("id") != path.stem:
         reason = f"holds cell {rec['cell'].get('id')!r}, not {path.stem!r}"
     return (None, reason) if reason else (rec, None)
+
+
+def _safe(fn, *args: Any) -> Any:
+    try:
+        return fn(*args)
+    except UnsafePathError as e:
+        raise SweepError(str(e)) from e
 
 
 class SweepDir:
@@ -161,36 +336,71 @@ class SweepDir:
     def exists(self) -> bool:
         return self.manifest_path.exists()
 
-    def read_manifest(self) -> dict[str, Any] | None:
-        if not self.manifest_path.exists():
-            if self.cells_dir.is_dir() and any(self.cells_dir.glob("*.json")):
+    def read_manifest(self, *, missing_ok: bool = False) -> dict[str, Any] | None:
+        """The manifest, or ``None`` when there is none (and no cell files, unless
+        ``missing_ok``).
+
+        Raises:
+            SweepError: cell files but no manifest (without ``missing_ok``).
+            CorruptResultsError: the manifest is unreadable or malformed.
+        """
+        path = self.manifest_path
+        if not path.exists() and not path.is_symlink():
+            if not missing_ok and self.cell_files():
                 raise SweepError(
-                    f"{self.root} holds cell results but no {MANIFEST}; it was not written by "
-                    "`jaxadv sweep` or the manifest was deleted"
+                    f"{self.root} holds cell results but no {MANIFEST} (deleted?). Re-run "
+                    "`jaxadv sweep` with the config that made them and the same --out: it writes "
+                    "a new manifest and keeps the finished cells"
                 )
             return None
         try:
-            m = json.loads(self.manifest_path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
+            _safe(check_inside, self.root, path)
+            m = json.loads(path.read_bytes().decode("utf-8"))
+        except (OSError, ValueError, RecursionError, SweepError) as e:
             raise CorruptResultsError(
-                [(str(self.manifest_path), f"unreadable manifest ({e})")], _MANIFEST_HINT
+                [(str(path), f"unreadable manifest ({e})")], _MANIFEST_HINT
             ) from e
-        if not isinstance(m, dict) or "config_hash" not in m or "config" not in m:
-            raise CorruptResultsError(
-                [(str(self.manifest_path), "not a sweep manifest")], _MANIFEST_HINT
-            )
+        reason = check_manifest(m)
+        if reason is not None:
+            raise CorruptResultsError([(str(path), reason)], _MANIFEST_HINT)
         return m
 
+    def grid(self, manifest: dict[str, Any]) -> list[Any]:
+        """The cells of the config recorded in ``manifest`` (with its content fingerprints).
+
+        Raises:
+            CorruptResultsError: the recorded config is not a valid normalised config.
+        """
+        cfg = SweepConfig(
+            data=manifest["config"],
+            base_dir="",
+            source=str(self.manifest_path),
+            inputs=manifest.get("inputs") or {},
+        )
+        try:
+            return expand(cfg)
+        except (ConfigError, KeyError, TypeError, ValueError) as e:
+            raise CorruptResultsError(
+                [(str(self.manifest_path), f"invalid config ({e})")], _MANIFEST_HINT
+            ) from e
+
     def write_manifest(self, manifest: dict[str, Any]) -> None:
-        from jaxadv.report import _jsonable
+        from jaxadv.report import jsonable as _jsonable
 
         write_atomic(self.manifest_path, json.dumps(_jsonable(manifest), indent=2) + "\n")
 
     def cell_path(self, cell_id: str) -> pathlib.Path:
-        return self.cells_dir / f"{cell_id}.json"
+        """``cells/<cell_id>.json``, checked to be a plain name inside the folder.
+
+        Raises:
+            SweepError: an unsafe id, or ``cells`` or the file is a link out of the folder.
+        """
+        if self.cells_dir.exists() or self.cells_dir.is_symlink():
+            _safe(check_inside, self.root, self.cells_dir)
+        return _safe(path_inside, self.cells_dir, f"{cell_id}.json")
 
     def write_cell(self, record: dict[str, Any]) -> pathlib.Path:
-        from jaxadv.report import _jsonable  # NaN -> null: JSON has no NaN
+        from jaxadv.report import jsonable as _jsonable  # NaN -> null: JSON has no NaN
 
         rec = seal(_jsonable(record))
         path = self.cell_path(rec["cell"]["id"])
@@ -200,12 +410,16 @@ class SweepDir:
     def cell_files(self) -> list[pathlib.Path]:
         if not self.cells_dir.is_dir():
             return []
+        _safe(check_inside, self.root, self.cells_dir)
         return sorted(p for p in self.cells_dir.glob("*.json") if not p.name.startswith("."))
 
     def scan(self) -> tuple[dict[str, dict], list[tuple[str, str]]]:
         """Every readable cell record by id, and the problems ``[(path, reason)]`` found."""
         records, problems = {}, []
         for p in self.cell_files():
+            if p.is_symlink():  # never read a file elsewhere through a link
+                problems.append((str(p), f"is a symbolic link (to {os.readlink(p)}), not a file"))
+                continue
             rec, why = read_record(p)
             if rec is None:
                 problems.append((str(p), why or "unknown problem"))
