@@ -151,12 +151,12 @@ def run_demo(
     report.plot_curves(out / "robust_accuracy.png", curves, title="PneumoniaMNIST, L∞ attacks")
     if example_pick is not None:
         mname, aname, model, ev = example_pick
-        x_show, y_show = ds.get(ev.indices[: ev.adv.shape[0]])
+        y_show = ev.labels[: ev.adv.shape[0]]
         pred = np.asarray(jnp.argmax(model(jnp.asarray(ev.adv)), 1))
         labels = [f"y={int(t)} adv→{int(p)}" for t, p in zip(y_show, pred, strict=True)]
         report.image_grid(
             out / "examples.png",
-            x_show,
+            ev.clean,
             ev.adv,
             labels=labels,
             title=f"{mname}, {aname}, eps={float(ev.eps[ev.adv_index]) * 255:.0f}/255",

@@ -417,7 +417,9 @@ def test_stored_summary_equals_the_one_recomputed_from_the_file(small_run):
     assert recs
     for rec in recs.values():
         again = decode(rec).summary
-        assert json.dumps(jsonable(again)) == json.dumps(rec["summary"])
+        assert json.dumps(jsonable(again), sort_keys=True) == json.dumps(
+            rec["summary"], sort_keys=True
+        )
 
 
 def _save_tiny_net(path: pathlib.Path, seed: int) -> None:

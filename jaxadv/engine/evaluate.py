@@ -43,7 +43,7 @@ class Evaluation:
     """Per-example results of :func:`evaluate` (host NumPy arrays).
 
     Attributes:
-        eps: ``f32[E]`` the budgets, in the order given.
+        eps: ``f64[E]`` the budgets, in the order given.
         norm: the threat's norm name (``linf``, ``l2``, ``l1``, ``l0``).
         indices: ``int64[N]`` data-set indices of the evaluated examples (their keys are
             ``fold_in(key, index)``).
@@ -57,6 +57,7 @@ class Evaluation:
             smaller than 11 px), ``score`` (log-odds of class 1 at ``adv``).
         num_classes: number of logits of the model.
         adv: ``[k, H, W, K]`` adversarial images of the first ``k`` examples at ``eps[adv_index]``.
+        clean: ``[k, H, W, K]`` the clean images of the same examples.
         adv_index: index into ``eps`` of the images in ``adv``.
         cascade: whether the grid was cascaded (each budget attacked only the survivors).
         seconds: wall time.
@@ -73,6 +74,7 @@ class Evaluation:
     per_eps: dict[str, np.ndarray]
     num_classes: int
     adv: np.ndarray
+    clean: np.ndarray
     adv_index: int
     cascade: bool
     seconds: float
@@ -101,8 +103,10 @@ class Evaluation:
 def _as_dataset(data: Any):
     from jaxadv import data as jdata
 
-    if isinstance(data, jdata.Dataset):
-        return data
+    if isinstance(data, jdata.Dataset) or all(
+        hasattr(data, a) for a in ("get", "image_shape", "multi_label", "__len__")
+    ):
+        return data  # a Dataset, or anything that reads like one
     if isinstance(data, (tuple, list)) and len(data) == 2:
         x, y = (np.asarray(a) for a in data)
         if x.ndim == 4 and x.shape[-1] not in (1, 3):
@@ -119,7 +123,8 @@ def _as_dataset(data: Any):
 
 
 def check_eps(eps: Any) -> np.ndarray:
-    """An eps grid as ``f32[E]``: non-empty, 1-D, every value ``>= 0`` and not NaN."""
+    """An eps grid as ``f64[E]`` (as given; the attack runs in float32): non-empty, 1-D, every
+    value ``>= 0`` and not NaN."""
     try:
         e = np.asarray(eps, dtype=np.float64)
     except (TypeError, ValueError) as err:
@@ -130,7 +135,7 @@ def check_eps(eps: Any) -> np.ndarray:
         raise ValueError(f"eps must be a non-empty 1-D grid, got shape {e.shape}")
     if np.any(np.isnan(e)) or np.any(e < 0):
         raise ValueError(f"eps values must be >= 0 and not NaN, got {e.tolist()}")
-    return e.astype(np.float32)
+    return e
 
 
 def _positive_int(v: Any, name: str) -> int:
@@ -262,7 +267,7 @@ def evaluate(
         if i + 1 < len(steps) and stop is not None and stop():
             raise EvaluationStopped
     cat = {k: np.concatenate([p[k] for p in parts], axis=-1) for k in parts[0]}
-    adv = run.sample if run.sample is not None else np.zeros((0, h, w, k), np.float32)
+    empty = np.zeros((0, h, w, k), np.float32)
     return Evaluation(
         eps=e,
         norm=norm_name(threat) if threat is not None else "linf",
@@ -273,7 +278,8 @@ def evaluate(
         clean_score=cat.pop("clean_score"),
         per_eps=cat,
         num_classes=num_classes,
-        adv=adv,
+        adv=run.sample if run.sample is not None else empty,
+        clean=run.sample_clean if run.sample_clean is not None else empty,
         adv_index=adv_index,
         cascade=bool(cascade),
         seconds=time.perf_counter() - t0,
@@ -292,12 +298,14 @@ class _Runner:
         self.attack = layout.replicate(attack, mesh) if attack is not None else None
         self.model = layout.replicate(model, mesh)
         self.key = layout.replicate(key, mesh)
-        self.ds, self.e, self.mesh, self.per_dev = ds, e, mesh, per_dev
+        self.ds, self.mesh, self.per_dev = ds, mesh, per_dev
+        self.e = e.astype(np.float32)  # the attack's arithmetic
         self.ndev = mesh.devices.size
         self.adv_index, self.num_adv = adv_index, num_adv
         h, w, _ = ds.image_shape
         self.ssim_win = 11 if min(h, w) >= 11 else 0
         self.sample: np.ndarray | None = None  # adversarials of the first examples
+        self.sample_clean: np.ndarray | None = None
         self.steps = 0
 
     def _batch(self, rows: np.ndarray, size: int):
@@ -340,7 +348,8 @@ class _Runner:
         if self.num_adv == 0 or self.sample is not None:
             return False
         x, _ = self.ds.get(rows[: self.num_adv])
-        self.sample = np.array(x, np.float32)
+        self.sample_clean = np.asarray(x, np.float32)
+        self.sample = self.sample_clean.copy()
         return True
 
     def _keep(self, pos: np.ndarray, advs_row: Any) -> None:

@@ -282,11 +282,10 @@ def _run_cell(
     samples = None
     if ev.adv.shape[0]:
         k = ev.adv.shape[0]
-        clean, _ = ds.get(idx[:k])
         samples = {
             "indices": encode_array(idx[:k]),
             "eps": float(ev.eps[ev.adv_index]),
-            "clean": encode_images(clean),
+            "clean": encode_images(ev.clean),
             "adv": encode_images(ev.adv),
         }
     return {
