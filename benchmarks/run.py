@@ -345,10 +345,19 @@ def sweep_rows(cfg: dict, repeats: int) -> list[dict]:
     def ours_loop():
         return [_run_attack(pgd.with_eps(e), target.model, x, y).success for e in eps]
 
+    xh, yh = np.asarray(x), np.asarray(y)
+
+    def engine(atk, **kw):  # the data-set engine under the CLI and sweeps, on the same batch
+        return jaxadv.evaluate(
+            atk, target.model, (xh, yh), eps, key=_key(), batch_size=len(yh), validate=False, **kw
+        ).robust_accuracy
+
     t = common.time_interleaved(
         {
             "sweep": lambda: sweep(pgd),
             "cascade": lambda: sweep(pgd_es, cascade=True),
+            "engine": lambda: engine(pgd),
+            "engine_cascade": lambda: engine(pgd_es, cascade=True),
             "loop": ours_loop,
         },
         repeats,
@@ -366,6 +375,16 @@ def sweep_rows(cfg: dict, repeats: int) -> list[dict]:
             "what": f"jaxadv sweep_eps cascade=True, PGD early_stop, E={e_n}",
             "steady_s": common.rnd(t["cascade"]["steady_s"]),
             "robust_acc": [round(float(v), 3) for v in curve_c],
+        },
+        {
+            "what": f"jaxadv.evaluate (streamed engine, host in and out), E={e_n}",
+            "steady_s": common.rnd(t["engine"]["steady_s"]),
+            "robust_acc": [round(float(v), 3) for v in engine(pgd)],
+        },
+        {
+            "what": f"jaxadv.evaluate cascade=True, PGD early_stop, E={e_n}",
+            "steady_s": common.rnd(t["engine_cascade"]["steady_s"]),
+            "robust_acc": [round(float(v), 3) for v in engine(pgd_es, cascade=True)],
         },
         {
             "what": f"jaxadv, E={e_n} separate runs",

@@ -128,37 +128,6 @@ def _progress_enabled(quiet: bool) -> bool:
     return not quiet and sys.stderr.isatty()
 
 
-class _Bar:
-    """A rich progress bar with ETA on stderr (only when stderr is a terminal)."""
-
-    def __init__(self, total: int, desc: str):
-        from rich.console import Console
-        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self._p = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            TextColumn("{task.completed}/{task.total}"),
-            TimeRemainingColumn(),
-            console=Console(stderr=True),
-        )
-        self._p.start()
-        self._t = self._p.add_task(desc, total=total)
-
-    def set_total(self, total: int) -> None:
-        self._p.update(self._t, total=total)
-
-    def advance(self) -> None:
-        self._p.advance(self._t)
-
-    def close(self) -> None:
-        self._p.stop()
-
-
-def _progress_bar(total: int, desc: str, quiet: bool) -> _Bar | None:
-    return _Bar(total, desc) if _progress_enabled(quiet) else None
-
-
 def _say(quiet: bool):
     def say(msg: str) -> None:
         if not quiet:
@@ -234,6 +203,7 @@ def _cmd_attack(args: argparse.Namespace) -> int:
 
     import jaxadv
     from jaxadv import report
+    from jaxadv._progress import Progress
     from jaxadv.vocab import attack_config, check_norm, make_attack
 
     norm = _spec(check_norm, args.norm)
@@ -254,16 +224,14 @@ def _cmd_attack(args: argparse.Namespace) -> int:
     ds = _dataset(args.data, args.split, args.image_size, args.channels)
     model = _model(args.model)
     n = len(ds) if args.num_examples is None else min(args.num_examples, len(ds))
-    bar = _progress_bar(1, f"{args.attack} on {n} images", args.quiet)
-    say = _say(args.quiet)
-    t0 = time.perf_counter()
+    label = f"{args.attack} on {n} images"
+    ui = Progress(_progress_enabled(args.quiet), _say(args.quiet))
 
     def progress(done: int, total: int) -> None:
-        if bar is not None:
-            bar.set_total(total)
-            bar.advance()
-        else:
-            say(f"step {done}/{total}  {time.perf_counter() - t0:.1f}s")
+        if done == 1:
+            ui.start(1, total)
+            ui.start_cell(label, total)
+        ui.batch()
 
     try:
         ev = jaxadv.evaluate(
@@ -278,8 +246,7 @@ def _cmd_attack(args: argparse.Namespace) -> int:
             progress=progress,
         )
     finally:
-        if bar is not None:
-            bar.close()
+        ui.close()
     rows = [{"attack": args.attack, **r} for r in ev.summary()]
     report.write_json(
         out / "results.json",
@@ -435,6 +402,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             progress=_progress_enabled(quiet),
             say=say,
+            handle_sigint=True,
         )
     except sweep.SweepError as e:
         raise CLIError(str(e)) from e

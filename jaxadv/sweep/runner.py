@@ -16,8 +16,6 @@ import datetime
 import logging
 import os
 import platform
-import signal
-import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -25,6 +23,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from jaxadv._progress import Progress, StopOnSigint
 from jaxadv.engine import EvaluationStopped, evaluate
 from jaxadv.engine.layout import data_mesh
 from jaxadv.engine.summary import PER_EXAMPLE
@@ -82,107 +81,6 @@ def example_indices(ds: Any, entry: dict) -> np.ndarray:
     return np.arange(k, dtype=np.int64)
 
 
-class _Progress:
-    """Overall and per-cell progress: a rich display on a terminal, else one line per cell."""
-
-    def __init__(self, enabled: bool, say: Callable[[str], None] | None):
-        self.say = say
-        self.p = None
-        self.t0 = time.perf_counter()
-        self.done_batches = 0
-        self.total_batches = 0
-        if enabled:
-            from rich.console import Console
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
-
-            self.p = Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                TextColumn("ETA"),
-                TimeRemainingColumn(),
-                console=Console(stderr=True),
-                transient=False,
-            )
-            self.p.start()
-        self.overall = None
-        self.cell = None
-
-    def start(self, num_cells: int, total_batches: int) -> None:
-        self.total_batches = total_batches
-        self.num_cells = num_cells
-        self.cells_done = 0
-        if self.p is not None:
-            self.overall = self.p.add_task(f"all cells (0/{num_cells})", total=total_batches)
-
-    def start_cell(self, cell: Cell, n_batches: int) -> None:
-        if self.p is not None:
-            if self.cell is not None:
-                self.p.remove_task(self.cell)
-            self.cell = self.p.add_task(f"  {cell.id}", total=n_batches)
-
-    def batch(self) -> None:
-        self.done_batches += 1
-        if self.p is not None:
-            self.p.advance(self.cell)
-            self.p.advance(self.overall)
-
-    def end_cell(self, cell: Cell, rows: list[dict[str, Any]], seconds: float) -> None:
-        self.cells_done += 1
-        if self.p is not None:
-            self.p.update(
-                self.overall, description=f"all cells ({self.cells_done}/{self.num_cells})"
-            )
-            return
-        if self.say is None:
-            return
-        el = time.perf_counter() - self.t0
-        left = self.total_batches - self.done_batches
-        eta = el / max(self.done_batches, 1) * left
-        accs = " ".join(f"{r['robust_accuracy']:.3f}" for r in rows)
-        self.say(
-            f"[{self.cells_done}/{self.num_cells}] {cell.id}: robust accuracy {accs} "
-            f"({seconds:.1f}s; elapsed {el:.0f}s, ETA {eta:.0f}s)"
-        )
-
-    def close(self) -> None:
-        if self.p is not None:
-            self.p.stop()
-
-
-class _StopOnSigint:
-    """The first Ctrl-C asks the loop to stop after the current batch; a second one aborts."""
-
-    def __init__(self, say: Callable[[str], None] | None):
-        self.requested = False
-        self.say = say
-        self._old = None
-
-    def __enter__(self) -> _StopOnSigint:
-        if threading.current_thread() is threading.main_thread():
-            self._old = signal.signal(signal.SIGINT, self._handle)
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-        if self.say is not None:
-            self.say("interrupt: stopping after the current batch (Ctrl-C again to abort now)")
-
-    def __exit__(self, *exc) -> None:
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
-
-
 def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
@@ -232,7 +130,7 @@ def _run_cell(
     *,
     batch_size: int,
     num_images: int,
-    progress: _Progress,
+    progress: Progress,
     stop: Callable[[], bool],
 ) -> dict[str, Any] | None:
     """Compute one cell; ``None`` when stopped before it finished."""
@@ -253,7 +151,7 @@ def _run_cell(
     )
     black_box = a["black_box"] if a["black_box"] is not None else is_black_box(attack)
     ndev = res.mesh.devices.size
-    progress.start_cell(cell, _steps(idx.shape[0], batch_size, ndev))
+    progress.start_cell(cell.id, _steps(idx.shape[0], batch_size, ndev))
     try:
         ev = evaluate(
             attack,
@@ -398,7 +296,7 @@ def run_sweep(
     devices: Sequence[Any] | None = None,
     progress: bool = False,
     say: Callable[[str], None] | None = None,
-    handle_sigint: bool = True,
+    handle_sigint: bool = False,
 ) -> SweepOutcome:
     """Run (or resume) the cells of ``cfg`` that belong to this shard and write them to ``out``.
 
@@ -415,7 +313,8 @@ def run_sweep(
             after ``jax.distributed.initialize``, all global devices).
         progress: show a rich progress display (overall and per cell, with ETA) on stderr.
         say: called with one-line progress messages when the rich display is off.
-        handle_sigint: on SIGINT stop after the current batch, keeping finished cells.
+        handle_sigint: on SIGINT stop after the current batch, keeping finished cells (the
+            command line asks for this; library calls leave the process's handler alone).
 
     Returns:
         A :class:`SweepOutcome`.
@@ -484,10 +383,10 @@ def run_sweep(
         if skipped:
             say_(f"resuming: {len(skipped)} of {len(cells)} cells already finished in {out}")
         resources = _Resources(cfg, mesh)
-        ui = _Progress(progress and writer, say_ if writer else None)
+        ui = Progress(progress and writer, say_ if writer else None)
         computed: list[str] = []
         interrupted = False
-        sigint = _StopOnSigint(say_) if handle_sigint else contextlib.nullcontext()
+        sigint = StopOnSigint(say_) if handle_sigint else contextlib.nullcontext()
         with sigint as flag:
 
             def stop() -> bool:
@@ -515,7 +414,7 @@ def run_sweep(
                     if writer:
                         store.write_cell(rec)
                     computed.append(cell.id)
-                    ui.end_cell(cell, rec["summary"], rec["run"]["seconds"])
+                    ui.end_cell(cell.id, rec["summary"], rec["run"]["seconds"])
                     if stop():
                         interrupted = len(computed) < len(pending)
                         break
