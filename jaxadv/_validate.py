@@ -1,6 +1,6 @@
-"""Host-side input checks, run before anything compiles.
+"""Host-side input checks, run before the attack compiles.
 
-Each check raises ``ValueError`` / ``TypeError`` with a message that says what to do. Value checks
+The last check (:func:`check_logits`) runs the model once on the clean images. Each check raises ``ValueError`` / ``TypeError`` with a message that says what to do. Value checks
 (range, NaN) need concrete arrays; under a user's own ``jit`` they are skipped (shapes are still
 checked).
 """
@@ -210,8 +210,33 @@ def num_classes(model: Any, x: Any) -> int:
     return int(out.shape[1])
 
 
+@jax.jit
+def _forward(model: Any, x: Any) -> Any:
+    return model(x)
+
+
+def check_logits(model: Any, x: Any) -> None:
+    """One forward pass on the clean images: every row of logits must be finite (a model that is
+    already NaN/inf on clean data makes every success and loss meaningless). Skipped when ``x`` is
+    traced."""
+    if not is_concrete(x):
+        return
+    out = _forward(model, x)
+    if isinstance(out, (tuple, list)):
+        out = out[0]
+    ok = np.all(np.isfinite(np.asarray(out, dtype=np.float32)), axis=1)
+    if not np.all(ok):
+        bad = np.flatnonzero(~ok)
+        raise ValueError(
+            f"the model returns NaN/inf logits on {bad.size} of {ok.size} clean images (first at "
+            f"index {int(bad[0])}); fix the model (overflow, a log of 0, uninitialised weights) or "
+            "drop those images before attacking"
+        )
+
+
 def check_inputs(model: Any, x: Any, y: Any, *, lo: float, hi: float, target: Any = None) -> int:
-    """All call-time checks; returns the number of classes."""
+    """All call-time checks (the last one runs the model once on ``x``: its logits must be
+    finite); returns the number of classes."""
     check_images(x, lo=lo, hi=hi)
     c = num_classes(model, x)
     check_labels(y, x.shape[0], c)
@@ -225,4 +250,5 @@ def check_inputs(model: Any, x: Any, y: Any, *, lo: float, hi: float, target: An
                     f"(first at index {int(np.argmax(same))}); a targeted attack needs target != y. "
                     "Drop those examples or pick another target."
                 )
+    check_logits(model, x)
     return c

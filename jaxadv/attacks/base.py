@@ -8,9 +8,10 @@ from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxadv import _validate
-from jaxadv._struct import replace
+from jaxadv._struct import is_concrete, replace
 from jaxadv.models import as_model
 from jaxadv.result import AttackResult
 
@@ -69,6 +70,18 @@ def example_keys(key: Array, batch: int, offset: int | Array = 0) -> Array:
 def fold_keys(keys: Array, data: Any) -> Array:
     """``fold_in`` every per-example key ``keys[B]`` with the same ``data`` (a step, a stage)."""
     return jax.vmap(lambda k: jax.random.fold_in(k, data))(keys)
+
+
+def finite_budget(attack: Any, x: Any) -> Any:
+    """``attack`` with an infinite norm-ball ``eps`` replaced by the box's diameter in that norm
+    (:meth:`~jaxadv.threats.AbstractThreat.diameter`): the same allowed set, so ``eps=inf`` means
+    "anywhere in the box", but step sizes and projections derived from ``eps`` stay finite.
+    L0 budgets and traced or finite ``eps`` are returned unchanged."""
+    threat = attack.threat
+    eps = getattr(threat, "eps", None)
+    if threat.p == 0 or not is_concrete(eps) or np.ndim(eps) != 0 or not np.isinf(eps):
+        return attack
+    return attack.with_eps(threat.diameter(tuple(x.shape)))
 
 
 @jax.jit
@@ -149,7 +162,7 @@ class AbstractAttack:
                 target=target,
             )
         keys = example_keys(key, x.shape[0], index_offset)
-        return _run_jit(self, keys, model, x, y, target)
+        return _run_jit(finite_budget(self, x), keys, model, x, y, target)
 
     def with_eps(self, eps: float | Array):
         """The same attack with a new budget (no retrace: ``eps`` is a leaf)."""

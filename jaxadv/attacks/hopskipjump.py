@@ -309,4 +309,4 @@ class HopSkipJump(AbstractAttack):
         last = out["hist"][:, (out["t"] - 2) % (self.num_iterations + 1)]
         hist = jnp.where(ran, hist, last[:, None])
         res = finalize(threat, model, x, out["best"], y, target=target, queries=out["queries"])
-        return replace(res, info={"norm_history": hist})
+        return replace(res, info={**res.info, "norm_history": hist})
