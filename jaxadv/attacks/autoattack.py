@@ -141,6 +141,7 @@ class AutoAttack(AbstractAttack):
         if target is not None:
             raise ValueError("AutoAttack is untargeted; pass target=None")
         model = as_model(model)
+        key, x, y, _ = _validate.normalize_inputs(key, x, y)
         if validate:
             _validate.check_inputs(
                 model, x, y, lo=_bound(self.threat.lo, min), hi=_bound(self.threat.hi, max)

@@ -140,8 +140,15 @@ class AbstractAttack:
     ) -> AttackResult:
         """Attack the batch ``x[B, H, W, K]`` (pixels in the threat's box) with labels ``y[B]``.
 
+        Inputs are normalised first by :func:`jaxadv._validate.normalize_inputs`, the same rule
+        for every attack: NumPy arrays and lists are accepted; images of any float dtype are
+        attacked in float32 (bfloat16 / float16 upcast; float64 cast down unless
+        ``jax_enable_x64`` is on) and ``res.adv`` is returned in that dtype; labels become int32;
+        ``key`` may be an int seed. An infinite norm-ball ``eps`` means anywhere in the box.
+
         Args:
-            key: a JAX PRNG key; per-example keys are derived as ``fold_in(key, i)``.
+            key: a JAX PRNG key (typed or raw) or an int seed; per-example keys are derived as
+                ``fold_in(key, i)``.
             model: a :class:`jaxadv.Model` (``from_nnx`` / ``from_linen`` / ``from_apply``), an NNX
                 module, or any callable ``x -> logits[B, C]``.
             x: images, float, NHWC.
@@ -152,6 +159,7 @@ class AbstractAttack:
                 example keeps its own key ``fold_in(key, index)`` whatever the batching.
         """
         model = as_model(model)
+        key, x, y, target = _validate.normalize_inputs(key, x, y, target)
         if validate:
             _validate.check_inputs(
                 model,
