@@ -122,13 +122,13 @@ def normalize_key(key: Any) -> jax.Array:
         return jax.random.key(int(key))
     if isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
         return key
-    raw = jnp.asarray(key)
-    if raw.dtype != jnp.uint32 or raw.ndim != 1:
+    raw = key if isinstance(key, jax.Array) else np.asarray(key)
+    if raw.dtype != np.uint32 or raw.ndim != 1:
         raise TypeError(
             f"key must be an int seed or a JAX PRNG key (jax.random.key(0)); got "
             f"{type(key).__name__} with dtype {raw.dtype} and shape {tuple(raw.shape)}"
         )
-    return jax.random.wrap_key_data(raw)
+    return jax.random.wrap_key_data(jnp.asarray(raw))
 
 
 def normalize_inputs(
