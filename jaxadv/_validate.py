@@ -1,6 +1,6 @@
-"""Host-side input checks, run before anything compiles.
+"""Host-side input checks, run before the attack compiles.
 
-Each check raises ``ValueError`` / ``TypeError`` with a message that says what to do. Value checks
+The last check (:func:`check_logits`) runs the model once on the clean images. Each check raises ``ValueError`` / ``TypeError`` with a message that says what to do. Value checks
 (range, NaN) need concrete arrays; under a user's own ``jit`` they are skipped (shapes are still
 checked).
 """
@@ -115,6 +115,50 @@ def check_attack(attack: Any) -> None:
     check_settings(attack)
 
 
+def normalize_key(key: Any) -> jax.Array:
+    """A typed PRNG key from an ``int`` seed, a raw ``uint32`` key (``jax.random.PRNGKey``, NumPy)
+    or a typed key (returned as is)."""
+    if isinstance(key, (int, np.integer)) and not isinstance(key, (bool, np.bool_)):
+        return jax.random.key(int(key))
+    if isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        return key
+    raw = key if isinstance(key, jax.Array) else np.asarray(key)
+    if raw.dtype != np.uint32 or raw.ndim != 1:
+        raise TypeError(
+            f"key must be an int seed or a JAX PRNG key (jax.random.key(0)); got "
+            f"{type(key).__name__} with dtype {raw.dtype} and shape {tuple(raw.shape)}"
+        )
+    return jax.random.wrap_key_data(jnp.asarray(raw))
+
+
+def normalize_inputs(
+    key: Any, x: Any, y: Any, target: Any = None
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array | None]:
+    """The one conversion at the boundary of every attack call (and of the evaluation engine).
+
+    * ``key``: an ``int`` seed, a raw ``uint32`` key or a typed key -> a typed PRNG key.
+    * ``x``: NumPy arrays, nested lists and JAX arrays -> a JAX array. Images of any float dtype are
+      attacked in float32: bfloat16 / float16 are upcast, float64 is cast down unless
+      ``jax_enable_x64`` is on (then it stays float64). ``res.adv`` has that dtype. Integer and
+      boolean images are left as they are so the checks can refuse them with a hint (``/ 255``).
+    * ``y``, ``target``: integer labels of any integer dtype -> int32 JAX arrays (non-integer
+      labels are left for the checks to refuse).
+
+    Returns ``(key, x, y, target)``; ``target`` stays ``None`` when not given.
+    """
+    key = normalize_key(key)
+    x = jnp.asarray(x)
+    if jnp.issubdtype(x.dtype, jnp.floating):
+        keep64 = x.dtype == jnp.float64 and jax.config.jax_enable_x64
+        x = x if (x.dtype == jnp.float32 or keep64) else x.astype(jnp.float32)
+
+    def labels(v: Any) -> Any:
+        v = jnp.asarray(v)
+        return v.astype(jnp.int32) if jnp.issubdtype(v.dtype, jnp.integer) else v
+
+    return key, x, labels(y), None if target is None else labels(target)
+
+
 def check_images(x: Any, *, lo: float = 0.0, hi: float = 1.0, name: str = "x") -> None:
     shape = getattr(x, "shape", None)
     dtype = getattr(x, "dtype", None)
@@ -210,8 +254,33 @@ def num_classes(model: Any, x: Any) -> int:
     return int(out.shape[1])
 
 
+@jax.jit
+def _forward(model: Any, x: Any) -> Any:
+    return model(x)
+
+
+def check_logits(model: Any, x: Any) -> None:
+    """One forward pass on the clean images: every row of logits must be finite (a model that is
+    already NaN/inf on clean data makes every success and loss meaningless). Skipped when ``x`` is
+    traced."""
+    if not is_concrete(x):
+        return
+    out = _forward(model, x)
+    if isinstance(out, (tuple, list)):
+        out = out[0]
+    ok = np.all(np.isfinite(np.asarray(out, dtype=np.float32)), axis=1)
+    if not np.all(ok):
+        bad = np.flatnonzero(~ok)
+        raise ValueError(
+            f"the model returns NaN/inf logits on {bad.size} of {ok.size} clean images (first at "
+            f"index {int(bad[0])}); fix the model (overflow, a log of 0, uninitialised weights) or "
+            "drop those images before attacking"
+        )
+
+
 def check_inputs(model: Any, x: Any, y: Any, *, lo: float, hi: float, target: Any = None) -> int:
-    """All call-time checks; returns the number of classes."""
+    """All call-time checks (the last one runs the model once on ``x``: its logits must be
+    finite); returns the number of classes."""
     check_images(x, lo=lo, hi=hi)
     c = num_classes(model, x)
     check_labels(y, x.shape[0], c)
@@ -225,4 +294,5 @@ def check_inputs(model: Any, x: Any, y: Any, *, lo: float, hi: float, target: An
                     f"(first at index {int(np.argmax(same))}); a targeted attack needs target != y. "
                     "Drop those examples or pick another target."
                 )
+    check_logits(model, x)
     return c

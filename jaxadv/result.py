@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxadv import losses as L
+from jaxadv._batch import bcast
 from jaxadv._struct import pytree_dataclass
 
 Array = jax.Array
@@ -25,8 +26,9 @@ class AttackResult:
         norm: ``f32[B]`` size of ``adv - x`` in the threat model's norm (pixels changed for L0).
         queries: ``int32[B]`` forward passes spent on that example (gradient attacks count one per
             gradient evaluation).
-        info: attack-specific per-example extras (leading axis ``B``), e.g. AutoAttack's
-            ``stage_success[B, S]``.
+        info: per-example extras (leading axis ``B``). Every attack has
+            ``info["nonfinite"]`` ``bool[B]`` (see :func:`finalize`); others are attack-specific,
+            e.g. AutoAttack's ``stage_success[B, S]``.
     """
 
     adv: Array
@@ -47,17 +49,28 @@ def finalize(threat, model, x, adv, y, *, target=None, loss_fn=None, queries=Non
 
     The library, not the attack, decides success: whatever an attack returns is projected into the
     threat set and the box, and success is recomputed from the model's logits on that projection.
+
+    Non-finite values never make a success (one rule for every attack):
+
+    * a row whose projected ``adv`` holds a NaN/inf (a diverged attack, a NaN budget under ``vmap``)
+      falls back to ``x`` and is evaluated there;
+    * a row whose logits at the final ``adv`` are not all finite gets ``success=False``;
+    * either case sets ``info["nonfinite"]`` (``bool[B]``) for that row.
     """
-    adv = jax.lax.stop_gradient(threat.project(x, adv))
+    adv = threat.project(x, adv)
+    bad_adv = ~jnp.all(jnp.isfinite(adv.reshape(adv.shape[0], -1)), axis=1)
+    adv = jax.lax.stop_gradient(jnp.where(bcast(bad_adv, adv), x, adv))
     logits = model(adv)
+    finite = jnp.all(jnp.isfinite(logits), axis=1)
     lbl = y if target is None else target
     loss_fn = loss_fn or (L.margin if target is None else L.margin_targeted)
     b = x.shape[0]
     q = jnp.zeros((b,), jnp.int32) if queries is None else queries.astype(jnp.int32)
     return AttackResult(
         adv=adv,
-        success=L.is_adversarial(logits, y, target),
+        success=L.is_adversarial(logits, y, target) & finite,
         loss=loss_fn(logits, lbl).astype(jnp.float32),
         norm=threat.norm(adv - x).astype(jnp.float32),
         queries=q + 1,
+        info={"nonfinite": bad_adv | ~finite},
     )

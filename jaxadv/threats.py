@@ -92,6 +92,15 @@ class AbstractThreat:
         delta = jax.vmap(lambda k: self.sample_ball(k, x.shape[1:], x.dtype))(keys)
         return self.project(x, x + delta)
 
+    def diameter(self, shape: tuple[int, ...]) -> float:
+        """The largest norm of a change inside the box for inputs of ``shape`` ``[B, ...]``
+        (host-side): a ball of this radius around any ``x`` in the box contains the whole box, so
+        it stands in for an infinite ``eps`` without infinities in step sizes or projections."""
+        span = float(np.max(np.asarray(self.hi)) - np.min(np.asarray(self.lo)))
+        d = math.prod(shape[1:])
+        # a hair above the exact value: float32 rounding must not shrink the ball below the box
+        return span * (1.0 if self.p == math.inf else d ** (1.0 / self.p)) * (1 + 1e-6)
+
     def contains(self, x: Array, x_adv: Array, tol: float = 1e-5) -> Array:
         """Per-example check ``[B]`` that ``x_adv`` lies in the set (up to ``tol``)."""
         in_ball = self.norm(x_adv - x) <= self.eps * (1 + tol) + tol

@@ -81,13 +81,3 @@ def project_radius(threat: Any, x: Array, x_adv: Array, radius: Array) -> Array:
     scaled = unit.project_ball(delta / safe) * safe
     delta = jnp.where(finite, scaled, jnp.where(r > 0, delta, jnp.zeros_like(delta)))
     return threat.clip_box(x + delta)
-
-
-def check_threat(threat: Any, name: str, allowed: tuple[float, ...]) -> None:
-    """Raise a helpful ``TypeError`` for a threat model the attack does not support."""
-    p = getattr(threat, "p", None)
-    if p not in allowed:
-        kinds = " or ".join(
-            {2.0: "L2Ball", float("inf"): "LinfBall", 1.0: "L1Ball"}[a] for a in allowed
-        )
-        raise TypeError(f"{name} supports {kinds} threat models, got {type(threat).__name__}")

@@ -17,7 +17,15 @@ from jaxadv import losses as L
 from jaxadv._batch import bsel as _bsel
 from jaxadv._struct import pytree_dataclass, replace
 from jaxadv.attacks.apgd import APGD, APGDT
-from jaxadv.attacks.base import REGISTRY, AbstractAttack, _bound, _run_jit, example_keys, register
+from jaxadv.attacks.base import (
+    REGISTRY,
+    AbstractAttack,
+    _bound,
+    _run_jit,
+    example_keys,
+    finite_budget,
+    register,
+)
 from jaxadv.attacks.fmn import FMN
 from jaxadv.models import as_model
 from jaxadv.result import AttackResult, finalize
@@ -125,7 +133,7 @@ class AutoAttack(AbstractAttack):
             succ = succ | res.success
             stage_success.append(succ)
         out = finalize(self.threat, model, x, adv, y, loss_fn=L.margin, queries=q)
-        return replace(out, info={"stage_success": jnp.stack(stage_success, axis=1)})
+        return replace(out, info={**out.info, "stage_success": jnp.stack(stage_success, axis=1)})
 
     def __call__(
         self, key, model, x, y, *, target=None, validate=True, index_offset=0
@@ -133,17 +141,19 @@ class AutoAttack(AbstractAttack):
         if target is not None:
             raise ValueError("AutoAttack is untargeted; pass target=None")
         model = as_model(model)
+        key, x, y, _ = _validate.normalize_inputs(key, x, y)
         if validate:
             _validate.check_inputs(
                 model, x, y, lo=_bound(self.threat.lo, min), hi=_bound(self.threat.hi, max)
             )
         b = x.shape[0]
         keys = example_keys(key, b, index_offset)
+        bounded = finite_budget(self, x)
         succ = np.asarray(_clean_success(model, x, y))
         adv = x
         q = np.ones((b,), np.int32)
         stage_success = []
-        for i, atk in enumerate(self.attacks):
+        for i, atk in enumerate(bounded.attacks):
             idx = np.nonzero(~succ)[0]
             if idx.size:
                 t0 = time.perf_counter()
@@ -169,8 +179,9 @@ class AutoAttack(AbstractAttack):
                     time.perf_counter() - t0,
                 )
             stage_success.append(succ.copy())
-        out = _finalize_jit(self.threat, model, x, adv, y, jnp.asarray(q))
-        return replace(out, info={"stage_success": jnp.asarray(np.stack(stage_success, axis=1))})
+        out = _finalize_jit(bounded.threat, model, x, adv, y, jnp.asarray(q))
+        stages = jnp.asarray(np.stack(stage_success, axis=1))
+        return replace(out, info={**out.info, "stage_success": stages})
 
 
 @jax.jit

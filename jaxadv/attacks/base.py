@@ -8,9 +8,10 @@ from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxadv import _validate
-from jaxadv._struct import replace
+from jaxadv._struct import is_concrete, replace
 from jaxadv.models import as_model
 from jaxadv.result import AttackResult
 
@@ -71,6 +72,18 @@ def fold_keys(keys: Array, data: Any) -> Array:
     return jax.vmap(lambda k: jax.random.fold_in(k, data))(keys)
 
 
+def finite_budget(attack: Any, x: Any) -> Any:
+    """``attack`` with an infinite norm-ball ``eps`` replaced by the box's diameter in that norm
+    (:meth:`~jaxadv.threats.AbstractThreat.diameter`): the same allowed set, so ``eps=inf`` means
+    "anywhere in the box", but step sizes and projections derived from ``eps`` stay finite.
+    L0 budgets and traced or finite ``eps`` are returned unchanged."""
+    threat = attack.threat
+    eps = getattr(threat, "eps", None)
+    if threat.p == 0 or not is_concrete(eps) or np.ndim(eps) != 0 or not np.isinf(eps):
+        return attack
+    return attack.with_eps(threat.diameter(tuple(x.shape)))
+
+
 @jax.jit
 def _run_jit(attack, keys, model, x, y, target):
     return attack.run(keys, model, x, y, target=target)
@@ -127,8 +140,15 @@ class AbstractAttack:
     ) -> AttackResult:
         """Attack the batch ``x[B, H, W, K]`` (pixels in the threat's box) with labels ``y[B]``.
 
+        Inputs are normalised first by :func:`jaxadv._validate.normalize_inputs`, the same rule
+        for every attack: NumPy arrays and lists are accepted; images of any float dtype are
+        attacked in float32 (bfloat16 / float16 upcast; float64 cast down unless
+        ``jax_enable_x64`` is on) and ``res.adv`` is returned in that dtype; labels become int32;
+        ``key`` may be an int seed. An infinite norm-ball ``eps`` means anywhere in the box.
+
         Args:
-            key: a JAX PRNG key; per-example keys are derived as ``fold_in(key, i)``.
+            key: a JAX PRNG key (typed or raw) or an int seed; per-example keys are derived as
+                ``fold_in(key, i)``.
             model: a :class:`jaxadv.Model` (``from_nnx`` / ``from_linen`` / ``from_apply``), an NNX
                 module, or any callable ``x -> logits[B, C]``.
             x: images, float, NHWC.
@@ -139,6 +159,7 @@ class AbstractAttack:
                 example keeps its own key ``fold_in(key, index)`` whatever the batching.
         """
         model = as_model(model)
+        key, x, y, target = _validate.normalize_inputs(key, x, y, target)
         if validate:
             _validate.check_inputs(
                 model,
@@ -149,7 +170,7 @@ class AbstractAttack:
                 target=target,
             )
         keys = example_keys(key, x.shape[0], index_offset)
-        return _run_jit(self, keys, model, x, y, target)
+        return _run_jit(finite_budget(self, x), keys, model, x, y, target)
 
     def with_eps(self, eps: float | Array):
         """The same attack with a new budget (no retrace: ``eps`` is a leaf)."""

@@ -502,7 +502,7 @@ class DGDE(AbstractAttack):
             later = jnp.arange(g_max)[None, :] >= g_run
             info["history_pixels"] = jnp.where(later, state["n"][:, None], state["hist_n"])
             info["history_prob"] = jnp.where(later, state["p"][:, None], state["hist_p"])
-        return replace(res, info=info)
+        return replace(res, info={**res.info, **info})
 
     def _keep_going(self, s) -> Array:
         go = (s["gens"] < self.num_generations) & (s["n"] > self.min_pixels)

@@ -68,10 +68,6 @@ class FMN(AbstractAttack):
     gamma_init: float = 0.05
     gamma_final: float = 0.001
 
-    def __post_init__(self):
-        if not isinstance(self.threat, (LinfBall, L2Ball)):
-            raise TypeError(f"FMN supports LinfBall and L2Ball, got {type(self.threat).__name__}")
-
     def run(self, keys, model, x, y, *, target=None) -> AttackResult:
         threat = self.threat
         b = x.shape[0]

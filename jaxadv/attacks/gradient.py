@@ -149,8 +149,6 @@ class PGD(AbstractAttack):
     unroll: int | bool = static(default=1)
 
     def __post_init__(self):
-        if self.num_steps < 1 or self.num_restarts < 1:
-            raise ValueError("num_steps and num_restarts must be >= 1")
         if self.unroll is True:
             # jit caches compare static fields with ==, and True == 1: left as True, a fully
             # unrolled PGD would silently reuse a compiled unroll=1 program (and vice versa).

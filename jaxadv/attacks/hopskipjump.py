@@ -105,9 +105,6 @@ class HopSkipJump(AbstractAttack):
     early_stop: bool = static(default=True)
 
     def __post_init__(self):
-        bb.check_threat(self.threat, "HopSkipJump", (math.inf, 2.0))
-        if self.num_iterations < 1 or self.init_num_evals < 1 or self.init_tries < 1:
-            raise ValueError("HopSkipJump num_iterations, init_num_evals, init_tries must be >= 1")
         if self.max_num_evals < self.init_num_evals:
             raise ValueError("HopSkipJump needs max_num_evals >= init_num_evals")
 
@@ -309,4 +306,4 @@ class HopSkipJump(AbstractAttack):
         last = out["hist"][:, (out["t"] - 2) % (self.num_iterations + 1)]
         hist = jnp.where(ran, hist, last[:, None])
         res = finalize(threat, model, x, out["best"], y, target=target, queries=out["queries"])
-        return replace(res, info={"norm_history": hist})
+        return replace(res, info={**res.info, "norm_history": hist})

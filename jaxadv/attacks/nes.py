@@ -5,7 +5,6 @@ partial-information and label-only settings.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
@@ -168,13 +167,10 @@ class NES(AbstractAttack):
     label_only_sigma: float | Array = 1e-3
 
     def __post_init__(self):
-        bb.check_threat(self.threat, "NES", (math.inf, 2.0))
         if self.mode not in _MODES:
             raise ValueError(f"NES mode must be one of {_MODES}, got {self.mode!r}")
         if self.population_size < 2 or self.population_size % 2:
             raise ValueError("NES population_size must be even and >= 2 (antithetic pairs)")
-        if self.top_k < 1 or self.line_search_steps < 1 or self.plateau_length < 1:
-            raise ValueError("NES top_k, line_search_steps and plateau_length must be >= 1")
 
     # ------------------------------------------------------------------------------ costs
     @property

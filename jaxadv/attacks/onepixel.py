@@ -266,7 +266,7 @@ class OnePixel(AbstractAttack):
             "fitness": state.best_fit,
             "early_stopped": state.done,
         }
-        return replace(res, info=info)
+        return replace(res, info={**res.info, **info})
 
 
 __all__ = ["OnePixel"]

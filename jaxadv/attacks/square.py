@@ -135,7 +135,7 @@ class Square(AbstractAttack):
     restarts_field: ClassVar[str | None] = None
     threats: ClassVar[tuple[type, ...]] = (LinfBall, L2Ball)
     settings: ClassVar[Mapping[str, V.Range]] = {
-        "num_queries": V.at_least(2),
+        "num_queries": V.at_least(2),  # the clean check and the initialisation
         "p_init": V.unit(lo_open=True),
     }
 
@@ -143,11 +143,6 @@ class Square(AbstractAttack):
     num_queries: int = static(default=5000)
     p_init: float | Array = 0.8
     loss: str | Callable = static(default="margin")
-
-    def __post_init__(self):
-        bb.check_threat(self.threat, "Square", (math.inf, 2.0))
-        if self.num_queries < 2:
-            raise ValueError("Square needs num_queries >= 2 (clean check and initialisation)")
 
     def run(self, keys, model, x, y, *, target=None) -> AttackResult:
         threat = self.threat

@@ -5,7 +5,6 @@ per-coordinate Adam on a random batch of coordinates per iteration.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
@@ -133,11 +132,6 @@ class ZOO(AbstractAttack):
     beta2: float | Array = 0.999
     patience: int = static(default=100)
     early_stop: bool = static(default=True)
-
-    def __post_init__(self):
-        bb.check_threat(self.threat, "ZOO", (math.inf, 2.0))
-        if self.num_steps < 1 or self.num_coords < 1 or self.num_binary_steps < 1:
-            raise ValueError("ZOO num_steps, num_coords and num_binary_steps must be >= 1")
 
     def run(self, keys, model, x, y, *, target=None) -> AttackResult:
         threat = self.threat
