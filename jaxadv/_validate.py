@@ -278,6 +278,14 @@ def check_logits(model: Any, x: Any) -> None:
         )
 
 
+def check_attack_inputs(threat: Any, model: Any, x: Any, y: Any, target: Any = None) -> int:
+    """:func:`check_inputs` against the box of ``threat`` (per-channel bounds: their extremes;
+    ``None``: ``[0, 1]``); returns the number of classes."""
+    lo = 0.0 if threat is None else float(np.min(np.asarray(threat.lo)))
+    hi = 1.0 if threat is None else float(np.max(np.asarray(threat.hi)))
+    return check_inputs(model, x, y, lo=lo, hi=hi, target=target)
+
+
 def check_inputs(model: Any, x: Any, y: Any, *, lo: float, hi: float, target: Any = None) -> int:
     """All call-time checks (the last one runs the model once on ``x``: its logits must be
     finite); returns the number of classes."""

@@ -22,7 +22,7 @@ import numpy as np
 
 from jaxadv import _validate
 from jaxadv._struct import pytree_dataclass
-from jaxadv.attacks.base import _bound, example_keys
+from jaxadv.attacks.base import example_keys, finite_eps
 from jaxadv.engine.layout import bucket, pad_rows
 from jaxadv.models import as_model
 from jaxadv.result import AttackResult, finalize
@@ -96,22 +96,15 @@ def sweep_eps(
         >>> curve.robust_accuracy.shape
         (3,)
     """
+    from jaxadv.engine import check_eps
+
     model = as_model(model)
-    e = np.asarray(eps, dtype=np.float32)
-    if e.ndim != 1 or e.size == 0:
-        raise ValueError(f"eps must be a non-empty 1-D grid, got shape {e.shape}")
-    if np.any(~np.isfinite(e) & ~np.isposinf(e)) or np.any(e < 0):
-        raise ValueError(f"eps values must be >= 0 and not NaN, got {e.tolist()}")
+    e = check_eps(eps)
+    key, x, y, target = _validate.normalize_inputs(key, x, y, target)
     if validate:
-        _validate.check_inputs(
-            model,
-            x,
-            y,
-            lo=_bound(attack.threat.lo, min),
-            hi=_bound(attack.threat.hi, max),
-            target=target,
-        )
+        _validate.check_attack_inputs(attack.threat, model, x, y, target)
     keys = example_keys(key, x.shape[0], index_offset)
+    e = finite_eps(attack.threat, e, tuple(x.shape)).astype(np.float32)  # inf: the whole box
     if cascade:
         return _cascade(attack, e, keys, model, x, y, target)
     return _sweep(attack, jnp.asarray(e), keys, model, x, y, target)

@@ -14,7 +14,7 @@ from typing import Any
 import jax
 
 from jaxadv import _validate
-from jaxadv.attacks.base import _bound, _run_jit, example_keys
+from jaxadv.attacks.base import example_keys, finite_budget, run_jit
 from jaxadv.engine.layout import data_mesh, pad_rows, round_up, shard_batch
 from jaxadv.models import as_model
 from jaxadv.result import AttackResult
@@ -41,14 +41,7 @@ def attack_sharded(
     """
     model = as_model(model)
     if validate:
-        _validate.check_inputs(
-            model,
-            x,
-            y,
-            lo=_bound(attack.threat.lo, min),
-            hi=_bound(attack.threat.hi, max),
-            target=target,
-        )
+        _validate.check_attack_inputs(attack.threat, model, x, y, target)
     mesh = mesh or data_mesh()
     b = x.shape[0]
     size = round_up(b, mesh.devices.size)
@@ -56,5 +49,5 @@ def attack_sharded(
     xs, ys = pad_rows(x, size), pad_rows(y, size)
     ts = None if target is None else pad_rows(target, size)
     keys, xs, ys, ts = shard_batch((keys, xs, ys, ts), mesh)
-    res = _run_jit(attack, keys, model, xs, ys, ts)
+    res = run_jit(finite_budget(attack, x), keys, model, xs, ys, ts)
     return jax.tree_util.tree_map(lambda a: a[:b], res)

@@ -31,7 +31,7 @@ def no_compile(monkeypatch):
     def boom(*a, **k):
         raise AssertionError("compiled attack was reached before the input check")
 
-    monkeypatch.setattr(base, "_run_jit", boom)
+    monkeypatch.setattr(base, "run_jit", boom)
 
 
 PGD = jaxadv.PGD(threat=jaxadv.LinfBall(eps=0.1), num_steps=2)

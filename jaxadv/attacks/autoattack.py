@@ -20,13 +20,13 @@ from jaxadv.attacks.apgd import APGD, APGDT
 from jaxadv.attacks.base import (
     REGISTRY,
     AbstractAttack,
-    _bound,
-    _run_jit,
     example_keys,
     finite_budget,
     register,
+    run_jit,
 )
 from jaxadv.attacks.fmn import FMN
+from jaxadv.engine import layout
 from jaxadv.models import as_model
 from jaxadv.result import AttackResult, finalize
 from jaxadv.threats import L2Ball, LinfBall
@@ -59,11 +59,12 @@ class AutoAttack(AbstractAttack):
     """The standard robustness-evaluation ensemble, run stage after stage.
 
     Stages (``version='standard'``): APGD-CE, APGD-T (targeted DLR, 9 targets), FMN (our
-    minimum-norm stage in place of FAB-T) and Square once it is available. Per example the first
-    successful stage's point is kept (worst case over the ensemble). Called directly, later stages
-    run only on the examples still robust (compacted into padded power-of-two buckets, so at most
-    ``log2 B`` extra compilations per stage); the pure :meth:`run` (used by ``sweep_eps`` and under
-    ``jit``) runs every stage on the whole batch and merges by mask, with identical results.
+    minimum-norm stage in place of FAB-T) and Square. Per example the first successful stage's point
+    is kept (worst case over the ensemble). Called directly, later stages run only on the examples
+    still robust (compacted into blocks padded with the engine's rule,
+    :func:`jaxadv.engine.layout.bucket`: a few sizes per octave, each compiled once); the pure
+    :meth:`run` (used by ``jaxadv.evaluate``, ``sweep_eps`` and under ``jit``) runs every stage on
+    the whole batch and merges by mask, with identical results.
 
     ``res.info['stage_success']`` is ``bool[B, S]``: broken after stage ``s``; robust accuracy after
     each stage is ``1 - stage_success.mean(0)``.
@@ -143,9 +144,7 @@ class AutoAttack(AbstractAttack):
         model = as_model(model)
         key, x, y, _ = _validate.normalize_inputs(key, x, y)
         if validate:
-            _validate.check_inputs(
-                model, x, y, lo=_bound(self.threat.lo, min), hi=_bound(self.threat.hi, max)
-            )
+            _validate.check_attack_inputs(self.threat, model, x, y)
         b = x.shape[0]
         keys = example_keys(key, b, index_offset)
         bounded = finite_budget(self, x)
@@ -157,10 +156,9 @@ class AutoAttack(AbstractAttack):
             idx = np.nonzero(~succ)[0]
             if idx.size:
                 t0 = time.perf_counter()
-                bucket = min(b, 1 << int(np.ceil(np.log2(idx.size))))
-                pad = np.concatenate([idx, np.full(bucket - idx.size, idx[0])])
+                pad = layout.pad_rows(idx, layout.bucket(idx.size, b))  # the engine's rule
                 skeys = jax.vmap(lambda k, i=i: jax.random.fold_in(k, i))(keys[pad])
-                res = _run_jit(atk, skeys, model, x[pad], y[pad], None)
+                res = run_jit(atk, skeys, model, x[pad], y[pad], None)
                 s = np.asarray(res.success)[: idx.size]
                 won = idx[s]
                 keep = np.ones_like(s) if i == 0 else s

@@ -72,20 +72,30 @@ def fold_keys(keys: Array, data: Any) -> Array:
     return jax.vmap(lambda k: jax.random.fold_in(k, data))(keys)
 
 
+def finite_eps(threat: Any, eps: Any, shape: tuple[int, ...]) -> np.ndarray:
+    """Budgets ``eps`` (host values) with every infinite norm-ball budget replaced by the box's
+    diameter in that norm for inputs of ``shape`` (:meth:`~jaxadv.threats.AbstractThreat.diameter`):
+    the same allowed set, so ``eps=inf`` means "anywhere in the box", but step sizes and
+    projections derived from ``eps`` stay finite. L0 budgets are returned unchanged."""
+    e = np.asarray(eps, np.float64)
+    if threat.p == 0 or not np.any(np.isinf(e)):
+        return e
+    return np.where(np.isinf(e), threat.diameter(tuple(shape)), e)
+
+
 def finite_budget(attack: Any, x: Any) -> Any:
-    """``attack`` with an infinite norm-ball ``eps`` replaced by the box's diameter in that norm
-    (:meth:`~jaxadv.threats.AbstractThreat.diameter`): the same allowed set, so ``eps=inf`` means
-    "anywhere in the box", but step sizes and projections derived from ``eps`` stay finite.
-    L0 budgets and traced or finite ``eps`` are returned unchanged."""
-    threat = attack.threat
-    eps = getattr(threat, "eps", None)
-    if threat.p == 0 or not is_concrete(eps) or np.ndim(eps) != 0 or not np.isinf(eps):
+    """``attack`` with an infinite norm-ball ``eps`` replaced as in :func:`finite_eps`; traced or
+    finite ``eps`` is returned unchanged."""
+    eps = getattr(attack.threat, "eps", None)
+    if not is_concrete(eps) or np.ndim(eps) != 0 or not np.isinf(eps):
         return attack
-    return attack.with_eps(threat.diameter(tuple(x.shape)))
+    return attack.with_eps(float(finite_eps(attack.threat, eps, tuple(x.shape))))
 
 
 @jax.jit
-def _run_jit(attack, keys, model, x, y, target):
+def run_jit(attack, keys, model, x, y, target):
+    """``attack.run`` compiled (attack, model and arrays are jit arguments: no retrace for new
+    leaves)."""
     return attack.run(keys, model, x, y, target=target)
 
 
@@ -161,24 +171,10 @@ class AbstractAttack:
         model = as_model(model)
         key, x, y, target = _validate.normalize_inputs(key, x, y, target)
         if validate:
-            _validate.check_inputs(
-                model,
-                x,
-                y,
-                lo=_bound(self.threat.lo, min),
-                hi=_bound(self.threat.hi, max),
-                target=target,
-            )
+            _validate.check_attack_inputs(self.threat, model, x, y, target)
         keys = example_keys(key, x.shape[0], index_offset)
-        return _run_jit(finite_budget(self, x), keys, model, x, y, target)
+        return run_jit(finite_budget(self, x), keys, model, x, y, target)
 
     def with_eps(self, eps: float | Array):
         """The same attack with a new budget (no retrace: ``eps`` is a leaf)."""
         return replace(self, threat=replace(self.threat, eps=eps))
-
-
-def _bound(v: Any, pick) -> float:
-    """A concrete lower/upper box bound for the range check (per-channel bounds: the extreme)."""
-    import numpy as np
-
-    return float(pick(np.asarray(v).ravel().tolist()))

@@ -202,7 +202,7 @@ def evaluate(
         (3,)
     """
     from jaxadv import _validate
-    from jaxadv.attacks.base import _bound
+    from jaxadv.attacks.base import finite_eps
     from jaxadv.models import as_model
 
     t0 = time.perf_counter()
@@ -236,13 +236,8 @@ def evaluate(
     threat = attack.threat if attack is not None else None
     if validate:
         xv, yv = ds.get(idx[: min(idx.size, 16)])
-        _validate.check_inputs(
-            model,
-            np.asarray(xv, np.float32),
-            np.asarray(yv, np.int32),
-            lo=_bound(threat.lo, min) if threat is not None else 0.0,
-            hi=_bound(threat.hi, max) if threat is not None else 1.0,
-            target=None,
+        _validate.check_attack_inputs(
+            threat, model, np.asarray(xv, np.float32), np.asarray(yv, np.int32)
         )
     if not isinstance(key, jax.Array):
         key = jax.random.key(int(key))
@@ -257,7 +252,8 @@ def evaluate(
     num_classes = int(
         jax.eval_shape(model, jax.ShapeDtypeStruct((1, h, w, k), np.float32)).shape[-1]
     )
-    run = _Runner(attack, model, ds, e, key, mesh, per_dev, adv_index, num_adv)
+    e_run = e if threat is None else finite_eps(threat, e, (1, h, w, k))
+    run = _Runner(attack, model, ds, e_run, key, mesh, per_dev, adv_index, num_adv)
     steps = layout.chunks(idx.size, per_dev * mesh.devices.size)
     parts: list[dict[str, np.ndarray]] = []
     for i, pos in enumerate(steps):
