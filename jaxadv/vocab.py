@@ -70,7 +70,13 @@ def load_dataset(
                 raise SpecError("--image-size is required for an image folder")
             return data.load_image_folder(p, size=size, channels=channels or 3)
         if _is_tfds(name):
-            return data.load_tfds(name[5:], split=split, size=size, channels=channels)
+            try:
+                return data.load_tfds(name[5:], split=split, size=size, channels=channels)
+            except (ImportError, SpecError):
+                raise
+            except Exception as e:  # noqa: BLE001 - TFDS's own errors (unknown name, no files)
+                first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+                raise SpecError(f"cannot load {name!r}: {first}") from e
     except ImportError as e:
         raise SpecError(
             f"data {name!r} needs an optional dependency ({e.name or e}); install it with "

@@ -332,9 +332,9 @@ def run_sweep(
     all_cells = expand(cfg)
     cells = shard_cells(all_cells, num_shards, shard_index)
     store = SweepDir(out)
-    bs = int(batch_size or cfg.batch_size)
-    if bs < 1:
-        raise SweepError(f"--batch-size must be positive, got {bs}")
+    bs = cfg.batch_size if batch_size is None else batch_size
+    if isinstance(bs, bool) or not isinstance(bs, (int, np.integer)) or bs < 1:
+        raise SweepError(f"--batch-size must be a positive integer, got {bs!r}")
 
     lock = folder_lock(store.root) if writer else contextlib.nullcontext()
     with lock:
