@@ -46,3 +46,16 @@ def linear_model(num_classes: int = 2, shape=(4, 4, 1), seed: int = 0):
 
 def _linear_apply(p, x):
     return x.reshape(x.shape[0], -1) @ p["w"] + p["b"][None, :]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+    """Drop every compiled program after each test module. Each XLA:CPU executable keeps a few
+    memory mappings until it is freed; the whole suite compiles thousands of programs, and one
+    process would otherwise reach the kernel's map limit (vm.max_map_count, 65530) and crash
+    inside the compiler with a segmentation fault."""
+    yield
+    import gc
+
+    jax.clear_caches()
+    gc.collect()
