@@ -1,0 +1,188 @@
+"""One loop driver for the iterative attacks (the optimistix shape: the attack says what one
+iteration does, the driver owns the loop).
+
+An attack describes its iteration by
+
+* a **state**: any pytree (usually a :func:`jaxadv._struct.pytree_dataclass`) whose array leaves
+  with at least one axis are per example (leading axis ``B``); 0-d leaves (a schedule counter) are
+  shared by the batch;
+* a **step** ``step(i, state) -> (state, Scored | None)``: one iteration at step index ``i``,
+  returning the next state and, when the step queried the model at some point, that point with its
+  success and score (see :class:`Scored`);
+* optionally **done** ``done(state, scored) -> bool[B]``: per example finished after this step.
+
+:func:`iterate` then owns what every attack used to re-write:
+
+* the loop: ``lax.fori_loop`` over ``range(start, stop)`` (with ``unroll``) when the attack cannot
+  stop early, else a ``lax.while_loop`` that also leaves once every example is done. The static
+  ``fori_loop`` form matters on XLA:CPU: fully unrolled (``unroll=stop - start``) it is
+  straight-line code, and only straight-line code keeps the input-gradient convolutions on the fast
+  path (see ``benchmarks/loops.py``); a while loop never is;
+* the per-example **active mask**: an example inactive when a step starts keeps its state (every
+  per-example leaf is selected back with :func:`jaxadv._batch.bsel`), is not charged and does not
+  update the best point; ``done`` clears it after the step;
+* **query charging**: ``cost`` queries per step to every example active when the step starts;
+* the **best point** (when a :class:`Best` is passed): :func:`keep_best` of every scored point of
+  an active example (a success beats a failure, then the higher score wins; ties keep the older).
+
+Nothing else: what a step computes is the attack's business, and the driver adds no host
+synchronisation. Without ``done`` no mask is applied at all (every example is active throughout),
+so an attack that never freezes runs exactly the arithmetic it ran before.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from jaxadv._batch import bsel
+from jaxadv._struct import pytree_dataclass
+
+Array = jax.Array
+
+
+@pytree_dataclass
+class Scored:
+    """A point a step queried the model at.
+
+    Attributes:
+        point: ``[B, ...]`` the queried point (an image, or whatever the attack keeps as its best).
+        success: ``bool[B]`` the model's verdict there.
+        score: ``[B]`` higher is better (the attack's loss; ``-norm`` for a minimum-norm attack).
+    """
+
+    point: Array
+    success: Array
+    score: Array
+
+
+@pytree_dataclass
+class Best:
+    """The best point per example so far (a success beats a failure, then the higher score)."""
+
+    point: Array
+    success: Array
+    score: Array
+
+    @classmethod
+    def empty(cls, x: Array) -> Best:
+        """No point yet: ``x`` as a placeholder, no success, score ``-inf``."""
+        b = x.shape[0]
+        return cls(point=x, success=jnp.zeros((b,), bool), score=jnp.full((b,), -jnp.inf, x.dtype))
+
+
+def keep_best(best: Best, cand: Scored) -> Best:
+    """Per example keep the better of ``best`` and ``cand``: a success beats a failure, then the
+    higher score wins (ties and NaN scores keep ``best``)."""
+    better = (cand.success & ~best.success) | (
+        (cand.success == best.success) & (cand.score > best.score)
+    )
+    return Best(
+        point=bsel(better, cand.point, best.point),
+        success=best.success | cand.success,
+        score=jnp.where(better, cand.score, best.score),
+    )
+
+
+def masked(cand: Scored, active: Array) -> Scored:
+    """``cand`` as seen by :func:`keep_best` when only ``active`` examples may update the best."""
+    return Scored(
+        point=cand.point,
+        success=cand.success & active,
+        score=jnp.where(active, cand.score, -jnp.inf),
+    )
+
+
+@pytree_dataclass
+class Loop:
+    """What :func:`iterate` returns.
+
+    Attributes:
+        state: the attack's final state.
+        active: ``bool[B]`` still running (never done) at the end.
+        queries: ``int32[B]`` the queries passed in plus those charged by the loop.
+        best: the best point (``None`` when none was tracked).
+    """
+
+    state: Any
+    active: Array
+    queries: Array
+    best: Best | None
+
+
+def freeze(active: Array, new: Any, old: Any) -> Any:
+    """``new`` for active examples, ``old`` for the others (0-d leaves are shared: ``new``)."""
+    return jax.tree.map(lambda n, o: n if n.ndim == 0 else bsel(active, n, o), new, old)
+
+
+def iterate(
+    step: Callable[[Array, Any], tuple[Any, Scored | None]],
+    state: Any,
+    *,
+    stop: int,
+    start: int = 0,
+    active: Array,
+    queries: Array,
+    cost: int = 1,
+    done: Callable[[Any, Scored | None], Array] | None = None,
+    best: Best | None = None,
+    exit_early: bool = False,
+    unroll: int = 1,
+) -> Loop:
+    """Run ``state = step(i, state)`` for ``i`` in ``range(start, stop)`` (static bounds).
+
+    Args:
+        step: one iteration, ``(i, state) -> (state, scored)``; ``scored`` may be ``None`` when
+            no best point is tracked.
+        state: the initial state.
+        stop, start: the static step range.
+        active: ``bool[B]`` examples that run at all (the others keep their state throughout).
+        queries: ``int32[B]`` queries spent before the loop.
+        cost: queries one step spends per active example.
+        done: ``(state, scored) -> bool[B]`` per example finished after a step; ``None``: never
+            (no masking at all).
+        best: the best point so far, updated with every scored point of an active example;
+            ``None`` tracks nothing.
+        exit_early: a ``lax.while_loop`` that also leaves once no example is active (needs
+            ``done``); else a ``lax.fori_loop`` (``unroll`` applies to it only).
+        unroll: ``lax.fori_loop`` unroll factor.
+
+    Returns:
+        a :class:`Loop` with the final state, active mask, queries and best point.
+    """
+
+    def body(i, c: Loop) -> Loop:
+        new, scored = step(i, c.state)
+        b = c.best
+        if b is not None:
+            b = keep_best(b, scored if done is None else masked(scored, c.active))
+        inc = c.active.astype(jnp.int32)
+        q = c.queries + (inc if cost == 1 else inc * cost)
+        if done is None:
+            return Loop(state=new, active=c.active, queries=q, best=b)
+        return Loop(
+            state=freeze(c.active, new, c.state),
+            active=c.active & ~done(new, scored),
+            queries=q,
+            best=b,
+        )
+
+    init = Loop(state=state, active=active, queries=queries.astype(jnp.int32), best=best)
+    if not exit_early:
+        return jax.lax.fori_loop(start, stop, body, init, unroll=unroll)
+    if done is None:
+        raise ValueError("iterate: exit_early needs done")
+
+    def cond(ic):
+        i, c = ic
+        return (i < stop) & jnp.any(c.active)
+
+    def wbody(ic):
+        i, c = ic
+        return i + 1, body(i, c)
+
+    _, out = jax.lax.while_loop(cond, wbody, (jnp.asarray(start, jnp.int32), init))
+    return out
