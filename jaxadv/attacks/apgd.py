@@ -212,10 +212,7 @@ class APGD(AbstractAttack):
 
     def run(self, keys, model, x, y, *, target=None) -> AttackResult:
         best, q = self._run_from(keys, model, x, y, target)
-        loss_fn = self._loss_fn(y, target)
-        return finalize(
-            self.threat, model, x, best.point, y, target=target, loss_fn=loss_fn, queries=q
-        )
+        return finalize(self.threat, model, x, best.point, y, target=target, queries=q)
 
 
 @register

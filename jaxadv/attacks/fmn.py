@@ -146,10 +146,7 @@ class FMN(AbstractAttack):
         )
         best = keep_best(out.state.best, last)
         adv = x + jnp.where(best.success.reshape((b,) + (1,) * (x.ndim - 1)), best.point, delta)
-        loss_fn = L.margin if target is None else L.margin_targeted
-        return finalize(
-            threat, model, x, adv, y, target=target, loss_fn=loss_fn, queries=out.queries + 1
-        )
+        return finalize(threat, model, x, adv, y, target=target, queries=out.queries + 1)
 
 
 @pytree_dataclass

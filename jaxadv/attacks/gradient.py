@@ -76,7 +76,6 @@ class FGSM(AbstractAttack):
             adv,
             y,
             target=target,
-            loss_fn=loss_fn,
             queries=jnp.ones((x.shape[0],), jnp.int32),
         )
 
@@ -198,6 +197,4 @@ class PGD(AbstractAttack):
             best, queries = restart(0, carry)
         else:
             best, queries = jax.lax.fori_loop(0, self.num_restarts, restart, carry)
-        return finalize(
-            threat, model, x, best.point, y, target=target, loss_fn=loss_fn, queries=queries
-        )
+        return finalize(threat, model, x, best.point, y, target=target, queries=queries)
