@@ -21,7 +21,9 @@ An attack describes its iteration by
 * the per-example **active mask**: an example inactive when a step starts keeps its state (every
   per-example leaf is selected back with :func:`jaxadv._batch.bsel`), is not charged and does not
   update the best point; ``done`` clears it after the step;
-* **query charging**: ``cost`` queries per step to every example active when the step starts;
+* **query charging**: ``cost`` queries per step to every example active when the step starts, or,
+  for a step whose queries vary per example (compacted scoring, inner searches: ``cost=None``),
+  the count the step reports;
 * the **best point** (when a :class:`Best` is passed): :func:`keep_best` of every scored point of
   an active example (a success beats a failure, then the higher score wins; ties keep the older).
 
@@ -105,12 +107,14 @@ class Loop:
         active: ``bool[B]`` still running (never done) at the end.
         queries: ``int32[B]`` the queries passed in plus those charged by the loop.
         best: the best point (``None`` when none was tracked).
+        stop: ``int32[]`` the index after the last step run (``stop`` unless the loop left early).
     """
 
     state: Any
     active: Array
     queries: Array
     best: Best | None
+    stop: Array
 
 
 def freeze(active: Array, new: Any, old: Any) -> Any:
@@ -119,18 +123,20 @@ def freeze(active: Array, new: Any, old: Any) -> Any:
 
 
 def iterate(
-    step: Callable[[Array, Any], tuple[Any, Scored | None]],
+    step: Callable[..., tuple],
     state: Any,
     *,
     stop: int,
     start: int = 0,
     active: Array,
     queries: Array,
-    cost: int = 1,
+    cost: int | None = 1,
     done: Callable[[Any, Scored | None], Array] | None = None,
     best: Best | None = None,
     exit_early: bool = False,
     unroll: int = 1,
+    budget: int | None = None,
+    freeze_state: bool = True,
 ) -> Loop:
     """Run ``state = step(i, state)`` for ``i`` in ``range(start, stop)`` (static bounds).
 
@@ -141,7 +147,10 @@ def iterate(
         stop, start: the static step range.
         active: ``bool[B]`` examples that run at all (the others keep their state throughout).
         queries: ``int32[B]`` queries spent before the loop.
-        cost: queries one step spends per active example.
+        cost: queries one step spends per active example. ``None``: the step's queries vary per
+            example; it is then called as ``step(i, state, active)`` and returns
+            ``(state, scored, spent)`` with ``spent`` ``int32[B]`` (zero for inactive examples:
+            the step knows the mask, so it can skip their queries), charged as is.
         done: ``(state, scored) -> bool[B]`` per example finished after a step; ``None``: never
             (no masking at all).
         best: the best point so far, updated with every scored point of an active example;
@@ -149,40 +158,54 @@ def iterate(
         exit_early: a ``lax.while_loop`` that also leaves once no example is active (needs
             ``done``); else a ``lax.fori_loop`` (``unroll`` applies to it only).
         unroll: ``lax.fori_loop`` unroll factor.
+        budget: a per-example query budget (needs an int ``cost``): an example stops once its
+            next step would take it over ``budget``.
+        freeze_state: select inactive examples' state back after each step. ``False`` (with
+            ``cost=None``, where the step gets the mask) leaves the masking to the step: for state
+            that inactive examples still update, such as a per-round history.
 
     Returns:
         a :class:`Loop` with the final state, active mask, queries and best point.
     """
 
     def body(i, c: Loop) -> Loop:
-        new, scored = step(i, c.state)
+        # ``i`` is passed on as the loop gives it (weakly typed from ``fori_loop``: a step may mix
+        # it with Python floats under strict promotion).
+        nxt = jnp.asarray(i, jnp.int32) + 1
+        if cost is None:
+            new, scored, spent = step(i, c.state, c.active)
+            q = c.queries + spent
+        else:
+            new, scored = step(i, c.state)
+            inc = c.active.astype(jnp.int32)
+            q = c.queries + (inc if cost == 1 else inc * cost)
         b = c.best
         if b is not None:
             b = keep_best(b, scored if done is None else masked(scored, c.active))
-        inc = c.active.astype(jnp.int32)
-        q = c.queries + (inc if cost == 1 else inc * cost)
-        if done is None:
-            return Loop(state=new, active=c.active, queries=q, best=b)
-        return Loop(
-            state=freeze(c.active, new, c.state),
-            active=c.active & ~done(new, scored),
-            queries=q,
-            best=b,
-        )
+        if done is None and budget is None:
+            return Loop(state=new, active=c.active, queries=q, best=b, stop=nxt)
+        active = c.active if done is None else c.active & ~done(new, scored)
+        if budget is not None:
+            active = active & (q + cost <= budget)
+        if freeze_state:
+            new = freeze(c.active, new, c.state)
+        return Loop(state=new, active=active, queries=q, best=b, stop=nxt)
 
-    init = Loop(state=state, active=active, queries=queries.astype(jnp.int32), best=best)
+    init = Loop(
+        state=state,
+        active=active,
+        queries=queries.astype(jnp.int32),
+        best=best,
+        stop=jnp.asarray(start, jnp.int32),
+    )
     if not exit_early:
         return jax.lax.fori_loop(start, stop, body, init, unroll=unroll)
-    if done is None:
-        raise ValueError("iterate: exit_early needs done")
+    if done is None and budget is None:
+        raise ValueError("iterate: exit_early needs done or budget")
+    if budget is not None and cost is None:
+        raise ValueError("iterate: budget needs an int cost")
 
-    def cond(ic):
-        i, c = ic
-        return (i < stop) & jnp.any(c.active)
+    def cond(c: Loop):
+        return (c.stop < stop) & jnp.any(c.active)
 
-    def wbody(ic):
-        i, c = ic
-        return i + 1, body(i, c)
-
-    _, out = jax.lax.while_loop(cond, wbody, (jnp.asarray(start, jnp.int32), init))
-    return out
+    return jax.lax.while_loop(cond, lambda c: body(c.stop, c), init)

@@ -16,6 +16,7 @@ from jaxadv import _validate as V
 from jaxadv._struct import pytree_dataclass, replace, static
 from jaxadv.attacks import _blackbox as bb
 from jaxadv.attacks.base import AbstractAttack, register
+from jaxadv.attacks.driver import iterate
 from jaxadv.result import AttackResult, finalize
 from jaxadv.threats import L2Ball, LinfBall
 
@@ -216,15 +217,12 @@ class HopSkipJump(AbstractAttack):
             n_chunks = (n_t + chunk - 1) // chunk
             return jax.lax.fori_loop(0, n_chunks, c_body, (jnp.zeros((b,), dt), zero, zero))
 
-        def cond(s):
-            return jnp.any(s["active"]) & (s["t"] <= self.num_iterations)
-
-        def body(s):
-            t = s["t"]
-            act = s["active"]
+        def hsj_step(t, s, act):
+            # Queries vary per example (inner searches), so the step gets the active mask and
+            # masks its own state (the history is written for every example).
             tf = t.astype(dt)
             ks = bb.fold(keys, t)
-            xb, dcur, q = s["xa"], s["dist"], s["queries"]
+            xb, dcur, q = s["xa"], s["dist"], jnp.zeros((b,), jnp.int32)
 
             # -- 2. boundary normal
             n_t = jnp.minimum(
@@ -278,32 +276,45 @@ class HopSkipJump(AbstractAttack):
             best_dist = jnp.where(better, dn, s["best_dist"])
             d_new = jnp.where(act & moved, dn, dcur)
             hist = s["hist"].at[rows, t - 1].set(jnp.where(act, d_new, s["hist"][rows, t - 2]))
-            return dict(
-                t=t + 1,
+            new = dict(
                 xa=bb.bsel(act & moved, xn, xb),
                 dist=d_new,
                 best=best,
                 best_dist=best_dist,
                 hist=hist,
-                queries=q,
-                active=act & ((best_dist > eps) | (not self.early_stop)),
             )
+            return new, None, q
 
         state = dict(
-            t=jnp.asarray(1, jnp.int32),
             xa=xa,
             dist=dcur,
             best=xa,
             best_dist=dcur,
             hist=jnp.zeros((b, self.num_iterations + 1), dt).at[:, -1].set(dcur),
-            queries=queries,
-            active=active,
         )
-        out = jax.lax.while_loop(cond, body, state)
+
+        def finished(s, _):
+            if self.early_stop:
+                return ~(s["best_dist"] > eps)
+            return jnp.zeros((b,), bool)
+
+        loop = iterate(
+            hsj_step,
+            state,
+            start=1,
+            stop=self.num_iterations + 1,
+            active=active,
+            queries=queries,
+            cost=None,
+            done=finished,
+            exit_early=True,
+            freeze_state=False,
+        )
+        out, t_end = loop.state, loop.stop
         # rounds an example skipped (finished early) repeat its last distance
         hist = out["hist"][:, :-1]
-        ran = jnp.arange(self.num_iterations)[None, :] < (out["t"] - 1)
-        last = out["hist"][:, (out["t"] - 2) % (self.num_iterations + 1)]
+        ran = jnp.arange(self.num_iterations)[None, :] < (t_end - 1)
+        last = out["hist"][:, (t_end - 2) % (self.num_iterations + 1)]
         hist = jnp.where(ran, hist, last[:, None])
-        res = finalize(threat, model, x, out["best"], y, target=target, queries=out["queries"])
+        res = finalize(threat, model, x, out["best"], y, target=target, queries=loop.queries)
         return replace(res, info={**res.info, "norm_history": hist})
