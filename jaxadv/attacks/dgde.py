@@ -29,6 +29,7 @@ from jaxadv._batch import bsel
 from jaxadv._struct import float32_fields, pytree_dataclass, replace, static
 from jaxadv.attacks import population as pop_lib
 from jaxadv.attacks.base import AbstractAttack, fold_keys, register
+from jaxadv.attacks.driver import iterate
 from jaxadv.result import AttackResult, finalize
 from jaxadv.threats import L0Pixels
 
@@ -450,36 +451,40 @@ class DGDE(AbstractAttack):
             ),
             fails=jnp.zeros((b,), jnp.int32),
             gens=jnp.zeros((b,), jnp.int32),
-            queries=queries,
         )
-        state["active"] = found_noise & self._keep_going(state)
+        active = found_noise & self._keep_going(state)
         if self.record_history:
             state["hist_n"] = jnp.zeros((b, g_max), jnp.int32)
             state["hist_p"] = jnp.zeros((b, g_max), jnp.float32)
 
-        # ---- Phase 1: decrease group DE.
-        def cond1(carry):
-            g, s = carry
-            return jnp.any(s["active"]) & (g < g_max)
-
-        def body1(carry):
-            g, s = carry
+        # ---- Phase 1: decrease group DE, on the loop driver. The step masks its own state
+        # (the history is written for every example) and reports its per-example queries.
+        def phase1_step(g, s, act):
             gk = fold_keys(k1, g)
             s_new = self._generation(gk, model, x, y, target, s)
-            act = s["active"]
             out = {
                 name: bsel(act, s_new[name], s[name])
                 for name in ("mask", "vals", "n", "fit", "p", "delta", "fails")
             }
             out["gens"] = s["gens"] + act.astype(jnp.int32)
-            out["queries"] = jnp.where(act, s_new["queries"], s["queries"])
-            out["active"] = act & self._keep_going(out)
             if self.record_history:
                 out["hist_n"] = s["hist_n"].at[:, g].set(out["n"])
                 out["hist_p"] = s["hist_p"].at[:, g].set(out["p"])
-            return g + 1, out
+            return out, None, jnp.where(act, s_new["spent"], 0).astype(jnp.int32)
 
-        g_run, state = jax.lax.while_loop(cond1, body1, (jnp.zeros((), jnp.int32), state))
+        loop = iterate(
+            phase1_step,
+            state,
+            stop=g_max,
+            active=active,
+            queries=queries,
+            cost=None,
+            done=lambda s, _: ~self._keep_going(s),
+            exit_early=True,
+            freeze_state=False,
+        )
+        g_run = loop.stop
+        state = {**loop.state, "queries": loop.queries}
 
         if self.options.minimality_sweep:
             state = self._sweep(k1, model, x, y, target, state)
@@ -512,7 +517,8 @@ class DGDE(AbstractAttack):
         return go
 
     def _generation(self, gkeys, model, x, y, target, s):
-        """One generation for every example (the caller merges it under the active mask)."""
+        """One generation for every example (the caller merges it under the active mask);
+        ``spent`` is the queries it took per example."""
         ns = self.options.num_subsets
         kb = fold_keys(gkeys, 0)
         masks, valss, n_new = jax.vmap(self._block_candidates)(
@@ -581,7 +587,7 @@ class DGDE(AbstractAttack):
             p=jnp.where(accept, take(p_true, j), cur_p),
             delta=jnp.where(accept, delta_acc, rej_delta),
             fails=jnp.where(accept, 0, rej_fails),
-            queries=s["queries"] + q_gen,
+            spent=q_gen,
         )
 
     def _individual_select(
