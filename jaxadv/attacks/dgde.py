@@ -461,7 +461,8 @@ class DGDE(AbstractAttack):
         # (the history is written for every example) and reports its per-example queries.
         def phase1_step(g, s, act):
             gk = fold_keys(k1, g)
-            s_new = self._generation(gk, model, x, y, target, s)
+            # _generation adds its queries to s["queries"]: from zero, that is this step's cost.
+            s_new = self._generation(gk, model, x, y, target, {**s, "queries": jnp.zeros_like(n0)})
             out = {
                 name: bsel(act, s_new[name], s[name])
                 for name in ("mask", "vals", "n", "fit", "p", "delta", "fails")
@@ -470,7 +471,7 @@ class DGDE(AbstractAttack):
             if self.record_history:
                 out["hist_n"] = s["hist_n"].at[:, g].set(out["n"])
                 out["hist_p"] = s["hist_p"].at[:, g].set(out["p"])
-            return out, None, jnp.where(act, s_new["spent"], 0).astype(jnp.int32)
+            return out, None, jnp.where(act, s_new["queries"], 0)
 
         loop = iterate(
             phase1_step,
@@ -517,8 +518,7 @@ class DGDE(AbstractAttack):
         return go
 
     def _generation(self, gkeys, model, x, y, target, s):
-        """One generation for every example (the caller merges it under the active mask);
-        ``spent`` is the queries it took per example."""
+        """One generation for every example (the caller merges it under the active mask)."""
         ns = self.options.num_subsets
         kb = fold_keys(gkeys, 0)
         masks, valss, n_new = jax.vmap(self._block_candidates)(
@@ -587,7 +587,7 @@ class DGDE(AbstractAttack):
             p=jnp.where(accept, take(p_true, j), cur_p),
             delta=jnp.where(accept, delta_acc, rej_delta),
             fails=jnp.where(accept, 0, rej_fails),
-            spent=q_gen,
+            queries=s["queries"] + q_gen,
         )
 
     def _individual_select(
