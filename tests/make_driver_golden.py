@@ -9,7 +9,9 @@ the commit)::
 
 Cases (see :func:`cases`): every attack in ``REGISTRY`` with its ``small()`` configuration on a
 4-class linear model and on a 4-class 2-layer ReLU MLP (so the loss surface is not linear), plus
-PGD with ``early_stop=True`` and with restarts, APGD with restarts, and a targeted run for every
+PGD with ``early_stop=True``, with restarts and unrolled, APGD with restarts and DLR, other
+norms / modes / stopping rules of the black-box and evolutionary attacks (:func:`_extra`), and a
+targeted run for every
 attack that accepts ``target=``. Per case the file holds ``adv, success, norm, queries, loss``
 stacked over cases (``cases`` holds the case names; :func:`load` reads it back). The JAX configuration matches ``tests/conftest.py`` (8 fake CPU
 devices, strict promotion), so the numbers are those the tests see.
@@ -17,6 +19,7 @@ devices, strict promotion), so the numbers are those the tests see.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pathlib
 import sys
@@ -95,6 +98,11 @@ def cases():
                 ("PGD-early", jaxadv.PGD(threat=atk.threat, num_steps=6, early_stop=True)),
                 ("PGD-restarts", jaxadv.PGD(threat=atk.threat, num_steps=3, num_restarts=2)),
             ]
+        if name == "PGD":
+            variants.append(
+                ("PGD-unrolled", jaxadv.PGD(threat=atk.threat, num_steps=3, unroll=True))
+            )
+        variants += _extra(name, atk)
         if name == "APGD":
             variants += [
                 ("APGD-restarts", jaxadv.APGD(threat=atk.threat, num_steps=4, num_restarts=2)),
@@ -106,6 +114,32 @@ def cases():
                 if name not in UNTARGETED_ONLY:
                     out.append((f"{case}@{model_name}@targeted", model_name, a, True))
     return out
+
+
+def _extra(name, atk):
+    """Option combinations that take other loop paths (other norms and modes, no early stop,
+    no score reuse, DGDE without history, the minimality sweep)."""
+    rep = dataclasses.replace
+    if name == "Square":
+        return [("Square-l2", rep(atk, threat=jaxadv.L2Ball(eps=0.5)))]
+    if name == "NES":
+        return [
+            ("NES-partial", rep(atk, mode="partial_info", init_tries=5)),
+            ("NES-label", rep(atk, mode="label_only", init_tries=5, label_only_samples=3)),
+        ]
+    if name == "ZOO":
+        return [("ZOO-noearly", rep(atk, early_stop=False, patience=2))]
+    if name == "HopSkipJump":
+        return [
+            ("HopSkipJump-linf", rep(atk, threat=jaxadv.LinfBall(eps=0.1))),
+            ("HopSkipJump-noearly", rep(atk, early_stop=False)),
+        ]
+    if name == "OnePixel":
+        return [("OnePixel-noreuse", rep(atk, reuse_scores=False))]
+    if name == "DGDE":
+        opts = rep(atk.options, minimality_sweep=True)
+        return [("DGDE-nohist-sweep", rep(atk, record_history=False, options=opts))]
+    return []
 
 
 def run_case(model, attack, targeted):
