@@ -8,7 +8,8 @@ An attack describes its iteration by
   shared by the batch;
 * a **step** ``step(i, state) -> (state, Scored | None)``: one iteration at step index ``i``,
   returning the next state and, when the step queried the model at some point, that point with its
-  success and score (see :class:`Scored`);
+  success and score (see :class:`Scored`); a step whose queries vary per example is
+  ``step(i, state, active) -> (state, scored, spent)`` (``cost=None``);
 * optionally **done** ``done(state, scored) -> bool[B]``: per example finished after this step.
 
 :func:`iterate` then owns what every attack used to re-write:
@@ -28,8 +29,15 @@ An attack describes its iteration by
   an active example (a success beats a failure, then the higher score wins; ties keep the older).
 
 Nothing else: what a step computes is the attack's business, and the driver adds no host
-synchronisation. Without ``done`` no mask is applied at all (every example is active throughout),
-so an attack that never freezes runs exactly the arithmetic it ran before.
+synchronisation. Without ``done`` and ``budget`` no mask is applied at all (every example is
+stepped throughout; ``active`` then only decides who is charged), so an attack that never freezes
+runs exactly the arithmetic it ran before.
+
+Ported: PGD (restarts, early stop), APGD / APGD-T, FMN, Square, NES, ZOO, HopSkipJump, the DE
+engine (:func:`jaxadv.attacks.population.minimize`, hence OnePixel) and DGDE's phase 1. Not
+ported yet, each still a short while loop with its own mask and query count: the start-point noise
+searches (NES, HopSkipJump, DGDE's phase 0), HopSkipJump's step-size search inside a round, and
+DGDE's minimality sweep.
 """
 
 from __future__ import annotations
@@ -145,7 +153,8 @@ def iterate(
             no best point is tracked.
         state: the initial state.
         stop, start: the static step range.
-        active: ``bool[B]`` examples that run at all (the others keep their state throughout).
+        active: ``bool[B]`` examples that run at all (with ``done`` or ``budget``, the others keep
+            their state throughout; without, they are only not charged).
         queries: ``int32[B]`` queries spent before the loop.
         cost: queries one step spends per active example. ``None``: the step's queries vary per
             example; it is then called as ``step(i, state, active)`` and returns
@@ -167,6 +176,11 @@ def iterate(
     Returns:
         a :class:`Loop` with the final state, active mask, queries and best point.
     """
+
+    if budget is not None and cost is None:
+        raise ValueError("iterate: budget needs an int cost")
+    if exit_early and done is None and budget is None:
+        raise ValueError("iterate: exit_early needs done or budget")
 
     def body(i, c: Loop) -> Loop:
         # ``i`` is passed on as the loop gives it (weakly typed from ``fori_loop``: a step may mix
@@ -200,10 +214,6 @@ def iterate(
     )
     if not exit_early:
         return jax.lax.fori_loop(start, stop, body, init, unroll=unroll)
-    if done is None and budget is None:
-        raise ValueError("iterate: exit_early needs done or budget")
-    if budget is not None and cost is None:
-        raise ValueError("iterate: budget needs an int cost")
 
     def cond(c: Loop):
         return (c.stop < stop) & jnp.any(c.active)
