@@ -34,10 +34,10 @@ stepped throughout; ``active`` then only decides who is charged), so an attack t
 runs exactly the arithmetic it ran before.
 
 Ported: PGD (restarts, early stop), APGD / APGD-T, FMN, Square, NES, ZOO, HopSkipJump, the DE
-engine (:func:`jaxadv.attacks.population.minimize`, hence OnePixel) and DGDE's phase 1. Not
-ported yet, each still a short while loop with its own mask and query count: the start-point noise
-searches (NES, HopSkipJump, DGDE's phase 0), HopSkipJump's step-size search inside a round, and
-DGDE's minimality sweep.
+engine (:func:`jaxadv.attacks.population.minimize`, hence OnePixel), DGDE's phase 1 and its
+minimality sweep. Not ported yet, each still a short while loop with its own mask and query count:
+the start-point noise searches (NES, HopSkipJump, DGDE's phase 0) and HopSkipJump's step-size
+search inside a round.
 """
 
 from __future__ import annotations
