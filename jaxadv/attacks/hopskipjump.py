@@ -165,22 +165,26 @@ class HopSkipJump(AbstractAttack):
         succ0 = adversarial(x)
         queries = jnp.ones((b,), jnp.int32)
 
-        def s_cond(s):
-            it, searching, *_ = s
-            return jnp.any(searching) & (it < self.init_tries)
-
-        def s_body(s):
-            it, searching, found, start, q = s
+        def s_step(it, s):
+            found, start = s
             u = jax.vmap(lambda k: jax.random.uniform(k, x.shape[1:], dt))(
                 bb.fold(bb.fold(keys, 0), it)
             )
             u = lo + (hi - lo) * u
             a = adversarial(u)
-            hit = searching & a
-            return it + 1, searching & ~a, found | hit, bb.bsel(hit, u, start), q + i32(searching)
+            # the driver freezes the examples that stopped searching
+            return (found | a, bb.bsel(a, u, start)), None
 
-        s0 = (jnp.asarray(0, jnp.int32), ~succ0, jnp.zeros((b,), bool), x, queries)
-        _, _, found, xa, queries = jax.lax.while_loop(s_cond, s_body, s0)
+        search = iterate(
+            s_step,
+            (jnp.zeros((b,), bool), x),
+            stop=self.init_tries,
+            active=~succ0,
+            queries=queries,
+            done=lambda s, _: s[0],
+            exit_early=True,
+        )
+        (found, xa), queries = search.state, search.queries
         xa, queries = boundary(xa, found, queries)
         dcur = jnp.where(found, dist(xa), jnp.where(succ0, 0.0, jnp.inf)).astype(dt)
         active = found & ((dcur > eps) | (not self.early_stop))

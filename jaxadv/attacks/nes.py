@@ -241,28 +241,27 @@ class NES(AbstractAttack):
             lo = jnp.asarray(threat.lo, dt)
             hi = jnp.asarray(threat.hi, dt)
 
-            def s_cond(s):
-                t, searching, *_ = s
-                return jnp.any(searching) & (t < min(self.init_tries, self.num_queries - 1))
-
-            def s_body(s):
-                t, searching, found, start, q = s
+            def s_step(t, s):
+                found, start = s
                 u = jax.vmap(lambda kk: jax.random.uniform(kk, x.shape[1:], dt))(
                     bb.fold(bb.fold(keys, 1), t)
                 )
                 u = lo + (hi - lo) * u
                 _, c_u, _ = observe(u)
-                hit = searching & c_u
-                return (
-                    t + 1,
-                    searching & ~c_u,
-                    found | hit,
-                    bb.bsel(hit, u, start),
-                    q + searching.astype(jnp.int32),
-                )
+                # still searching means not found yet: found becomes c_u (the driver freezes the
+                # examples that stopped searching)
+                return (found | c_u, bb.bsel(c_u, u, start)), None
 
-            s0 = (jnp.asarray(0, jnp.int32), active & ~crit0, jnp.zeros((b,), bool), x, queries)
-            _, _, found, start, queries = jax.lax.while_loop(s_cond, s_body, s0)
+            search = iterate(
+                s_step,
+                (jnp.zeros((b,), bool), x),
+                stop=min(self.init_tries, self.num_queries - 1),
+                active=active & ~crit0,
+                queries=queries,
+                done=lambda s, _: s[0],
+                exit_early=True,
+            )
+            (found, start), queries = search.state, search.queries
             xa = bb.bsel(found, start, x)
             dist = threat.norm(start - x)
             eps_b = jnp.where(found, jnp.maximum(jnp.asarray(self.starting_eps, dt), dist), goal)
