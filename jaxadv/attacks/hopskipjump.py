@@ -250,27 +250,24 @@ class HopSkipJump(AbstractAttack):
                 v = jnp.sign(g)
 
             # -- 3. geometric step-size search
-            def g_cond(gs):
-                j, searching, *_ = gs
-                return jnp.any(searching) & (j < self.max_halvings)
-
-            def g_body(gs):
-                j, searching, xi, moved, xn, q = gs
+            def g_step(_, gs):
+                xi, moved, xn = gs
                 cand = threat.clip_box(xb + bb.bcast(xi, xb) * v)
                 a = adversarial(cand)
-                hit = searching & a
-                return (
-                    j + 1,
-                    searching & ~a,
-                    jnp.where(searching & ~a, xi / 2, xi),
-                    moved | hit,
-                    bb.bsel(hit, cand, xn),
-                    q + i32(searching),
-                )
+                # the driver freezes (and stops charging) the examples that have moved
+                return (jnp.where(~a, xi / 2, xi), moved | a, bb.bsel(a, cand, xn)), None
 
             xi0 = dcur / jnp.sqrt(tf)
-            g0 = (jnp.asarray(0, jnp.int32), act, xi0, jnp.zeros((b,), bool), xb, q)
-            _, _, _, moved, xn, q = jax.lax.while_loop(g_cond, g_body, g0)
+            search = iterate(
+                g_step,
+                (xi0, jnp.zeros((b,), bool), xb),
+                stop=self.max_halvings,
+                active=act,
+                queries=q,
+                done=lambda gs, _: gs[1],
+                exit_early=True,
+            )
+            (_, moved, xn), q = search.state, search.queries
 
             # -- 1. (next round's) boundary search from the new point
             xn, q = boundary(xn, act & moved, q)
