@@ -22,7 +22,12 @@ class AttackResult:
         adv: adversarial images ``[B, H, W, K]``, always inside the threat set and the box.
         success: ``bool[B]``, recomputed by the library on ``adv``: misclassified (untargeted) or
             classified as the target (targeted). Clean errors count as successes.
-        loss: ``f32[B]`` the attack's loss at ``adv`` (attacks maximise it).
+        loss: ``f32[B]`` the logit margin at ``adv``, the same quantity for every attack (whatever
+            loss the attack optimised): :func:`jaxadv.losses.margin` (untargeted,
+            ``max_{j != y} z_j - z_y``) or :func:`jaxadv.losses.margin_targeted` (targeted,
+            ``z_t - max_{j != t} z_j``), computed by :func:`finalize` from the logits on the final
+            ``adv``. It is > 0 exactly when the attack succeeded (ties at 0 aside, and NaN logits
+            aside: see ``info["nonfinite"]``).
         norm: ``f32[B]`` size of ``adv - x`` in the threat model's norm (pixels changed for L0).
         queries: ``int32[B]`` forward passes spent on that example (gradient attacks count one per
             gradient evaluation).
@@ -44,7 +49,7 @@ class AttackResult:
         return ~self.success
 
 
-def finalize(threat, model, x, adv, y, *, target=None, loss_fn=None, queries=None) -> AttackResult:
+def finalize(threat, model, x, adv, y, *, target=None, queries=None, loss_fn=None) -> AttackResult:
     """Enforce the threat model on ``adv`` and re-evaluate the model there (one forward pass).
 
     The library, not the attack, decides success: whatever an attack returns is projected into the
@@ -56,20 +61,29 @@ def finalize(threat, model, x, adv, y, *, target=None, loss_fn=None, queries=Non
       falls back to ``x`` and is evaluated there;
     * a row whose logits at the final ``adv`` are not all finite gets ``success=False``;
     * either case sets ``info["nonfinite"]`` (``bool[B]``) for that row.
+
+    ``res.loss`` is always the margin (see :class:`AttackResult`). ``loss_fn`` is accepted only as
+    the margin that would be used anyway (older callers pass it); any other loss raises
+    ``TypeError``: report the attack's own loss in ``info`` instead.
     """
+    margin = L.margin if target is None else L.margin_targeted
+    if loss_fn is not None and loss_fn is not margin:
+        raise TypeError(
+            "finalize: res.loss is the library's margin for every attack; drop loss_fn= "
+            f"(got {getattr(loss_fn, '__name__', loss_fn)!r})"
+        )
     adv = threat.project(x, adv)
     bad_adv = ~jnp.all(jnp.isfinite(adv.reshape(adv.shape[0], -1)), axis=1)
     adv = jax.lax.stop_gradient(jnp.where(bcast(bad_adv, adv), x, adv))
     logits = model(adv)
     finite = jnp.all(jnp.isfinite(logits), axis=1)
     lbl = y if target is None else target
-    loss_fn = loss_fn or (L.margin if target is None else L.margin_targeted)
     b = x.shape[0]
     q = jnp.zeros((b,), jnp.int32) if queries is None else queries.astype(jnp.int32)
     return AttackResult(
         adv=adv,
         success=L.is_adversarial(logits, y, target) & finite,
-        loss=loss_fn(logits, lbl).astype(jnp.float32),
+        loss=margin(logits, lbl).astype(jnp.float32),
         norm=threat.norm(adv - x).astype(jnp.float32),
         queries=q + 1,
         info={"nonfinite": bad_adv | ~finite},

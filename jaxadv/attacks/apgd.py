@@ -15,16 +15,37 @@ from jaxadv import losses as L
 from jaxadv._batch import bsel as _bsel
 from jaxadv._struct import pytree_dataclass, static
 from jaxadv.attacks.base import AbstractAttack, register
-from jaxadv.attacks.gradient import keep_best, loss_grad
+from jaxadv.attacks.driver import Best, Scored, iterate, keep_best
+from jaxadv.attacks.gradient import loss_grad
 from jaxadv.result import AttackResult, finalize
 from jaxadv.threats import L1Ball, L2Ball, LinfBall
 
 Array = jax.Array
 
 
+@pytree_dataclass
+class APGDState:
+    """One APGD run's per-example state (``counter`` and ``interval`` are shared by the batch)."""
+
+    xa: Array
+    x_prev: Array
+    g: Array
+    step: Array
+    loss_prev: Array
+    x_max: Array  # best by loss (the restart point) and its gradient
+    g_max: Array
+    loss_max: Array
+    n_inc: Array
+    loss_max_last: Array
+    reduced_last: Array
+    counter: Array
+    interval: Array
+
+
 def _apgd_single(threat, model, x, y, lbl, target, loss_fn, x0, num_steps, rho, momentum, unroll):
-    """One APGD run from ``x0``. Returns the best point per example (success first, then loss)
-    and the number of gradient evaluations.
+    """One APGD run from ``x0``. Returns the driver's :class:`~jaxadv.attacks.driver.Loop`: the
+    best point per example (success first, then loss) and the gradient evaluations
+    (``num_steps + 1``).
 
     State machine (per example, vectorised): the step size starts at ``2 eps``; the check interval
     starts at ``ceil(0.22 N)`` and shrinks by ``0.03 N`` per check down to ``0.06 N`` (shared by the
@@ -41,20 +62,15 @@ def _apgd_single(threat, model, x, y, lbl, target, loss_fn, x0, num_steps, rho, 
     succ = L.is_adversarial(logits, y, target)
     step = jnp.broadcast_to(2.0 * jnp.asarray(threat.eps, x.dtype), (b,))
 
-    state = dict(
+    state = APGDState(
         xa=x0,
         x_prev=x0,
         g=g,
         step=step,
         loss_prev=loss,
-        # best by loss (restart point) and its gradient
         x_max=x0,
         g_max=g,
         loss_max=loss,
-        # best overall (success first, then loss): what the attack returns
-        best=keep_best(
-            (x0, jnp.zeros((b,), bool), jnp.full((b,), -jnp.inf, x.dtype)), x0, succ, loss
-        ),
         n_inc=jnp.zeros((b,), jnp.int32),
         loss_max_last=loss,
         reduced_last=jnp.zeros((b,), bool),
@@ -62,53 +78,50 @@ def _apgd_single(threat, model, x, y, lbl, target, loss_fn, x0, num_steps, rho, 
         interval=jnp.asarray(n_check0, jnp.int32),
     )
 
-    def body(i, s):
+    def apgd_step(i, s):
         a = jnp.where(i == 0, 1.0, momentum).astype(x.dtype)
-        z = threat.project(x, s["xa"] + threat.ascent_step(s["g"], s["step"]))
-        xn = threat.project(x, s["xa"] + a * (z - s["xa"]) + (1 - a) * (s["xa"] - s["x_prev"]))
+        z = threat.project(x, s.xa + threat.ascent_step(s.g, s.step))
+        xn = threat.project(x, s.xa + a * (z - s.xa) + (1 - a) * (s.xa - s.x_prev))
         g, loss, logits = loss_grad(model, loss_fn, xn, lbl)
         succ = L.is_adversarial(logits, y, target)
-        best = keep_best(s["best"], xn, succ, loss)
-        improved = loss > s["loss_max"]
-        x_max = _bsel(improved, xn, s["x_max"])
-        g_max = _bsel(improved, g, s["g_max"])
-        loss_max = jnp.where(improved, loss, s["loss_max"])
-        n_inc = s["n_inc"] + (loss > s["loss_prev"]).astype(jnp.int32)
-        counter = s["counter"] + 1
+        improved = loss > s.loss_max
+        x_max = _bsel(improved, xn, s.x_max)
+        g_max = _bsel(improved, g, s.g_max)
+        loss_max = jnp.where(improved, loss, s.loss_max)
+        n_inc = s.n_inc + (loss > s.loss_prev).astype(jnp.int32)
+        counter = s.counter + 1
 
         # Checkpoint (same iteration for the whole batch, decisions per example).
-        at_check = counter == s["interval"]
-        oscillating = n_inc.astype(x.dtype) <= rho * s["interval"].astype(x.dtype)
-        no_progress = ~s["reduced_last"] & (s["loss_max_last"] >= loss_max)
+        at_check = counter == s.interval
+        oscillating = n_inc.astype(x.dtype) <= rho * s.interval.astype(x.dtype)
+        no_progress = ~s.reduced_last & (s.loss_max_last >= loss_max)
         reduce = at_check & (oscillating | no_progress)
-        step = jnp.where(reduce, s["step"] / 2, s["step"])
-        xa = _bsel(reduce, x_max, xn)
-        g = _bsel(reduce, g_max, g)
-        return dict(
-            xa=xa,
-            x_prev=s["xa"],
-            g=g,
-            step=step,
+        new = APGDState(
+            xa=_bsel(reduce, x_max, xn),
+            x_prev=s.xa,
+            g=_bsel(reduce, g_max, g),
+            step=jnp.where(reduce, s.step / 2, s.step),
             loss_prev=loss,
             x_max=x_max,
             g_max=g_max,
             loss_max=loss_max,
-            best=best,
             n_inc=jnp.where(at_check, 0, n_inc),
-            loss_max_last=jnp.where(at_check, loss_max, s["loss_max_last"]),
-            reduced_last=jnp.where(at_check, reduce, s["reduced_last"]),
+            loss_max_last=jnp.where(at_check, loss_max, s.loss_max_last),
+            reduced_last=jnp.where(at_check, reduce, s.reduced_last),
             counter=jnp.where(at_check, 0, counter),
-            interval=jnp.where(
-                at_check, jnp.maximum(s["interval"] - n_decr, n_check_min), s["interval"]
-            ),
+            interval=jnp.where(at_check, jnp.maximum(s.interval - n_decr, n_check_min), s.interval),
         )
+        return new, Scored(point=xn, success=succ, score=loss)
 
-    state = jax.lax.fori_loop(0, num_steps, body, state, unroll=unroll)
-    return state["best"]
-
-
-def _num_queries(b, n):
-    return jnp.full((b,), n, jnp.int32)
+    return iterate(
+        apgd_step,
+        state,
+        stop=num_steps,
+        active=jnp.ones((b,), bool),
+        queries=jnp.ones((b,), jnp.int32),  # the gradient at x0
+        best=keep_best(Best.empty(x), Scored(point=x0, success=succ, score=loss)),
+        unroll=unroll,
+    )
 
 
 @register
@@ -166,11 +179,14 @@ class APGD(AbstractAttack):
             return lambda logits, t: L.dlr_targeted(logits, t, y)
         return L.resolve(self.loss, target is not None)
 
-    def _run_from(self, keys, model, x, y, target, best):
+    def _run_from(self, keys, model, x, y, target):
+        """All restarts; returns the best point (a :class:`Best`) and the queries ``int32[B]``."""
         loss_fn = self._loss_fn(y, target)
         lbl = y if target is None else target
+        b = x.shape[0]
 
-        def restart(r, best):
+        def restart(r, carry):
+            best, queries = carry
             rkeys = jax.vmap(lambda k: jax.random.fold_in(k, r))(keys)
             x0 = self.threat.random_init(rkeys, x) if self.random_start else x
             cand = _apgd_single(
@@ -187,16 +203,16 @@ class APGD(AbstractAttack):
                 jnp.asarray(self.momentum, x.dtype),
                 self.unroll,
             )
-            return keep_best(best, *cand)
+            cb = cand.best
+            cand_scored = Scored(point=cb.point, success=cb.success, score=cb.score)
+            return keep_best(best, cand_scored), queries + cand.queries
 
-        return jax.lax.fori_loop(0, self.num_restarts, restart, best), loss_fn
+        carry = (Best.empty(x), jnp.zeros((b,), jnp.int32))
+        return jax.lax.fori_loop(0, self.num_restarts, restart, carry)
 
     def run(self, keys, model, x, y, *, target=None) -> AttackResult:
-        b = x.shape[0]
-        best0 = (x, jnp.zeros((b,), bool), jnp.full((b,), -jnp.inf, x.dtype))
-        (adv, _, _), loss_fn = self._run_from(keys, model, x, y, target, best0)
-        q = _num_queries(b, self.num_restarts * (self.num_steps + 1))
-        return finalize(self.threat, model, x, adv, y, target=target, loss_fn=loss_fn, queries=q)
+        best, q = self._run_from(keys, model, x, y, target)
+        return finalize(self.threat, model, x, best.point, y, target=target, queries=q)
 
 
 @register
@@ -261,12 +277,11 @@ class APGDT(AbstractAttack):
             t = order[:, c - 2 - j]
             t = jnp.where(t == y, order[:, c - 1], t)
             tkeys = jax.vmap(lambda k: jax.random.fold_in(k, 1000 + j))(keys)
-            best0 = (x, jnp.zeros((b,), bool), jnp.full((b,), -jnp.inf, x.dtype))
-            (cand, _, _), _ = inner._run_from(tkeys, model, x, y, t, best0)
+            cand = inner._run_from(tkeys, model, x, y, t)[0].point
             cand_succ = L.is_adversarial(model(cand), y)
             take = cand_succ & ~succ
             return _bsel(take, cand, adv), succ | cand_succ
 
         adv, _ = jax.lax.fori_loop(0, n_t, per_target, (x, L.is_adversarial(logits0, y)))
-        q = _num_queries(b, 1 + n_t * (self.num_restarts * (self.num_steps + 1) + 1))
-        return finalize(self.threat, model, x, adv, y, loss_fn=L.margin, queries=q)
+        q = jnp.full((b,), 1 + n_t * (self.num_restarts * (self.num_steps + 1) + 1), jnp.int32)
+        return finalize(self.threat, model, x, adv, y, queries=q)

@@ -29,6 +29,7 @@ from jaxadv._batch import bsel
 from jaxadv._struct import float32_fields, pytree_dataclass, replace, static
 from jaxadv.attacks import population as pop_lib
 from jaxadv.attacks.base import AbstractAttack, fold_keys, register
+from jaxadv.attacks.driver import Scored, iterate
 from jaxadv.result import AttackResult, finalize
 from jaxadv.threats import L0Pixels
 
@@ -450,36 +451,41 @@ class DGDE(AbstractAttack):
             ),
             fails=jnp.zeros((b,), jnp.int32),
             gens=jnp.zeros((b,), jnp.int32),
-            queries=queries,
         )
-        state["active"] = found_noise & self._keep_going(state)
+        active = found_noise & self._keep_going(state)
         if self.record_history:
             state["hist_n"] = jnp.zeros((b, g_max), jnp.int32)
             state["hist_p"] = jnp.zeros((b, g_max), jnp.float32)
 
-        # ---- Phase 1: decrease group DE.
-        def cond1(carry):
-            g, s = carry
-            return jnp.any(s["active"]) & (g < g_max)
-
-        def body1(carry):
-            g, s = carry
+        # ---- Phase 1: decrease group DE, on the loop driver. The step masks its own state
+        # (the history is written for every example) and reports its per-example queries.
+        def phase1_step(g, s, act):
             gk = fold_keys(k1, g)
-            s_new = self._generation(gk, model, x, y, target, s)
-            act = s["active"]
+            # _generation adds its queries to s["queries"]: from zero, that is this step's cost.
+            s_new = self._generation(gk, model, x, y, target, {**s, "queries": jnp.zeros_like(n0)})
             out = {
                 name: bsel(act, s_new[name], s[name])
                 for name in ("mask", "vals", "n", "fit", "p", "delta", "fails")
             }
             out["gens"] = s["gens"] + act.astype(jnp.int32)
-            out["queries"] = jnp.where(act, s_new["queries"], s["queries"])
-            out["active"] = act & self._keep_going(out)
             if self.record_history:
                 out["hist_n"] = s["hist_n"].at[:, g].set(out["n"])
                 out["hist_p"] = s["hist_p"].at[:, g].set(out["p"])
-            return g + 1, out
+            return out, None, jnp.where(act, s_new["queries"], 0)
 
-        g_run, state = jax.lax.while_loop(cond1, body1, (jnp.zeros((), jnp.int32), state))
+        loop = iterate(
+            phase1_step,
+            state,
+            stop=g_max,
+            active=active,
+            queries=queries,
+            cost=None,
+            done=lambda s, _: ~self._keep_going(s),
+            exit_early=True,
+            freeze_state=False,
+        )
+        g_run = loop.stop
+        state = {**loop.state, "queries": loop.queries}
 
         if self.options.minimality_sweep:
             state = self._sweep(k1, model, x, y, target, state)
@@ -642,30 +648,36 @@ class DGDE(AbstractAttack):
             m = jax.vmap(lambda i: flat.at[i].set(False).reshape(h, w))(idx)
             return m, live
 
-        def cond(carry):
-            r, _, act = carry
-            return jnp.any(act) & (r < kc)
-
-        def body(carry):
-            r, st, act = carry
+        def sweep_step(_, st, act):
             m, live = jax.vmap(cands)(st["mask"], st["n"])
             vals = jnp.broadcast_to(st["vals"][:, None], (b, kc, h, w, c))
             fit, p, adv = self._score(model, self.apply(x[:, None], m, vals), y, target)
             ok = live & adv
             j = jnp.argmin(jnp.where(ok, fit, jnp.inf), axis=1)
-            go = act & jnp.any(ok, axis=1)
+            go = jnp.any(ok, axis=1)  # the driver freezes inactive examples
             take = jax.vmap(lambda a, i: a[i])
+            spent = jnp.where(act, st["n"], 0).astype(jnp.int32)  # one image per live pixel
             st = dict(st)
-            st["queries"] = st["queries"] + jnp.where(act, st["n"], 0).astype(jnp.int32)
             st["mask"] = jnp.where(_bcast(go, st["mask"]), take(m, j), st["mask"])
             st["n"] = st["n"] - go.astype(jnp.int32)
             st["fit"] = jnp.where(go, take(fit, j), st["fit"])
             st["p"] = jnp.where(go, take(p, j), st["p"])
-            return r + 1, st, go & (st["n"] > self.min_pixels)
+            return st, Scored(point=st["mask"], success=go, score=-st["fit"]), spent
 
         act = (s["n"] > self.min_pixels) & (s["n"] <= kc) & (s["n"] > 0)
-        _, s, _ = jax.lax.while_loop(cond, body, (jnp.zeros((), jnp.int32), s, act))
-        return s
+        state = {k: v for k, v in s.items() if k != "queries"}
+        loop = iterate(
+            sweep_step,
+            state,
+            stop=kc,
+            active=act,
+            queries=s["queries"],
+            cost=None,
+            # an example stops once no pixel can go or it is down to min_pixels
+            done=lambda st, sc: ~(sc.success & (st["n"] > self.min_pixels)),
+            exit_early=True,
+        )
+        return {**loop.state, "queries": loop.queries}
 
 
 __all__ = ["DGDE", "DGDEOptions", "exact_subset"]

@@ -11,9 +11,9 @@ import jax.numpy as jnp
 
 from jaxadv import _validate as V
 from jaxadv import losses as L
-from jaxadv._batch import bsel as _bsel
 from jaxadv._struct import pytree_dataclass, static
 from jaxadv.attacks.base import AbstractAttack, register
+from jaxadv.attacks.driver import Best, Scored, iterate, keep_best
 from jaxadv.attacks.gradient import loss_grad
 from jaxadv.result import AttackResult, finalize
 from jaxadv.threats import L2Ball, LinfBall
@@ -85,16 +85,17 @@ class FMN(AbstractAttack):
         a1 = a0 / 100 if self.alpha_final is None else jnp.asarray(self.alpha_final, dt)
         g0, g1 = jnp.asarray(self.gamma_init, dt), jnp.asarray(self.gamma_final, dt)
 
-        def body(k, s):
-            delta, eps_k, best_delta, best_norm = s
+        def fmn_step(k, s):
+            delta = s.delta
             xa = x + delta
             grad, m, logits = loss_grad(model, bnd, xa, lbl)
             is_adv = L.is_adversarial(logits, y, target)
             n = threat.norm(delta)
-            better = is_adv & (n < best_norm)
-            best_delta = _bsel(better, delta, best_delta)
-            best_norm = jnp.where(better, n, best_norm)
-            found = jnp.isfinite(best_norm)
+            # The smallest adversarial delta so far (score -norm: a success beats a failure, then
+            # the smaller norm). The radius update below reads it, so it lives in the state.
+            best = keep_best(s.best, Scored(point=delta, success=is_adv, score=-n))
+            best_norm = -best.score
+            found = best.success
 
             gamma = _cosine(k, self.num_steps, g0, g1)
             gflat = grad.reshape(b, -1)
@@ -102,12 +103,14 @@ class FMN(AbstractAttack):
             to_boundary = jnp.abs(m) / jnp.maximum(gdual, 1e-12)
             eps_new = jnp.where(
                 is_adv,
-                jnp.minimum(eps_k * (1 - gamma), best_norm),
+                jnp.minimum(s.eps_k * (1 - gamma), best_norm),
                 # Deviation: before the first success the paper sets eps to the linearised
                 # distance to the boundary; the box clip makes that estimate short and the search
                 # can stall just before the boundary, so we also let it grow by (1 + gamma).
                 jnp.where(
-                    found, eps_k * (1 + gamma), jnp.maximum(n + to_boundary, eps_k * (1 + gamma))
+                    found,
+                    s.eps_k * (1 + gamma),
+                    jnp.maximum(n + to_boundary, s.eps_k * (1 + gamma)),
                 ),
             )
             eps_new = jnp.minimum(eps_new, budget)
@@ -123,27 +126,37 @@ class FMN(AbstractAttack):
             else:
                 cand = _l2_proj(cand, eps_new)
             cand = jnp.clip(x + cand, threat.lo, threat.hi) - x
-            return cand, eps_new, best_delta, best_norm
+            return FMNState(delta=cand, eps_k=eps_new, best=best), None
 
-        s0 = (
-            jnp.zeros_like(x),
-            jnp.zeros((b,), dt),
-            jnp.zeros_like(x),
-            jnp.full((b,), jnp.inf, dt),
+        s0 = FMNState(
+            delta=jnp.zeros_like(x), eps_k=jnp.zeros((b,), dt), best=Best.empty(jnp.zeros_like(x))
         )
-        delta, _, best_delta, best_norm = jax.lax.fori_loop(0, self.num_steps, body, s0)
+        out = iterate(
+            fmn_step,
+            s0,
+            stop=self.num_steps,
+            active=jnp.ones((b,), bool),
+            queries=jnp.zeros((b,), jnp.int32),
+        )
+        delta = out.state.delta
         # Score the last iterate too.
         logits = model(x + delta)
-        n = threat.norm(delta)
-        better = L.is_adversarial(logits, y, target) & (n < best_norm)
-        best_delta = _bsel(better, delta, best_delta)
-        best_norm = jnp.where(better, n, best_norm)
-        adv = x + jnp.where(
-            jnp.isfinite(best_norm).reshape((b,) + (1,) * (x.ndim - 1)), best_delta, delta
+        last = Scored(
+            point=delta, success=L.is_adversarial(logits, y, target), score=-threat.norm(delta)
         )
-        q = jnp.full((b,), self.num_steps + 1, jnp.int32)
-        loss_fn = L.margin if target is None else L.margin_targeted
-        return finalize(threat, model, x, adv, y, target=target, loss_fn=loss_fn, queries=q)
+        best = keep_best(out.state.best, last)
+        adv = x + jnp.where(best.success.reshape((b,) + (1,) * (x.ndim - 1)), best.point, delta)
+        return finalize(threat, model, x, adv, y, target=target, queries=out.queries + 1)
+
+
+@pytree_dataclass
+class FMNState:
+    """FMN's per-example state: the current perturbation, the search radius and the smallest
+    adversarial perturbation found so far."""
+
+    delta: Array
+    eps_k: Array
+    best: Best
 
 
 def _l2_proj(delta, eps):

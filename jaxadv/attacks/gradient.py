@@ -10,10 +10,10 @@ import jax.numpy as jnp
 
 from jaxadv import _validate as V
 from jaxadv import losses as L
-from jaxadv._batch import bsel as _bsel
 from jaxadv._struct import pytree_dataclass, static
 from jaxadv._xla_cpu import canonical_convs
 from jaxadv.attacks.base import AbstractAttack, register
+from jaxadv.attacks.driver import Best, Scored, iterate, keep_best, masked
 from jaxadv.result import AttackResult, finalize
 from jaxadv.threats import L1Ball, L2Ball, LinfBall
 
@@ -33,17 +33,6 @@ def loss_grad(model, loss_fn, x_adv, lbl):
     grad = canonical_convs(jax.grad(total, has_aux=True))
     g, (per, logits) = grad(x_adv, lbl)
     return g, per, logits
-
-
-def keep_best(best, cand_adv, cand_succ, cand_loss):
-    """Per example keep the better point: a success beats a failure, then the higher loss wins."""
-    b_adv, b_succ, b_loss = best
-    better = (cand_succ & ~b_succ) | ((cand_succ == b_succ) & (cand_loss > b_loss))
-    return (
-        _bsel(better, cand_adv, b_adv),
-        b_succ | cand_succ,
-        jnp.where(better, cand_loss, b_loss),
-    )
 
 
 @register
@@ -87,7 +76,6 @@ class FGSM(AbstractAttack):
             adv,
             y,
             target=target,
-            loss_fn=loss_fn,
             queries=jnp.ones((x.shape[0],), jnp.int32),
         )
 
@@ -166,53 +154,47 @@ class PGD(AbstractAttack):
         step = self._step_size(x.dtype)
         b = x.shape[0]
 
+        def pgd_step(_, xa):
+            # Scores the current iterate, then moves it (the driver freezes finished examples).
+            g, per, logits = loss_grad(model, loss_fn, xa, lbl)
+            succ = L.is_adversarial(logits, y, target)
+            xn = threat.project(x, xa + threat.ascent_step(g, step))
+            return xn, Scored(point=xa, success=succ, score=per)
+
         def restart(r, carry):
             best, queries = carry
             rkeys = jax.vmap(lambda k: jax.random.fold_in(k, r))(keys)
             x0 = threat.random_init(rkeys, x) if self.random_start else x
-
-            def body(_, s):
-                xa, active, best, q = s
-                g, per, logits = loss_grad(model, loss_fn, xa, lbl)
-                succ = L.is_adversarial(logits, y, target)
-                best = keep_best(best, xa, succ & active, jnp.where(active, per, -jnp.inf))
-                q = q + active.astype(jnp.int32)
-                if self.early_stop:
-                    active = active & ~succ
-                xn = threat.project(x, xa + threat.ascent_step(g, step))
-                return _bsel(active, xn, xa), active, best, q
-
-            init = (x0, jnp.ones((b,), bool), best, queries)
-            if self.early_stop:
+            out = iterate(
+                pgd_step,
+                x0,
+                stop=self.num_steps,
+                active=jnp.ones((b,), bool),
+                queries=queries,
+                best=best,
                 # Once every example is frozen the remaining steps change nothing: leave the
                 # loop (same result, fewer gradients when a whole batch breaks early).
-                def cond(c):
-                    i, (_, active, _, _) = c
-                    return (i < self.num_steps) & jnp.any(active)
-
-                def step_(c):
-                    return c[0] + 1, body(c[0], c[1])
-
-                _, (xa, active, best, queries) = jax.lax.while_loop(cond, step_, (0, init))
-            else:
-                xa, active, best, queries = jax.lax.fori_loop(
-                    0, self.num_steps, body, init, unroll=self.unroll
-                )
+                done=(lambda _, sc: sc.success) if self.early_stop else None,
+                exit_early=self.early_stop,
+                unroll=self.unroll,
+            )
             # The last iterate has not been scored yet.
-            logits = model(xa)
-            per = loss_fn(logits, lbl)
-            succ = L.is_adversarial(logits, y, target)
-            best = keep_best(best, xa, succ & active, jnp.where(active, per, -jnp.inf))
-            return best, queries + active.astype(jnp.int32)
+            logits = model(out.state)
+            last = Scored(
+                point=out.state,
+                success=L.is_adversarial(logits, y, target),
+                score=loss_fn(logits, lbl),
+            )
+            best = keep_best(out.best, masked(last, out.active))
+            return best, out.queries + out.active.astype(jnp.int32)
 
-        best0 = (x, jnp.zeros((b,), bool), jnp.full((b,), -jnp.inf, x.dtype))
-        q0 = jnp.zeros((b,), jnp.int32)
+        carry = (Best.empty(x), jnp.zeros((b,), jnp.int32))
         if self.num_restarts == 1:
             # No loop around a single restart: on XLA:CPU any enclosing while loop keeps the
             # step loop from being straight-line code even with ``unroll=True``, and inside a
             # while body the input-gradient convolutions take a slow path (see
             # benchmarks/loops.py). Same computation, same results.
-            (adv, _, _), queries = restart(0, (best0, q0))
+            best, queries = restart(0, carry)
         else:
-            (adv, _, _), queries = jax.lax.fori_loop(0, self.num_restarts, restart, (best0, q0))
-        return finalize(threat, model, x, adv, y, target=target, loss_fn=loss_fn, queries=queries)
+            best, queries = jax.lax.fori_loop(0, self.num_restarts, restart, carry)
+        return finalize(threat, model, x, best.point, y, target=target, queries=queries)

@@ -16,6 +16,7 @@ from jaxadv import _validate as V
 from jaxadv._struct import pytree_dataclass, replace, static
 from jaxadv.attacks import _blackbox as bb
 from jaxadv.attacks.base import AbstractAttack, register
+from jaxadv.attacks.driver import iterate
 from jaxadv.result import AttackResult, finalize
 from jaxadv.threats import L2Ball, LinfBall
 
@@ -164,22 +165,26 @@ class HopSkipJump(AbstractAttack):
         succ0 = adversarial(x)
         queries = jnp.ones((b,), jnp.int32)
 
-        def s_cond(s):
-            it, searching, *_ = s
-            return jnp.any(searching) & (it < self.init_tries)
-
-        def s_body(s):
-            it, searching, found, start, q = s
+        def s_step(it, s):
+            found, start = s
             u = jax.vmap(lambda k: jax.random.uniform(k, x.shape[1:], dt))(
                 bb.fold(bb.fold(keys, 0), it)
             )
             u = lo + (hi - lo) * u
             a = adversarial(u)
-            hit = searching & a
-            return it + 1, searching & ~a, found | hit, bb.bsel(hit, u, start), q + i32(searching)
+            # the driver freezes the examples that stopped searching
+            return (found | a, bb.bsel(a, u, start)), None
 
-        s0 = (jnp.asarray(0, jnp.int32), ~succ0, jnp.zeros((b,), bool), x, queries)
-        _, _, found, xa, queries = jax.lax.while_loop(s_cond, s_body, s0)
+        search = iterate(
+            s_step,
+            (jnp.zeros((b,), bool), x),
+            stop=self.init_tries,
+            active=~succ0,
+            queries=queries,
+            done=lambda s, _: s[0],
+            exit_early=True,
+        )
+        (found, xa), queries = search.state, search.queries
         xa, queries = boundary(xa, found, queries)
         dcur = jnp.where(found, dist(xa), jnp.where(succ0, 0.0, jnp.inf)).astype(dt)
         active = found & ((dcur > eps) | (not self.early_stop))
@@ -216,15 +221,12 @@ class HopSkipJump(AbstractAttack):
             n_chunks = (n_t + chunk - 1) // chunk
             return jax.lax.fori_loop(0, n_chunks, c_body, (jnp.zeros((b,), dt), zero, zero))
 
-        def cond(s):
-            return jnp.any(s["active"]) & (s["t"] <= self.num_iterations)
-
-        def body(s):
-            t = s["t"]
-            act = s["active"]
+        def hsj_step(t, s, act):
+            # Queries vary per example (inner searches), so the step gets the active mask and
+            # masks its own state (the history is written for every example).
             tf = t.astype(dt)
             ks = bb.fold(keys, t)
-            xb, dcur, q = s["xa"], s["dist"], s["queries"]
+            xb, dcur, q = s["xa"], s["dist"], jnp.zeros((b,), jnp.int32)
 
             # -- 2. boundary normal
             n_t = jnp.minimum(
@@ -248,27 +250,24 @@ class HopSkipJump(AbstractAttack):
                 v = jnp.sign(g)
 
             # -- 3. geometric step-size search
-            def g_cond(gs):
-                j, searching, *_ = gs
-                return jnp.any(searching) & (j < self.max_halvings)
-
-            def g_body(gs):
-                j, searching, xi, moved, xn, q = gs
+            def g_step(_, gs):
+                xi, moved, xn = gs
                 cand = threat.clip_box(xb + bb.bcast(xi, xb) * v)
                 a = adversarial(cand)
-                hit = searching & a
-                return (
-                    j + 1,
-                    searching & ~a,
-                    jnp.where(searching & ~a, xi / 2, xi),
-                    moved | hit,
-                    bb.bsel(hit, cand, xn),
-                    q + i32(searching),
-                )
+                # the driver freezes (and stops charging) the examples that have moved
+                return (jnp.where(~a, xi / 2, xi), moved | a, bb.bsel(a, cand, xn)), None
 
             xi0 = dcur / jnp.sqrt(tf)
-            g0 = (jnp.asarray(0, jnp.int32), act, xi0, jnp.zeros((b,), bool), xb, q)
-            _, _, _, moved, xn, q = jax.lax.while_loop(g_cond, g_body, g0)
+            search = iterate(
+                g_step,
+                (xi0, jnp.zeros((b,), bool), xb),
+                stop=self.max_halvings,
+                active=act,
+                queries=q,
+                done=lambda gs, _: gs[1],
+                exit_early=True,
+            )
+            (_, moved, xn), q = search.state, search.queries
 
             # -- 1. (next round's) boundary search from the new point
             xn, q = boundary(xn, act & moved, q)
@@ -278,32 +277,45 @@ class HopSkipJump(AbstractAttack):
             best_dist = jnp.where(better, dn, s["best_dist"])
             d_new = jnp.where(act & moved, dn, dcur)
             hist = s["hist"].at[rows, t - 1].set(jnp.where(act, d_new, s["hist"][rows, t - 2]))
-            return dict(
-                t=t + 1,
+            new = dict(
                 xa=bb.bsel(act & moved, xn, xb),
                 dist=d_new,
                 best=best,
                 best_dist=best_dist,
                 hist=hist,
-                queries=q,
-                active=act & ((best_dist > eps) | (not self.early_stop)),
             )
+            return new, None, q
 
         state = dict(
-            t=jnp.asarray(1, jnp.int32),
             xa=xa,
             dist=dcur,
             best=xa,
             best_dist=dcur,
             hist=jnp.zeros((b, self.num_iterations + 1), dt).at[:, -1].set(dcur),
-            queries=queries,
-            active=active,
         )
-        out = jax.lax.while_loop(cond, body, state)
+
+        def finished(s, _):
+            if self.early_stop:
+                return ~(s["best_dist"] > eps)
+            return jnp.zeros((b,), bool)
+
+        loop = iterate(
+            hsj_step,
+            state,
+            start=1,
+            stop=self.num_iterations + 1,
+            active=active,
+            queries=queries,
+            cost=None,
+            done=finished,
+            exit_early=True,
+            freeze_state=False,
+        )
+        out, t_end = loop.state, loop.stop
         # rounds an example skipped (finished early) repeat its last distance
         hist = out["hist"][:, :-1]
-        ran = jnp.arange(self.num_iterations)[None, :] < (out["t"] - 1)
-        last = out["hist"][:, (out["t"] - 2) % (self.num_iterations + 1)]
+        ran = jnp.arange(self.num_iterations)[None, :] < (t_end - 1)
+        last = out["hist"][:, (t_end - 2) % (self.num_iterations + 1)]
         hist = jnp.where(ran, hist, last[:, None])
-        res = finalize(threat, model, x, out["best"], y, target=target, queries=out["queries"])
+        res = finalize(threat, model, x, out["best"], y, target=target, queries=loop.queries)
         return replace(res, info={**res.info, "norm_history": hist})

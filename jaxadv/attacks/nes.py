@@ -16,6 +16,7 @@ from jaxadv import losses as L
 from jaxadv._struct import pytree_dataclass, static
 from jaxadv.attacks import _blackbox as bb
 from jaxadv.attacks.base import AbstractAttack, register
+from jaxadv.attacks.driver import iterate
 from jaxadv.result import AttackResult, finalize
 from jaxadv.threats import L2Ball, LinfBall
 
@@ -240,28 +241,27 @@ class NES(AbstractAttack):
             lo = jnp.asarray(threat.lo, dt)
             hi = jnp.asarray(threat.hi, dt)
 
-            def s_cond(s):
-                t, searching, *_ = s
-                return jnp.any(searching) & (t < min(self.init_tries, self.num_queries - 1))
-
-            def s_body(s):
-                t, searching, found, start, q = s
+            def s_step(t, s):
+                found, start = s
                 u = jax.vmap(lambda kk: jax.random.uniform(kk, x.shape[1:], dt))(
                     bb.fold(bb.fold(keys, 1), t)
                 )
                 u = lo + (hi - lo) * u
                 _, c_u, _ = observe(u)
-                hit = searching & c_u
-                return (
-                    t + 1,
-                    searching & ~c_u,
-                    found | hit,
-                    bb.bsel(hit, u, start),
-                    q + searching.astype(jnp.int32),
-                )
+                # still searching means not found yet: found becomes c_u (the driver freezes the
+                # examples that stopped searching)
+                return (found | c_u, bb.bsel(c_u, u, start)), None
 
-            s0 = (jnp.asarray(0, jnp.int32), active & ~crit0, jnp.zeros((b,), bool), x, queries)
-            _, _, found, start, queries = jax.lax.while_loop(s_cond, s_body, s0)
+            search = iterate(
+                s_step,
+                (jnp.zeros((b,), bool), x),
+                stop=min(self.init_tries, self.num_queries - 1),
+                active=active & ~crit0,
+                queries=queries,
+                done=lambda s, _: s[0],
+                exit_early=True,
+            )
+            (found, start), queries = search.state, search.queries
             xa = bb.bsel(found, start, x)
             dist = threat.norm(start - x)
             eps_b = jnp.where(found, jnp.maximum(jnp.asarray(self.starting_eps, dt), dist), goal)
@@ -293,12 +293,9 @@ class NES(AbstractAttack):
 
         ladder = self._ladder
 
-        def cond(s):
-            return jnp.any(s["active"])
-
-        def body(s):
-            act = s["active"]
-            ks = bb.fold(keys, s["it"] + 2)
+        def nes_step(it, s):
+            # The driver freezes finished examples and charges only active ones.
+            ks = bb.fold(keys, it + 2)
             k_grad, k_lo = jax.vmap(lambda kk: jax.random.split(kk))(ks).swapaxes(0, 1)
             g_hat, loss_now = nes_gradient(
                 k_grad,
@@ -340,7 +337,7 @@ class NES(AbstractAttack):
             any_ok = jnp.any(ok, axis=1)
             first = jnp.argmax(ok, axis=1)
             pick = cands[jnp.arange(b), first]
-            moved = act & any_ok
+            moved = any_ok
             xa = bb.bsel(moved, pick, s["xa"])
             eps_new = jnp.where(moved, eps_p, s["eps"])
             crit_new = jnp.where(moved, c_j[jnp.arange(b), first], s["crit"])
@@ -353,33 +350,23 @@ class NES(AbstractAttack):
                     jnp.maximum(de_eff, jnp.asarray(self.min_delta_eps, dt)),
                     s["de"],
                 )
-                failed = decay_try & ~any_ok & act
+                failed = decay_try & ~any_ok
                 de = jnp.where(failed, s["de"] / 2, de)
-                de = jnp.where(
-                    act & decay_try & (de_eff == 0), jnp.asarray(self.min_delta_eps, dt), de
-                )
-
-            q = s["queries"] + act.astype(jnp.int32) * cost
-            done = adv_new & (eps_new <= goal)
-            act_new = act & ~done & (q + cost <= self.num_queries)
-            keep = lambda new, old: bb.bsel(act, new, old)  # noqa: E731
-            return dict(
-                it=s["it"] + 1,
+                de = jnp.where(decay_try & (de_eff == 0), jnp.asarray(self.min_delta_eps, dt), de)
+            new = dict(
                 xa=xa,
-                g=keep(g, s["g"]),
-                lr=keep(lr, s["lr"]),
-                hist=keep(hist, s["hist"]),
-                n_hist=keep(n_hist, s["n_hist"]),
+                g=g,
+                lr=lr,
+                hist=hist,
+                n_hist=n_hist,
                 eps=eps_new,
-                de=keep(de, s["de"]),
+                de=de,
                 crit=crit_new,
                 adv=adv_new,
-                queries=q,
-                active=act_new,
             )
+            return new, None
 
         state = dict(
-            it=jnp.asarray(0, jnp.int32),
             xa=xa,
             g=jnp.zeros_like(x),
             lr=lr0,
@@ -389,11 +376,20 @@ class NES(AbstractAttack):
             de=jnp.broadcast_to(jnp.asarray(self.starting_delta_eps, dt), (b,)),
             crit=crit,
             adv=succ0,
-            queries=queries,
-            active=active,
         )
-        out = jax.lax.while_loop(cond, body, state)
-        return finalize(threat, model, x, out["xa"], y, target=target, queries=out["queries"])
+        out = iterate(
+            nes_step,
+            state,
+            # Never reached (the query budget stops every example first); the loop needs a bound.
+            stop=max(self.num_queries // cost, 1),
+            active=active,
+            queries=queries,
+            cost=cost,
+            done=lambda s, _: s["adv"] & (s["eps"] <= goal),
+            budget=self.num_queries,
+            exit_early=True,
+        )
+        return finalize(threat, model, x, out.state["xa"], y, target=target, queries=out.queries)
 
 
 def _rep(target: Array | None, reps: int) -> Array | None:

@@ -37,9 +37,9 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from jaxadv._batch import bsel as _bsel
 from jaxadv._struct import pytree_dataclass
 from jaxadv.attacks.base import fold_keys
+from jaxadv.attacks.driver import Best, Scored, iterate
 from jaxadv.losses import label_success
 
 Array = jax.Array
@@ -379,39 +379,53 @@ def minimize(
             upper=upper,
         )
 
-    def cond(carry):
-        g, s = carry
-        return jnp.any(s.active) & (g < num_generations)
-
-    def body(carry):
-        g, s = carry
+    def de_step(g, s, active):
         gkeys = fold_keys(keys, g)
         trial = jax.vmap(trials)(gkeys, s.pop)
         if codes is None:
             tfit, tfin = evaluate(trial)
-            scored = p * s.active.astype(jnp.int32)
+            scored = p * active.astype(jnp.int32)
         else:
-            tfit, tfin, scored = _score_new(evaluate_rows, codes, s.pop, s.fit, trial, s.active)
+            tfit, tfin, scored = _score_new(evaluate_rows, codes, s.pop, s.fit, trial, active)
         pop, fit = greedy_select(s.pop, s.fit, trial, tfit)
         cand, cand_fit, cand_done = _pick_best(
             trial, jnp.where(jnp.isnan(tfit), jnp.inf, tfit), tfin
         )
-        better = (cand_done & ~s.done) | ((cand_done == s.done) & (cand_fit < s.best_fit))
-        act = s.active
-        new = DEState(
-            pop=_bsel(act, pop, s.pop),
-            fit=_bsel(act, fit, s.fit),
-            best=_bsel(act & better, cand, s.best),
-            best_fit=jnp.where(act & better, cand_fit, s.best_fit),
-            done=s.done | (act & cand_done),
-            active=act & ~cand_done,
-            generations=s.generations + act.astype(jnp.int32),
-            queries=s.queries + scored,
-        )
-        return g + 1, new
+        # The driver keeps the best individual: finished beats unfinished, then the lower
+        # fitness (score = -fitness; the negations are exact).
+        new = _Generation(pop=pop, fit=fit, generations=s.generations + 1)
+        return new, Scored(point=cand, success=cand_done, score=-cand_fit), scored
 
-    _, state = jax.lax.while_loop(cond, body, (jnp.zeros((), jnp.int32), state))
-    return state
+    out = iterate(
+        de_step,
+        _Generation(pop=state.pop, fit=state.fit, generations=state.generations),
+        stop=num_generations,
+        active=state.active,
+        queries=state.queries,
+        cost=None,
+        done=lambda _, scored: scored.success,
+        best=Best(point=state.best, success=state.done, score=-state.best_fit),
+        exit_early=True,
+    )
+    return DEState(
+        pop=out.state.pop,
+        fit=out.state.fit,
+        best=out.best.point,
+        best_fit=-out.best.score,
+        done=out.best.success,
+        active=out.active,
+        generations=out.state.generations,
+        queries=out.queries,
+    )
+
+
+@pytree_dataclass
+class _Generation:
+    """What one DE generation changes (the driver owns the mask, queries and best individual)."""
+
+    pop: Array
+    fit: Array
+    generations: Array
 
 
 __all__ = [

@@ -20,6 +20,7 @@ from jaxadv import losses as L
 from jaxadv._struct import pytree_dataclass, static
 from jaxadv.attacks import _blackbox as bb
 from jaxadv.attacks.base import AbstractAttack, register
+from jaxadv.attacks.driver import Scored, iterate
 from jaxadv.result import AttackResult, finalize
 from jaxadv.threats import L2Ball, LinfBall
 
@@ -176,12 +177,8 @@ class Square(AbstractAttack):
         loss_best = jnp.where(active, loss_i, loss0)
         active = active & ~succ_i
 
-        def cond(s):
-            i, _, _, act, _ = s
-            return jnp.any(act) & (i < self.num_queries - 1)
-
-        def body(s):
-            i, xb, lb, act, q = s
+        def square_step(i, s):
+            xb, lb = s
             ks = bb.fold(keys, i)
             p = p_schedule(i - 1, self.num_queries, p_init)  # iteration index from 0
             if linf:
@@ -189,18 +186,23 @@ class Square(AbstractAttack):
             else:
                 x_new = self._l2_candidate(ks, x, xb, p, eps, h2)
             ln, sn = score(x_new)
-            take = act & (sn | (ln > lb))
-            return (
-                i + 1,
-                bb.bsel(take, x_new, xb),
-                jnp.where(take, ln, lb),
-                act & ~sn,
-                q + act.astype(jnp.int32),
+            # The driver keeps finished examples' state (they are no longer active).
+            take = sn | (ln > lb)
+            return (bb.bsel(take, x_new, xb), jnp.where(take, ln, lb)), Scored(
+                point=x_new, success=sn, score=ln
             )
 
-        state = (jnp.asarray(1, jnp.int32), x_best, loss_best, active, queries)
-        _, x_best, _, _, queries = jax.lax.while_loop(cond, body, state)
-        return finalize(threat, model, x, x_best, y, target=target, queries=queries)
+        out = iterate(
+            square_step,
+            (x_best, loss_best),
+            start=1,
+            stop=self.num_queries - 1,
+            active=active,
+            queries=queries,
+            done=lambda _, sc: sc.success,
+            exit_early=True,
+        )
+        return finalize(threat, model, x, out.state[0], y, target=target, queries=out.queries)
 
     # ------------------------------------------------------------------------------- L∞
     def _linf_candidate(self, ks, x, xb, p, eps):

@@ -17,6 +17,7 @@ from jaxadv import losses as L
 from jaxadv._struct import pytree_dataclass, static
 from jaxadv.attacks import _blackbox as bb
 from jaxadv.attacks.base import AbstractAttack, register
+from jaxadv.attacks.driver import Scored, iterate
 from jaxadv.result import AttackResult, finalize
 from jaxadv.threats import L2Ball, LinfBall
 
@@ -183,12 +184,10 @@ class ZOO(AbstractAttack):
                 )
                 return l2 + bb.bcast(const, h_) * h_, (h_, adv_)
 
-            def cond(s):
-                return jnp.any(s["active"]) & (s["it"] < self.num_steps)
-
-            def body(s):
-                act = s["active"]
-                ks = bb.fold(bb.fold(keys, r), s["it"])
+            def zoo_step(it, s):
+                # The driver freezes examples that are no longer active (and charges only the
+                # active ones), so nothing here needs the active mask.
+                ks = bb.fold(bb.fold(keys, r), it)
                 idx = jax.vmap(lambda kk: jax.random.choice(kk, d, (k,), replace=False))(ks)
                 idx = idx.astype(jnp.int32)
                 aux = {}
@@ -200,13 +199,12 @@ class ZOO(AbstractAttack):
 
                 g, obj0 = zoo_coordinate_grad(f, s["xa"], idx, self.fd_step)
                 h_base, adv_base = aux["h"], aux["adv"]
-                q = s["queries"] + act.astype(jnp.int32) * cost
 
                 # bookkeeping at the evaluated (current) point
                 nrm = threat.norm(s["xa"] - x)
                 bst = s["best"]
-                better = act & adv_base & (~bst["found"] | (nrm < bst["norm"]))
-                closer = act & ~bst["found"] & ~adv_base & (h_base < bst["hinge"])
+                better = adv_base & (~bst["found"] | (nrm < bst["norm"]))
+                closer = ~bst["found"] & ~adv_base & (h_base < bst["hinge"])
                 take = better | closer
                 bst = dict(
                     adv=bb.bsel(take, s["xa"], bst["adv"]),
@@ -214,8 +212,7 @@ class ZOO(AbstractAttack):
                     norm=jnp.where(better, nrm, bst["norm"]),
                     hinge=jnp.where(take, h_base, bst["hinge"]),
                 )
-                succ_round = s["succ_round"] | (act & adv_base)
-                upd = act & ~adv_base if self.early_stop else act
+                upd = ~adv_base if self.early_stop else jnp.ones((b,), bool)
 
                 # per-coordinate Adam on the sampled coordinates
                 m_sel = b1 * jnp.take_along_axis(s["m"], idx, 1) + (1 - b1) * g
@@ -231,28 +228,27 @@ class ZOO(AbstractAttack):
                 t = s["t"].at[rows, idx].set(t_sel)
 
                 improved = obj0 < s["obj_best"] * (1 - 1e-4 * jnp.sign(s["obj_best"]))
-                since = jnp.where(improved, 0, s["since"] + 1)
-                act_new = upd
-                if self.patience > 0:
-                    act_new = act_new & (since < self.patience)
-                return dict(
-                    it=s["it"] + 1,
+                new = dict(
                     xa=bb.bsel(upd, xn, s["xa"]),
                     m=bb.bsel(upd, m, s["m"]),
                     v=bb.bsel(upd, v, s["v"]),
                     t=bb.bsel(upd, t, s["t"]),
-                    obj_best=jnp.where(act & improved, obj0, s["obj_best"]),
-                    since=jnp.where(act, since, s["since"]),
+                    obj_best=jnp.where(improved, obj0, s["obj_best"]),
+                    since=jnp.where(improved, 0, s["since"] + 1),
                     best=bst,
-                    succ_round=succ_round,
-                    queries=q,
-                    active=act_new,
-                    done=s["done"] | (act & adv_base & self.early_stop),
+                    succ_round=s["succ_round"] | adv_base,
+                    done=s["done"] | (adv_base & self.early_stop),
                 )
+                return new, Scored(point=s["xa"], success=adv_base, score=-h_base)
+
+            def finished(s, scored):
+                out = scored.success if self.early_stop else jnp.zeros((b,), bool)
+                if self.patience > 0:
+                    out = out | (s["since"] >= self.patience)
+                return out
 
             zeros = jnp.zeros((b, d), dt)
             state = dict(
-                it=jnp.asarray(0, jnp.int32),
                 xa=x,
                 m=zeros,
                 v=zeros,
@@ -261,16 +257,24 @@ class ZOO(AbstractAttack):
                 since=jnp.zeros((b,), jnp.int32),
                 best=best,
                 succ_round=jnp.zeros((b,), bool),
-                queries=queries,
-                active=~done,
                 done=done,
             )
-            s = jax.lax.while_loop(cond, body, state)
+            out = iterate(
+                zoo_step,
+                state,
+                stop=self.num_steps,
+                active=~done,
+                queries=queries,
+                cost=cost,
+                done=finished,
+                exit_early=True,
+            )
+            s = out.state
             ok = s["succ_round"]
             upper = jnp.where(ok, jnp.minimum(upper, const), upper)
             lower = jnp.where(ok, lower, jnp.maximum(lower, const))
             const = jnp.where(upper < 1e9, (lower + upper) / 2, const * 10)
-            return s["best"], s["done"], s["queries"], const, lower, upper
+            return s["best"], s["done"], out.queries, const, lower, upper
 
         const = jnp.broadcast_to(jnp.asarray(self.initial_const, dt), (b,))
         carry = (best, done, queries, const, jnp.zeros((b,), dt), jnp.full((b,), 1e10, dt))
