@@ -49,7 +49,7 @@ class AttackResult:
         return ~self.success
 
 
-def finalize(threat, model, x, adv, y, *, target=None, queries=None, loss_fn=None) -> AttackResult:
+def finalize(threat, model, x, adv, y, *, target=None, queries=None) -> AttackResult:
     """Enforce the threat model on ``adv`` and re-evaluate the model there (one forward pass).
 
     The library, not the attack, decides success: whatever an attack returns is projected into the
@@ -62,16 +62,10 @@ def finalize(threat, model, x, adv, y, *, target=None, queries=None, loss_fn=Non
     * a row whose logits at the final ``adv`` are not all finite gets ``success=False``;
     * either case sets ``info["nonfinite"]`` (``bool[B]``) for that row.
 
-    ``res.loss`` is always the margin (see :class:`AttackResult`). ``loss_fn`` is accepted only as
-    the margin that would be used anyway (older callers pass it); any other loss raises
-    ``TypeError``: report the attack's own loss in ``info`` instead.
+    ``res.loss`` is always the margin (see :class:`AttackResult`); an attack that wants to report
+    its own loss puts it in ``info``.
     """
     margin = L.margin if target is None else L.margin_targeted
-    if loss_fn is not None and loss_fn is not margin:
-        raise TypeError(
-            "finalize: res.loss is the library's margin for every attack; drop loss_fn= "
-            f"(got {getattr(loss_fn, '__name__', loss_fn)!r})"
-        )
     adv = threat.project(x, adv)
     bad_adv = ~jnp.all(jnp.isfinite(adv.reshape(adv.shape[0], -1)), axis=1)
     adv = jax.lax.stop_gradient(jnp.where(bcast(bad_adv, adv), x, adv))

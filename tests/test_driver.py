@@ -119,11 +119,14 @@ def test_keep_best_prefers_success_then_score_and_keeps_ties():
     np.testing.assert_array_equal(out.success, [True, True, True, False])
 
 
-def test_finalize_rejects_another_loss():
+def test_finalize_loss_is_the_margin():
     model = MODELS["linear"]
     x, y, _ = data(model)
     threat = jaxadv.LinfBall(eps=0.1)
-    res = finalize(threat, model, x, x, y, loss_fn=jaxadv.losses.margin)  # the margin: accepted
+    res = finalize(threat, model, x, x, y)
     np.testing.assert_allclose(res.loss, jaxadv.losses.margin(model(x), y), rtol=1e-6)
-    with pytest.raises(TypeError, match="margin"):
-        finalize(threat, model, x, x, y, loss_fn=jaxadv.losses.ce)
+    t = (y + 1) % 4
+    res = finalize(threat, model, x, x, y, target=t)
+    np.testing.assert_allclose(res.loss, jaxadv.losses.margin_targeted(model(x), t), rtol=1e-6)
+    with pytest.raises(TypeError):
+        finalize(threat, model, x, x, y, loss_fn=jaxadv.losses.ce)  # one meaning: no other loss

@@ -133,7 +133,7 @@ class AutoAttack(AbstractAttack):
             adv = _bsel(take, res.adv, adv)
             succ = succ | res.success
             stage_success.append(succ)
-        out = finalize(self.threat, model, x, adv, y, loss_fn=L.margin, queries=q)
+        out = finalize(self.threat, model, x, adv, y, queries=q)
         return replace(out, info={**out.info, "stage_success": jnp.stack(stage_success, axis=1)})
 
     def __call__(
@@ -189,4 +189,4 @@ def _clean_success(model, x, y):
 
 @jax.jit
 def _finalize_jit(threat, model, x, adv, y, q):
-    return finalize(threat, model, x, adv, y, loss_fn=L.margin, queries=q)
+    return finalize(threat, model, x, adv, y, queries=q)
