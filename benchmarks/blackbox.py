@@ -28,7 +28,7 @@ import jaxadv
 from jaxadv import report
 from jaxadv.checkpoint import reference_model
 from jaxadv.data import load_default
-from jaxadv.demo import _subset
+from jaxadv.demo import stratified_subset
 
 HERE = pathlib.Path(__file__).resolve().parent
 
@@ -52,7 +52,7 @@ def main(argv=None) -> int:
     out = pathlib.Path(args.out)
 
     xs, ys = load_default().arrays()
-    pick = _subset(ys, args.n, 0)
+    pick = stratified_subset(ys, args.n, 0)
     x = jnp.asarray(xs[pick])
     y = jnp.asarray(ys[pick], jnp.int32)
     model = reference_model(args.model)

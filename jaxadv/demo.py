@@ -40,7 +40,7 @@ def suite(num_steps: int = 20) -> dict[str, Any]:
     }
 
 
-def _subset(y: np.ndarray, n: int | None, seed: int) -> np.ndarray:
+def stratified_subset(y: np.ndarray, n: int | None, seed: int) -> np.ndarray:
     """A fixed random subset of ``n`` indices stratified by class (all of them when ``n`` is None)."""
     if n is None or n >= y.shape[0]:
         return np.arange(y.shape[0])
@@ -86,7 +86,7 @@ def run_demo(
 
     ds = load_default()
     _, y_np = ds.arrays()
-    pick = _subset(y_np, num_examples, seed)
+    pick = stratified_subset(y_np, num_examples, seed)
     by_lower = {a.lower(): a for a in suite(num_steps)}
     names = list(by_lower.values()) if attacks is None else list(attacks)
     unknown = [a for a in names if a.lower() not in by_lower]

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxadv._batch import bcast as _bcast
+from jaxadv._batch import bcast
 from jaxadv._struct import is_concrete, pytree_dataclass, static
 
 Array = jax.Array
@@ -32,7 +32,7 @@ def _flat(x: Array) -> Array:
 def _step(step_size, g: Array) -> Array:
     """A scalar or per-example ``[B]`` step length, ready to multiply ``g[B, ...]``."""
     s = jnp.asarray(step_size, g.dtype)
-    return _bcast(s, g) if s.ndim == 1 else s
+    return bcast(s, g) if s.ndim == 1 else s
 
 
 class AbstractThreat:
@@ -156,11 +156,11 @@ class L2Ball(AbstractThreat):
         n = self.norm(delta)
         eps = jnp.asarray(self.eps, delta.dtype)
         scale = jnp.minimum(1.0, eps / jnp.maximum(n, _TINY)).astype(delta.dtype)
-        return delta * _bcast(scale, delta)
+        return delta * bcast(scale, delta)
 
     def ascent_step(self, grad, step_size):
         n = jnp.sqrt(jnp.sum(jnp.square(_flat(grad)), axis=1))
-        return _step(step_size, grad) * grad / _bcast(jnp.maximum(n, _TINY), grad)
+        return _step(step_size, grad) * grad / bcast(jnp.maximum(n, _TINY), grad)
 
     def sample_ball(self, key, shape, dtype=jnp.float32):
         k1, k2 = jax.random.split(key)

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 
 from jaxadv import _validate as V
 from jaxadv import losses as L
-from jaxadv._batch import bsel as _bsel
+from jaxadv._batch import bsel
 from jaxadv._struct import pytree_dataclass, static
 from jaxadv.attacks.base import AbstractAttack, register
 from jaxadv.attacks.driver import Best, Scored, iterate, keep_best
@@ -85,8 +85,8 @@ def _apgd_single(threat, model, x, y, lbl, target, loss_fn, x0, num_steps, rho, 
         g, loss, logits = loss_grad(model, loss_fn, xn, lbl)
         succ = L.is_adversarial(logits, y, target)
         improved = loss > s.loss_max
-        x_max = _bsel(improved, xn, s.x_max)
-        g_max = _bsel(improved, g, s.g_max)
+        x_max = bsel(improved, xn, s.x_max)
+        g_max = bsel(improved, g, s.g_max)
         loss_max = jnp.where(improved, loss, s.loss_max)
         n_inc = s.n_inc + (loss > s.loss_prev).astype(jnp.int32)
         counter = s.counter + 1
@@ -97,9 +97,9 @@ def _apgd_single(threat, model, x, y, lbl, target, loss_fn, x0, num_steps, rho, 
         no_progress = ~s.reduced_last & (s.loss_max_last >= loss_max)
         reduce = at_check & (oscillating | no_progress)
         new = APGDState(
-            xa=_bsel(reduce, x_max, xn),
+            xa=bsel(reduce, x_max, xn),
             x_prev=s.xa,
-            g=_bsel(reduce, g_max, g),
+            g=bsel(reduce, g_max, g),
             step=jnp.where(reduce, s.step / 2, s.step),
             loss_prev=loss,
             x_max=x_max,
@@ -179,7 +179,7 @@ class APGD(AbstractAttack):
             return lambda logits, t: L.dlr_targeted(logits, t, y)
         return L.resolve(self.loss, target is not None)
 
-    def _run_from(self, keys, model, x, y, target):
+    def run_from(self, keys, model, x, y, target):
         """All restarts; returns the best point (a :class:`Best`) and the queries ``int32[B]``."""
         loss_fn = self._loss_fn(y, target)
         lbl = y if target is None else target
@@ -211,7 +211,7 @@ class APGD(AbstractAttack):
         return jax.lax.fori_loop(0, self.num_restarts, restart, carry)
 
     def run(self, keys, model, x, y, *, target=None) -> AttackResult:
-        best, q = self._run_from(keys, model, x, y, target)
+        best, q = self.run_from(keys, model, x, y, target)
         return finalize(self.threat, model, x, best.point, y, target=target, queries=q)
 
 
@@ -277,10 +277,10 @@ class APGDT(AbstractAttack):
             t = order[:, c - 2 - j]
             t = jnp.where(t == y, order[:, c - 1], t)
             tkeys = jax.vmap(lambda k: jax.random.fold_in(k, 1000 + j))(keys)
-            cand = inner._run_from(tkeys, model, x, y, t)[0].point
+            cand = inner.run_from(tkeys, model, x, y, t)[0].point
             cand_succ = L.is_adversarial(model(cand), y)
             take = cand_succ & ~succ
-            return _bsel(take, cand, adv), succ | cand_succ
+            return bsel(take, cand, adv), succ | cand_succ
 
         adv, _ = jax.lax.fori_loop(0, n_t, per_target, (x, L.is_adversarial(logits0, y)))
         q = jnp.full((b,), 1 + n_t * (self.num_restarts * (self.num_steps + 1) + 1), jnp.int32)

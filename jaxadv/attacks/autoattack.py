@@ -14,7 +14,7 @@ import numpy as np
 from jaxadv import _validate
 from jaxadv import _validate as V
 from jaxadv import losses as L
-from jaxadv._batch import bsel as _bsel
+from jaxadv._batch import bsel
 from jaxadv._struct import pytree_dataclass, replace
 from jaxadv.attacks.apgd import APGD, APGDT
 from jaxadv.attacks.base import (
@@ -130,7 +130,7 @@ class AutoAttack(AbstractAttack):
             # The first stage's point is kept for examples no stage breaks (its highest-loss
             # point, better than x for margins and AUC); later stages replace it only on success.
             take = (res.success | (i == 0)) & ~succ
-            adv = _bsel(take, res.adv, adv)
+            adv = bsel(take, res.adv, adv)
             succ = succ | res.success
             stage_success.append(succ)
         out = finalize(self.threat, model, x, adv, y, queries=q)

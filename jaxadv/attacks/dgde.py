@@ -24,8 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxadv import _validate as V
-from jaxadv._batch import bcast as _bcast
-from jaxadv._batch import bsel
+from jaxadv._batch import bcast, bsel
 from jaxadv._struct import float32_fields, pytree_dataclass, replace, static
 from jaxadv.attacks import population as pop_lib
 from jaxadv.attacks.base import AbstractAttack, fold_keys, register
@@ -548,7 +547,7 @@ class DGDE(AbstractAttack):
         # Otherwise a greedy DE step on the current group (A5: child <= parent, and adversarial).
         block_mode = jnp.ones_like(accept) if not individual else s["n"] > self.options.compact_size
         imp = adv[:, n_red] & (fit[:, n_red] <= s["fit"])
-        cur_vals = jnp.where(_bcast(imp, s["vals"]), valss[:, n_red], s["vals"])
+        cur_vals = jnp.where(bcast(imp, s["vals"]), valss[:, n_red], s["vals"])
         cur_mask = s["mask"]
         cur_fit = jnp.where(imp, fit[:, n_red], s["fit"])
         cur_p = jnp.where(imp, p_true[:, n_red], s["p"])
@@ -570,8 +569,8 @@ class DGDE(AbstractAttack):
                 new_idx,
                 colour,
             )
-            cur_mask = jnp.where(_bcast(block_mode, cur_mask), cur_mask, i_mask)
-            cur_vals = jnp.where(_bcast(block_mode, cur_vals), cur_vals, i_vals)
+            cur_mask = jnp.where(bcast(block_mode, cur_mask), cur_mask, i_mask)
+            cur_vals = jnp.where(bcast(block_mode, cur_vals), cur_vals, i_vals)
             cur_fit = jnp.where(block_mode, cur_fit, i_fit)
             cur_p = jnp.where(block_mode, cur_p, i_p)
             q_gen = jnp.where(block_mode, q_gen, n_red + i_q)
@@ -580,8 +579,8 @@ class DGDE(AbstractAttack):
         rej_delta = jnp.maximum(1, s["delta"] // 2)
         cur_n = s["n"] if not individual else jnp.sum(cur_mask, axis=(1, 2)).astype(jnp.int32)
         return dict(
-            mask=jnp.where(_bcast(accept, cur_mask), take(masks, j), cur_mask),
-            vals=jnp.where(_bcast(accept, cur_vals), take(valss, j), cur_vals),
+            mask=jnp.where(bcast(accept, cur_mask), take(masks, j), cur_mask),
+            vals=jnp.where(bcast(accept, cur_vals), take(valss, j), cur_vals),
             n=jnp.where(accept, n_new, cur_n),
             fit=jnp.where(accept, take(fit, j), cur_fit),
             p=jnp.where(accept, take(p_true, j), cur_p),
@@ -620,14 +619,14 @@ class DGDE(AbstractAttack):
         use_merge = (n_win >= 2) & madv & (mf <= take(bf, jb))
         use_single = (n_win >= 1) & ~use_merge
         out_mask = jnp.where(
-            _bcast(use_merge, s["mask"]),
+            bcast(use_merge, s["mask"]),
             m_mask,
-            jnp.where(_bcast(use_single, s["mask"]), take(im, jb), s["mask"]),
+            jnp.where(bcast(use_single, s["mask"]), take(im, jb), s["mask"]),
         )
         out_vals = jnp.where(
-            _bcast(use_merge, s["vals"]),
+            bcast(use_merge, s["vals"]),
             m_vals,
-            jnp.where(_bcast(use_single, s["vals"]), take(iv, jb), s["vals"]),
+            jnp.where(bcast(use_single, s["vals"]), take(iv, jb), s["vals"]),
         )
         out_fit = jnp.where(use_merge, mf, jnp.where(use_single, take(fit, jb), s["fit"]))
         out_p = jnp.where(use_merge, mp, jnp.where(use_single, take(p_true, jb), s["p"]))
@@ -658,7 +657,7 @@ class DGDE(AbstractAttack):
             take = jax.vmap(lambda a, i: a[i])
             spent = jnp.where(act, st["n"], 0).astype(jnp.int32)  # one image per live pixel
             st = dict(st)
-            st["mask"] = jnp.where(_bcast(go, st["mask"]), take(m, j), st["mask"])
+            st["mask"] = jnp.where(bcast(go, st["mask"]), take(m, j), st["mask"])
             st["n"] = st["n"] - go.astype(jnp.int32)
             st["fit"] = jnp.where(go, take(fit, j), st["fit"])
             st["p"] = jnp.where(go, take(p, j), st["p"])

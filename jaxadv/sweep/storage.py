@@ -385,9 +385,9 @@ class SweepDir:
             ) from e
 
     def write_manifest(self, manifest: dict[str, Any]) -> None:
-        from jaxadv.report import jsonable as _jsonable
+        from jaxadv.report import jsonable
 
-        write_atomic(self.manifest_path, json.dumps(_jsonable(manifest), indent=2) + "\n")
+        write_atomic(self.manifest_path, json.dumps(jsonable(manifest), indent=2) + "\n")
 
     def cell_path(self, cell_id: str) -> pathlib.Path:
         """``cells/<cell_id>.json``, checked to be a plain name inside the folder.
@@ -400,9 +400,9 @@ class SweepDir:
         return _safe(path_inside, self.cells_dir, f"{cell_id}.json")
 
     def write_cell(self, record: dict[str, Any]) -> pathlib.Path:
-        from jaxadv.report import jsonable as _jsonable  # NaN -> null: JSON has no NaN
+        from jaxadv.report import jsonable  # NaN -> null: JSON has no NaN
 
-        rec = seal(_jsonable(record))
+        rec = seal(jsonable(record))
         path = self.cell_path(rec["cell"]["id"])
         write_atomic(path, canonical_json(rec) + "\n")
         return path
