@@ -34,6 +34,7 @@ def test_golden_covers_every_case():
     assert sorted(GOLDEN) == sorted(c[0] for c in CASES)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("case", "model_name", "attack", "targeted"), CASES, ids=[c[0] for c in CASES]
 )

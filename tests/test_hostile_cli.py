@@ -9,13 +9,16 @@ import pathlib
 
 import pytest
 
-import jaxadv
 from jaxadv.cli import main
 
 
 @pytest.fixture
 def no_work(monkeypatch):
     """Fail the test if an attack or a sweep cell starts: errors must come before any work."""
+
+    import jaxadv.demo
+    import jaxadv.engine
+    import jaxadv.sweep.runner  # imported before patching: it binds evaluate at import time
 
     def boom(*a, **k):
         raise AssertionError("work started before the user error was reported")

@@ -530,6 +530,7 @@ def test_recovery_hints_work_as_written(small_run, tmp_path):
 
 
 # ----------------------------------------------------------------------------- subprocesses
+@pytest.mark.slow
 def test_sigint_then_sigkill_then_resume_on_8_devices(grid_cfg, reference, tmp_path):
     """Ctrl-C stops cleanly (exit 130, finished cells kept); SIGKILL at a random moment loses
     nothing finished; re-running completes every cell exactly once, with the per-example results
@@ -593,6 +594,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_with_jax_distributed(grid_cfg, reference, tmp_path):
     """One computation over 2 processes x 2 CPU devices (gloo collectives), coordinated on
     127.0.0.1: process 0 writes, and the results equal the 1-device reference."""
