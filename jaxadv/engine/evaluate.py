@@ -208,6 +208,7 @@ def evaluate(
     t0 = time.perf_counter()
     model = as_model(model)
     e = check_eps(eps)
+    key = _validate.normalize_key(key)
     if attack is None and np.any(e > 0):
         raise ValueError("attack=None evaluates clean accuracy only; every eps must be 0")
     per_dev = _positive_int(batch_size, "batch_size")
@@ -239,10 +240,6 @@ def evaluate(
         _validate.check_attack_inputs(
             threat, model, np.asarray(xv, np.float32), np.asarray(yv, np.int32)
         )
-    if not isinstance(key, jax.Array):
-        key = jax.random.key(int(key))
-    elif not jax.numpy.issubdtype(key.dtype, jax.dtypes.prng_key):
-        key = jax.random.wrap_key_data(key)
 
     mesh = mesh or layout.data_mesh()
     # Each device attacks blocks of exactly `per_dev` examples (the last step is padded), so the
@@ -262,7 +259,7 @@ def evaluate(
             progress(i + 1, len(steps))
         if i + 1 < len(steps) and stop is not None and stop():
             raise EvaluationStopped
-    cat = {k: np.concatenate([p[k] for p in parts], axis=-1) for k in parts[0]}
+    cat = {f: np.concatenate([p[f] for p in parts], axis=-1) for f in parts[0]}
     empty = np.zeros((0, h, w, k), np.float32)
     return Evaluation(
         eps=e,
