@@ -7,7 +7,7 @@ the commit)::
 
     python tests/make_driver_golden.py
 
-Cases (see :func:`cases`): every attack in ``REGISTRY`` with its ``small()`` configuration on a
+Cases (see :func:`cases`): every attack in ``REGISTRY`` with its tiny configuration (``tests/attack_configs.py``) on a
 4-class linear model and on a 4-class 2-layer ReLU MLP (so the loss surface is not linear), plus
 PGD with ``early_stop=True``, with restarts and unrolled, APGD with restarts and DLR, other
 norms / modes / stopping rules of the black-box and evolutionary attacks (:func:`_extra`), and a
@@ -39,6 +39,7 @@ if __name__ == "__main__":
 
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+from attack_configs import small  # noqa: E402
 
 import jaxadv  # noqa: E402
 from jaxadv.attacks import REGISTRY  # noqa: E402
@@ -91,7 +92,7 @@ def cases():
     """``[(case_name, model_name, attack, targeted)]``, in a fixed order."""
     out = []
     for name in sorted(REGISTRY):
-        atk = REGISTRY[name].small()
+        atk = small(name)
         variants = [(name, atk)]
         if name == "PGD":
             variants += [

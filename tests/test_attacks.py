@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from attack_configs import small
 from conftest import linear_model
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -126,7 +127,7 @@ def test_l1_projection_matches_sort_free_reference():
 
 # ------------------------------------------------------------------------------ contract
 def _small_attack(name, threat=None):
-    atk = REGISTRY[name].small()
+    atk = small(name)
     return atk if threat is None else atk.with_eps(threat.eps)
 
 

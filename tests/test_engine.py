@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from attack_configs import small
 from conftest import linear_model
 
 import jaxadv
@@ -32,6 +33,14 @@ def _grid(atk) -> list[float]:
 
 
 # ---------------------------------------------------------------------- registry contract
+def test_every_registered_attack_has_a_tiny_configuration():
+    from attack_configs import SMALL
+
+    assert set(SMALL) == set(REGISTRY)
+    for name in REGISTRY:
+        assert type(small(name)) is REGISTRY[name]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(REGISTRY))
 def test_engine_contract_over_the_registry(name):
@@ -39,7 +48,7 @@ def test_engine_contract_over_the_registry(name):
     loop), on 8 devices with several padded steps equals 1 device in one step, a new eps grid
     never retraces, and the cascade is the cumulative OR of the independent grid."""
     model, x, y = _data(11)
-    atk = REGISTRY[name].small()
+    atk = small(name)
     eps = _grid(atk)
     key = jax.random.key(5)
     ev = jaxadv.evaluate(atk, model, (x, y), eps, key=key, batch_size=1)  # 2 steps of 8

@@ -1,4 +1,4 @@
-"""Hostile inputs against every registered attack (one table, ``small()`` configurations).
+"""Hostile inputs against every registered attack (one table, tiny configuration (``tests/attack_configs.py``)s).
 
 Each edge is tried on every class of ``jaxadv.attacks.REGISTRY``: models that return NaN/inf
 logits (on clean inputs: refused by the host checks; only on perturbed inputs: never a success),
@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from attack_configs import small
 
 import jaxadv
 from jaxadv._validate import normalize_inputs
@@ -78,7 +79,7 @@ _REF: dict[str, jaxadv.AttackResult] = {}
 
 def _ref(name):
     if name not in _REF:
-        _REF[name] = REGISTRY[name].small()(jax.random.key(0), LIN, X, Y)
+        _REF[name] = small(name)(jax.random.key(0), LIN, X, Y)
     return _REF[name]
 
 
@@ -91,9 +92,9 @@ def test_declarations(name):
     assert cls.budget_field is None or cls.budget_field in fields
     assert cls.restarts_field is None or cls.restarts_field in fields
     assert cls.threats and all(isinstance(t, type) for t in cls.threats)
-    assert isinstance(cls.small().threat, cls.threats)
+    assert isinstance(small(cls.__name__).threat, cls.threats)
     for path in cls.settings:
-        obj = cls.small()
+        obj = small(cls.__name__)
         for part in path.split("."):
             obj = getattr(obj, part)  # every declared setting names a real field
 
@@ -118,7 +119,7 @@ def _with(atk, path, value):
 
 @pytest.mark.parametrize(("name", "path", "value"), list(_settings_cases()))
 def test_bad_setting_refused(name, path, value):
-    atk = REGISTRY[name].small()
+    atk = small(name)
     with pytest.raises(ValueError, match=path.rsplit(".", 1)[-1]):
         _with(atk, path, value)
 
@@ -144,13 +145,13 @@ def test_unsupported_threat_refused(name):
         if t not in cls.threats
     )
     with pytest.raises((TypeError, ValueError), match=type(other).__name__):
-        dataclasses.replace(cls.small(), threat=other)
+        dataclasses.replace(small(cls.__name__), threat=other)
 
 
 # -------------------------------------------------------------------------------- budgets
 @pytest.mark.parametrize("name", NAMES)
 def test_nan_and_per_example_eps_refused(name):
-    atk = REGISTRY[name].small()
+    atk = small(name)
     with pytest.raises(ValueError, match="NaN"):
         atk.with_eps(float("nan"))
     per_example = jnp.full((B,), 0.1, jnp.float32)
@@ -163,7 +164,7 @@ def test_nan_and_per_example_eps_refused(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_infinite_eps_is_the_box(name):
-    atk = REGISTRY[name].small().with_eps(math.inf)
+    atk = small(name).with_eps(math.inf)
     res = atk(jax.random.key(0), LIN, X, Y)
     _honest(res, LIN, X, Y)
     assert not np.any(np.asarray(res.info["nonfinite"]))
@@ -175,7 +176,7 @@ def test_infinite_eps_is_the_box(name):
 )
 def test_infinite_l2_eps_is_the_box(name):
     """L2Ball(eps=inf) turned every result into NaN (inf / inf in the projection)."""
-    atk = dataclasses.replace(REGISTRY[name].small(), threat=jaxadv.L2Ball(eps=math.inf))
+    atk = dataclasses.replace(small(name), threat=jaxadv.L2Ball(eps=math.inf))
     res = atk(jax.random.key(0), LIN, X, Y)
     _honest(res, LIN, X, Y)
 
@@ -183,7 +184,7 @@ def test_infinite_l2_eps_is_the_box(name):
 # ------------------------------------------------------------------------ non-finite models
 @pytest.mark.parametrize("name", NAMES)
 def test_nan_logits_on_clean_input_refused(name):
-    atk = REGISTRY[name].small()
+    atk = small(name)
     with pytest.raises(
         ValueError, match=r"NaN/inf logits on 2 of 4 clean images \(first at index 2"
     ):
@@ -192,7 +193,7 @@ def test_nan_logits_on_clean_input_refused(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_nonfinite_logits_on_perturbed_input_never_succeed(name):
-    res = REGISTRY[name].small()(jax.random.key(0), CLASS2, XF, YF)
+    res = small(name)(jax.random.key(0), CLASS2, XF, YF)
     assert _in_box(res.adv)
     assert not np.any(np.asarray(res.success))
     # flagged: every row with non-finite logits at adv, and rows whose NaN/inf image fell back to x
@@ -218,7 +219,7 @@ def test_finalize_replaces_nonfinite_adv_by_x():
 # ---------------------------------------------------------------------------------- inputs
 @pytest.mark.parametrize("name", NAMES)
 def test_numpy_list_seed_and_dtypes_behave_alike(name):
-    atk, ref = REGISTRY[name].small(), _ref(name)
+    atk, ref = small(name), _ref(name)
     x_np, y_np = np.asarray(X), np.asarray(Y)
     cases = {
         "numpy + int seed": (0, x_np, y_np, X),
@@ -253,7 +254,7 @@ def test_normalize_inputs_rule():
 
 @pytest.mark.parametrize("name", NAMES)
 def test_target_equal_to_label_refused(name):
-    atk = REGISTRY[name].small()
+    atk = small(name)
     target = (Y + 1) % 3
     with pytest.raises(ValueError, match="target"):
         atk(jax.random.key(0), LIN, X, Y, target=target.at[2].set(Y[2]))

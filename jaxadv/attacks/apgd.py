@@ -149,11 +149,6 @@ class APGD(AbstractAttack):
         (2,)
     """
 
-    @classmethod
-    def small(cls) -> APGD:
-        """A tiny configuration for contract tests and smoke runs."""
-        return cls(threat=LinfBall(eps=0.1), num_steps=3)
-
     oracle: ClassVar[str] = "gradient"
     budget_field: ClassVar[str | None] = "num_steps"
     restarts_field: ClassVar[str | None] = "num_restarts"
@@ -225,11 +220,6 @@ class APGDT(AbstractAttack):
     With fewer than 4 classes the targeted DLR loss falls back to the targeted margin, and with 2
     classes APGD-T is targeted APGD toward the only other class.
     """
-
-    @classmethod
-    def small(cls) -> APGDT:
-        """A tiny configuration for contract tests and smoke runs."""
-        return cls(threat=LinfBall(eps=0.1), num_steps=3, num_target_classes=2)
 
     oracle: ClassVar[str] = "gradient"
     budget_field: ClassVar[str | None] = "num_steps"

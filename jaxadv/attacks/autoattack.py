@@ -78,11 +78,6 @@ class AutoAttack(AbstractAttack):
         True
     """
 
-    @classmethod
-    def small(cls) -> AutoAttack:
-        """A tiny configuration for contract tests and smoke runs."""
-        return cls.standard(LinfBall(eps=0.1), num_steps=3)
-
     # The stages carry the budgets (AutoAttack.standard(num_steps=...)); none is a field here.
     oracle: ClassVar[str] = "gradient"
     budget_field: ClassVar[str | None] = None

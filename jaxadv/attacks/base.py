@@ -131,12 +131,6 @@ class AbstractAttack:
     def run(self, keys: Array, model: Any, x: Array, y: Array, *, target: Array | None = None):
         raise NotImplementedError
 
-    @classmethod
-    def small(cls) -> AbstractAttack:
-        """A tiny configuration (few steps / queries) used by the contract test over the
-        registry; every registered attack must provide one."""
-        raise NotImplementedError(f"{cls.__name__}.small() is missing")
-
     def __call__(
         self,
         key: Array,

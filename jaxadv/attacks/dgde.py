@@ -238,11 +238,6 @@ class DGDE(AbstractAttack):
             )
         float32_fields(self, "mutation_factor", "crossover_rate", "initial_removal")
 
-    @classmethod
-    def small(cls) -> DGDE:
-        """A tiny configuration for contract tests and smoke runs."""
-        return cls(num_tries=4, tries_per_call=2, num_generations=6, patience=3)
-
     # -- helpers --------------------------------------------------------------------------------
     def _gene_bounds(self, dtype) -> tuple[Array, Array]:
         lo, hi = pop_lib.box(self.threat, dtype)

@@ -44,11 +44,6 @@ class FMN(AbstractAttack):
         gamma_init, gamma_final: cosine-annealed factor by which the radius grows or shrinks.
     """
 
-    @classmethod
-    def small(cls) -> FMN:
-        """A tiny configuration for contract tests and smoke runs."""
-        return cls(threat=LinfBall(eps=0.1), num_steps=3)
-
     oracle: ClassVar[str] = "gradient"
     budget_field: ClassVar[str | None] = "num_steps"
     restarts_field: ClassVar[str | None] = None

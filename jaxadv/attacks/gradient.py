@@ -50,11 +50,6 @@ class FGSM(AbstractAttack):
         0.1...
     """
 
-    @classmethod
-    def small(cls) -> FGSM:
-        """A tiny configuration for contract tests and smoke runs."""
-        return cls(threat=LinfBall(eps=0.1))
-
     oracle: ClassVar[str] = "gradient"
     budget_field: ClassVar[str | None] = None
     restarts_field: ClassVar[str | None] = None
@@ -111,11 +106,6 @@ class PGD(AbstractAttack):
         >>> res.adv.shape, res.success.dtype
         ((2, 2, 2, 1), dtype('bool'))
     """
-
-    @classmethod
-    def small(cls) -> PGD:
-        """A tiny configuration for contract tests and smoke runs."""
-        return cls(threat=LinfBall(eps=0.1), num_steps=3)
 
     oracle: ClassVar[str] = "gradient"
     budget_field: ClassVar[str | None] = "num_steps"

@@ -78,11 +78,6 @@ class HopSkipJump(AbstractAttack):
         True
     """
 
-    @classmethod
-    def small(cls) -> HopSkipJump:
-        """A tiny configuration for contract tests and smoke runs."""
-        return cls(threat=L2Ball(eps=1.0), num_iterations=3, init_num_evals=8, max_num_evals=16)
-
     oracle: ClassVar[str] = "labels"
     budget_field: ClassVar[str | None] = "num_iterations"
     restarts_field: ClassVar[str | None] = None

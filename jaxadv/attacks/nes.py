@@ -117,11 +117,6 @@ class NES(AbstractAttack):
         (2, 2, 2, 1)
     """
 
-    @classmethod
-    def small(cls) -> NES:
-        """A tiny configuration for contract tests and smoke runs."""
-        return cls(threat=LinfBall(eps=0.1), num_queries=60, population_size=10)
-
     # The default mode reads probabilities; mode='label_only' reads only the top-1 label (the
     # paper's label-only setting): configuration layers filtering by oracle should check `mode`.
     oracle: ClassVar[str] = "scores"

@@ -138,11 +138,6 @@ class OnePixel(AbstractAttack):
             self, "mutation_factor", "crossover_rate", "stop_prob_untargeted", "stop_prob_targeted"
         )
 
-    @classmethod
-    def small(cls) -> OnePixel:
-        """A tiny configuration for contract tests and smoke runs."""
-        return cls(num_pixels=1, population_size=8, num_generations=3)
-
     # -- genotype -> image ----------------------------------------------------------------------
     def _pixels(self, x: Array, pop: Array, eps: Array | None = None) -> tuple[Array, Array]:
         """Flat pixel indices ``int32[B, P, k]`` (``H·W`` for pixels beyond the live count: dropped)

@@ -126,11 +126,6 @@ class Square(AbstractAttack):
         True
     """
 
-    @classmethod
-    def small(cls) -> Square:
-        """A tiny configuration for contract tests and smoke runs."""
-        return cls(threat=LinfBall(eps=0.1), num_queries=20)
-
     oracle: ClassVar[str] = "scores"
     budget_field: ClassVar[str | None] = "num_queries"
     restarts_field: ClassVar[str | None] = None

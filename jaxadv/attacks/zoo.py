@@ -99,11 +99,6 @@ class ZOO(AbstractAttack):
         (2, 2, 2, 1)
     """
 
-    @classmethod
-    def small(cls) -> ZOO:
-        """A tiny configuration for contract tests and smoke runs."""
-        return cls(threat=L2Ball(eps=0.5), num_steps=4, num_coords=4)
-
     oracle: ClassVar[str] = "scores"
     budget_field: ClassVar[str | None] = "num_steps"
     restarts_field: ClassVar[str | None] = None
