@@ -78,6 +78,7 @@ def run_demo(
     """
     from jaxadv.checkpoint import REFERENCE_MODELS, load_reference, reference_model
     from jaxadv.data import load_default
+    from jaxadv.vocab import reference_name
 
     out = pathlib.Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -95,8 +96,8 @@ def run_demo(
             f"unknown attack(s) {unknown}; the demo suite has {list(by_lower.values())}"
         )
     names = [by_lower[a.lower()] for a in names]
-    refs = {m.lower(): m for m in REFERENCE_MODELS}
-    bad = [m for m in models if m.lower() not in refs]
+    refs = [reference_name(m) for m in models]
+    bad = [m for m, r in zip(models, refs, strict=True) if r is None]
     if bad:
         raise ValueError(f"unknown model(s) {bad}; the demo has {list(REFERENCE_MODELS)}")
     all_attacks = suite(num_steps)
@@ -105,7 +106,7 @@ def run_demo(
     curves = []
     model_meta = {}
     example_pick = None
-    for mname in (refs[m.lower()] for m in models):
+    for mname in refs:
         _, meta = load_reference(mname)
         model = reference_model(mname)
         model_meta[mname] = {k: v for k, v in meta.items() if k not in ("versions",)}

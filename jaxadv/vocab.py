@@ -15,6 +15,8 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from jaxadv.engine.summary import eps_label  # noqa: F401 - the one label, named with the vocabulary
+
 
 class SpecError(ValueError):
     """A data set, model, attack or eps grid that cannot be resolved."""
@@ -100,7 +102,7 @@ def load_model(spec: str):
     """A :class:`jaxadv.Model` from a shipped reference name or a checkpoint path."""
     from jaxadv import checkpoint
 
-    ref = _reference_name(spec)
+    ref = reference_name(spec)
     if ref is not None:
         return checkpoint.reference_model(ref)
     check_model_name(spec)
@@ -113,7 +115,7 @@ def load_model(spec: str):
     return from_nnx(module, mean=meta.get("mean"), std=meta.get("std"))
 
 
-def _reference_name(spec: str) -> str | None:
+def reference_name(spec: str) -> str | None:
     """The shipped reference model ``spec`` names (case-insensitive), or None."""
     from jaxadv import checkpoint
 
@@ -125,7 +127,7 @@ def check_model_name(spec: str) -> None:
     """Cheap existence check (no loading) for config validation."""
     from jaxadv import checkpoint
 
-    if _reference_name(spec) is not None:
+    if reference_name(spec) is not None:
         return
     if not pathlib.Path(spec).exists():
         raise SpecError(
@@ -228,13 +230,6 @@ def _eps_value(it: Any, norm: str, scale: float) -> float:
         ) from e
 
 
-def eps_label(norm: str, eps: float) -> str:
-    """A budget as people write it: ``8/255`` (L-inf), ``0.5`` (L2, L1), ``3 px`` (L0)."""
-    from jaxadv.engine.summary import eps_label as label
-
-    return label(norm, eps)
-
-
 # ----------------------------------------------------------------------------- attacks
 @dataclasses.dataclass(frozen=True)
 class AttackName:
@@ -272,8 +267,9 @@ class AttackName:
 
     @property
     def norms(self) -> list[str]:
-        names = {"LinfBall": "linf", "L2Ball": "l2", "L1Ball": "l1", "L0Pixels": "l0"}
-        return [names.get(t.__name__, t.__name__) for t in self.cls.threats]
+        from jaxadv.engine import norm_name
+
+        return [norm_name(t) for t in self.cls.threats]
 
 
 def attack_table() -> dict[str, AttackName]:

@@ -33,8 +33,9 @@ class EvaluationStopped(Exception):
 
 
 def norm_name(threat: Any) -> str:
-    """``'linf'``, ``'l2'``, ``'l1'`` or ``'l0'`` for a threat value (its class name otherwise)."""
-    name = type(threat).__name__
+    """``'linf'``, ``'l2'``, ``'l1'`` or ``'l0'`` for a threat value or class (its class name
+    otherwise)."""
+    name = (threat if isinstance(threat, type) else type(threat)).__name__
     return _NORMS.get(name, name)
 
 
@@ -242,9 +243,7 @@ def evaluate(
         )
 
     mesh = mesh or layout.data_mesh()
-    # Each device attacks blocks of exactly `per_dev` examples (the last step is padded), so the
-    # compiled shapes depend on the settings and the data, never on the device count.
-    per_dev = min(per_dev, idx.size)
+    per_dev = layout.block_size(idx.size, per_dev)
     h, w, k = ds.image_shape
     num_classes = int(
         jax.eval_shape(model, jax.ShapeDtypeStruct((1, h, w, k), np.float32)).shape[-1]

@@ -49,6 +49,18 @@ def bucket(n: int, cap: int) -> int:
     return min(cap, -(-n >> shift) << shift)
 
 
+def block_size(n: int, batch_size: int) -> int:
+    """Examples per device per step for ``n`` examples: ``batch_size``, or ``n`` when fewer. Each
+    device attacks blocks of exactly this size (the last step is padded), so the compiled shapes
+    depend on the settings and the data, never on the device count."""
+    return min(batch_size, n)
+
+
+def num_steps(n: int, batch_size: int, ndev: int) -> int:
+    """Padded steps for ``n`` examples on ``ndev`` devices (see :func:`block_size`)."""
+    return -(-n // (block_size(n, batch_size) * ndev))
+
+
 def chunks(n: int, size: int) -> list[np.ndarray]:
     """Positions ``0..n-1`` in consecutive chunks of ``size`` (the last one may be shorter)."""
     return [np.arange(s, min(s + size, n)) for s in range(0, n, size)]

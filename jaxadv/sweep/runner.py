@@ -25,7 +25,7 @@ import numpy as np
 
 from jaxadv._progress import Progress, StopOnSigint
 from jaxadv.engine import EvaluationStopped, evaluate
-from jaxadv.engine.layout import data_mesh
+from jaxadv.engine.layout import block_size, data_mesh, num_steps
 from jaxadv.engine.summary import PER_EXAMPLE
 from jaxadv.sweep.config import Cell, SweepConfig, diff_keys, expand, shard_cells
 from jaxadv.sweep.storage import (
@@ -119,11 +119,6 @@ class _Resources:
         return self._data[1]
 
 
-def _steps(n: int, batch_size: int, ndev: int) -> int:
-    """Padded steps :func:`jaxadv.evaluate` takes for ``n`` examples."""
-    return -(-n // (min(batch_size, n) * ndev))
-
-
 def _run_cell(
     cell: Cell,
     res: _Resources,
@@ -151,7 +146,7 @@ def _run_cell(
     )
     black_box = a["black_box"] if a["black_box"] is not None else is_black_box(attack)
     ndev = res.mesh.devices.size
-    progress.start_cell(cell.id, _steps(idx.shape[0], batch_size, ndev))
+    progress.start_cell(cell.id, num_steps(idx.shape[0], batch_size, ndev))
     try:
         ev = evaluate(
             attack,
@@ -202,8 +197,8 @@ def _run_cell(
             "process_count": jax.process_count(),
             "devices": int(ndev),
             "device_kind": str(res.mesh.devices.flat[0].device_kind),
-            "batch_size": int(min(batch_size, idx.shape[0])),
-            "step": int(min(batch_size, idx.shape[0]) * ndev),
+            "batch_size": int(block_size(idx.shape[0], batch_size)),
+            "step": int(block_size(idx.shape[0], batch_size) * ndev),
         },
     }
 
@@ -451,5 +446,5 @@ def _total_batches(cells: Sequence[Cell], res: _Resources, bs: int) -> int:
         key = repr(sorted(c.dataset.items()))
         if key not in sizes:
             sizes[key] = int(example_indices(res.dataset(c.dataset), c.dataset).shape[0])
-        total += _steps(max(sizes[key], 1), bs, res.mesh.devices.size)
+        total += num_steps(max(sizes[key], 1), bs, res.mesh.devices.size)
     return total
