@@ -195,6 +195,15 @@ def test_bad_arguments_raise_before_any_work(kwargs, msg):
         jaxadv.evaluate(attack, model, (x, y), eps, key=0, **args)
 
 
+def test_nan_image_beyond_the_first_checked_examples_is_refused():
+    model, x, y = _data(40)
+    x = x.copy()
+    x[33, 1, 2, 0] = np.nan
+    pgd = jaxadv.PGD(threat=jaxadv.LinfBall(eps=0.0), num_steps=2)
+    with pytest.raises(ValueError, match=r"indices \[33\] hold NaN/inf"):
+        jaxadv.evaluate(pgd, model, (x, y), [0.1], key=0, batch_size=2)
+
+
 def test_clean_evaluation_without_an_attack():
     model, x, y = _data(7)
     ev = jaxadv.evaluate(None, model, (x, y), [0.0], key=0)

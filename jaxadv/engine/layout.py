@@ -111,7 +111,14 @@ def global_batch(mesh: jax.sharding.Mesh, ds: Any, pidx: np.ndarray):
         key = (sl.start, sl.stop)
         if key not in cache:
             x, y = ds.get(pidx[sl])
-            cache[key] = (np.asarray(x, np.float32), np.asarray(y, np.int32))
+            x = np.asarray(x, np.float32)
+            bad = ~np.isfinite(x.reshape(x.shape[0], -1)).all(axis=1)
+            if bad.any():  # the up-front check reads only a few examples; every batch is checked
+                raise ValueError(
+                    f"images at data-set indices {pidx[sl][bad][:5].tolist()} hold NaN/inf; "
+                    "clean or drop them before attacking"
+                )
+            cache[key] = (x, np.asarray(y, np.int32))
         return cache[key]
 
     s1 = NamedSharding(mesh, PartitionSpec(axis))
