@@ -308,19 +308,18 @@ class DGDE(AbstractAttack):
         return fit, p_true, adv
 
     # -- phase 0 --------------------------------------------------------------------------------
-    def _phase0(self, keys, model, x, y, target):
+    def _phase0(self, keys, model, x, y, target, found):
+        """Noise over the full image, ``tries_per_call`` tries per example per call, until one
+        fools the model or ``num_tries`` are spent. ``found`` examples (clean errors) try nothing.
+
+        Returns ``(found, vals, fit, p_true, tries, queries)``, the last three ``[B]``.
+        """
         b = x.shape[0]
         t0, tb = self.num_tries, self.tries_per_call
-        n_calls = -(-t0 // tb)
         shape = (tb, *x.shape[1:])
         slot = jnp.arange(tb, dtype=jnp.int32)
 
-        def cond(s):
-            t, found = s[0], s[1]
-            return jnp.any(~found) & (t < n_calls)
-
-        def body(s):
-            t, found, vals, fit, ptrue, tries, q = s
+        def step(t, s, act):
             tkeys = fold_keys(keys, t)
             noise = jax.vmap(lambda k: self._noise(k, shape, x.dtype))(tkeys)  # [B, tb, H, W, K]
             full = jnp.ones(noise.shape[:-1], bool)
@@ -329,28 +328,37 @@ class DGDE(AbstractAttack):
             valid = (t * tb + slot) < t0
             ok = ok & valid[None, :]
             first = jnp.argmax(ok, axis=1)
-            hit = jnp.any(ok, axis=1) & ~found
+            hit = jnp.any(ok, axis=1)
             take = jax.vmap(lambda a, i: a[i])
-            return (
-                t + 1,
-                found | hit,
-                bsel(hit, take(noise, first), vals),
-                jnp.where(hit, take(f, first), fit),
-                jnp.where(hit, take(p, first), ptrue),
-                jnp.where(hit, t * tb + first.astype(jnp.int32) + 1, tries),
-                q + jnp.where(found, 0, jnp.minimum(tb, t0 - t * tb)).astype(jnp.int32),
+            new = dict(
+                found=hit,
+                vals=bsel(hit, take(noise, first), s["vals"]),
+                fit=jnp.where(hit, take(f, first), s["fit"]),
+                p=jnp.where(hit, take(p, first), s["p"]),
+                tries=jnp.where(hit, t * tb + first.astype(jnp.int32) + 1, s["tries"]),
             )
+            spent = jnp.where(act, jnp.minimum(tb, t0 - t * tb), 0).astype(jnp.int32)
+            return new, None, spent
 
-        s0 = (
-            jnp.zeros((), jnp.int32),
-            jnp.zeros((b,), bool),
-            jnp.zeros(x.shape, x.dtype),
-            jnp.full((b,), jnp.inf, jnp.float32),
-            jnp.full((b,), jnp.nan, jnp.float32),
-            jnp.full((b,), t0, jnp.int32),
-            jnp.zeros((b,), jnp.int32),
+        state = dict(
+            found=found,
+            vals=jnp.zeros(x.shape, x.dtype),
+            fit=jnp.full((b,), jnp.inf, jnp.float32),
+            p=jnp.full((b,), jnp.nan, jnp.float32),
+            tries=jnp.full((b,), t0, jnp.int32),
         )
-        return s0, cond, body
+        loop = iterate(
+            step,
+            state,
+            stop=-(-t0 // tb),
+            active=~found,
+            queries=jnp.zeros((b,), jnp.int32),
+            cost=None,
+            done=lambda s, _: s["found"],
+            exit_early=True,
+        )
+        s = loop.state
+        return s["found"], s["vals"], s["fit"], s["p"], s["tries"], loop.queries
 
     # -- phase 1 proposals ----------------------------------------------------------------------
     def _block_candidates(self, key, mask, vals, n, delta):
@@ -426,9 +434,8 @@ class DGDE(AbstractAttack):
         f_clean, p_clean, adv_clean = f_clean[:, 0], p_clean[:, 0], adv_clean[:, 0]
 
         # ---- Phase 0: random noise over the full image.
-        s0, cond0, body0 = self._phase0(k0, model, x, y, target)
-        s0 = (s0[0], adv_clean, *s0[2:])  # clean errors count as found and spend no tries
-        _, found, vals0, fit0, pt0, tries, q0 = jax.lax.while_loop(cond0, body0, s0)
+        # Clean errors count as found and spend no tries.
+        found, vals0, fit0, pt0, tries, q0 = self._phase0(k0, model, x, y, target, adv_clean)
         found_noise = found & ~adv_clean
         tries = jnp.where(adv_clean, 0, tries)
         queries = 1 + q0

@@ -34,10 +34,10 @@ stepped throughout; ``active`` then only decides who is charged), so an attack t
 runs exactly the arithmetic it ran before.
 
 Ported: PGD (restarts, early stop), APGD / APGD-T, FMN, Square, NES, ZOO, HopSkipJump, the DE
-engine (:func:`jaxadv.attacks.population.minimize`, hence OnePixel), DGDE's phase 1 and its
-minimality sweep, and the start-point noise searches of NES and HopSkipJump and HopSkipJump's step-size search (a
-driver loop inside a driver step). Not ported yet, still a short while loop with its own mask and
-query count: DGDE's phase 0 (noise tries in batches).
+engine (:func:`jaxadv.attacks.population.minimize`, hence OnePixel), DGDE's three phases (noise
+tries in batches, the decrease-group generations, the minimality sweep), the start-point noise
+searches of NES and HopSkipJump and HopSkipJump's step-size search (a driver loop inside a driver
+step).
 """
 
 from __future__ import annotations
