@@ -156,6 +156,17 @@ def test_preact_resnet18(tmp_path, shortcut, bn_before_fc):
     assert not np.allclose(np.asarray(other(jnp.asarray(x))), ref.logits(tm, x), rtol=1e-3)
 
 
+def test_file_written_by_safetensors_save_file(tmp_path):
+    # The reference writer itself (not installed by the extras: skipped when absent), with the
+    # int64 num_batches_tracked counters a torch state_dict carries.
+    st = pytest.importorskip("safetensors.torch", reason="the safetensors package is not installed")
+    tm = ref.randomize(ref.PreActResNet(classes=10, bn_before_fc=True), seed=8)
+    path = tmp_path / "save_file.safetensors"
+    st.save_file(tm.state_dict(), str(path))
+    module = preact_resnet_from_safetensors(path)
+    _check_logits(module, tm, _images(2, 32, seed=8))
+
+
 # ---------------------------------------------------------------------------------------------
 # Errors name the tensors, before any work
 # ---------------------------------------------------------------------------------------------
