@@ -35,6 +35,8 @@ from jaxadv.nn import (  # noqa: E402
     wide_resnet_from_safetensors,
 )
 
+_forward = jax.jit(lambda model, x: model(x))
+
 
 def _images(n, size, seed=0):
     return np.random.default_rng(seed).uniform(0.0, 1.0, (n, size, size, 3)).astype(np.float32)
@@ -48,7 +50,10 @@ def _save(tmp_path, torch_model, name="m"):
 
 def _check_logits(module, torch_model, x):
     want = ref.logits(torch_model, x)
-    got = np.asarray(module(jnp.asarray(x)), np.float64)
+    # Jitted through the adapter: one compilation instead of one per op shape (DenseNet's dense
+    # layers all differ in width), and the path an attack takes.
+    got = _forward(jaxadv.from_nnx(module), jnp.asarray(x))
+    got = np.asarray(got, np.float64)
     assert got.shape == want.shape
     scale = np.max(np.abs(want))
     assert scale > 1e-2  # a dead network would compare equal trivially
@@ -128,7 +133,6 @@ def test_wide_resnet_small(tmp_path, depth, widen, sub_block1, bias_last):
     _check_logits(module, tm, _images(3, 32, seed=4))
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("depth", [28, 34])
 def test_wide_resnet_x_10(tmp_path, depth):
     tm = ref.randomize(ref.WideResNet(depth, 10, classes=10, sub_block1=depth == 34), seed=5)
@@ -153,7 +157,8 @@ def test_preact_resnet18(tmp_path, shortcut, bn_before_fc):
     other = preact_resnet_from_safetensors(
         path, shortcut="preact" if shortcut == "input" else "input"
     )
-    assert not np.allclose(np.asarray(other(jnp.asarray(x))), ref.logits(tm, x), rtol=1e-3)
+    wrong = _forward(jaxadv.from_nnx(other), jnp.asarray(x))
+    assert not np.allclose(np.asarray(wrong), ref.logits(tm, x), rtol=1e-3)
 
 
 def test_file_written_by_safetensors_save_file(tmp_path):
@@ -278,11 +283,12 @@ def test_loaded_model_can_be_attacked(tmp_path):
     xn = (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
     want = ref.logits(tm, xn)
     np.testing.assert_allclose(
-        np.asarray(model(jnp.asarray(x))), want, rtol=1e-4, atol=1e-4 * np.abs(want).max()
+        np.asarray(_forward(model, jnp.asarray(x))), want, rtol=1e-4, atol=1e-4 * np.abs(want).max()
     )
 
     y = jnp.asarray(np.argmax(want, axis=1))
-    grad = jax.grad(lambda v: jaxadv.losses.margin(model(v), y).sum())(jnp.asarray(x))
+    grad_fn = jax.jit(jax.grad(lambda m, v: jaxadv.losses.margin(m(v), y).sum(), argnums=1))
+    grad = grad_fn(model, jnp.asarray(x))
     assert np.all(np.isfinite(grad)) and np.any(grad != 0)
     pgd = jaxadv.PGD(threat=jaxadv.LinfBall(eps=8 / 255), num_steps=1)
     res = pgd(jax.random.key(0), model, jnp.asarray(x), y)
