@@ -250,6 +250,9 @@ def test_prefix_hint_and_short_lists(tmp_path):
     assert "pass prefix='module.'" in msg
     assert "and 80 more" in msg  # 86 missing, six listed
     preact_resnet_from_safetensors(path, prefix="module.")
+    # A prefix given where the file has none (or another one) is diagnosed the same way.
+    with pytest.raises(ValueError, match=r"pass prefix=''"):
+        load_torch_state_dict(module, sd, prefix="model.")
 
 
 def test_explicit_architecture_must_agree_with_the_file(tmp_path):

@@ -4,13 +4,12 @@ from jaxadv.nn.cnn import SmallCNN
 from jaxadv.nn.densenet import DenseNet, densenet121
 from jaxadv.nn.resnet import BasicBlock, Bottleneck, ResNet, resnet18, resnet50
 from jaxadv.nn.robustbench import PreActResNet, WideResNet, preact_resnet18, wide_resnet
+from jaxadv.nn.safetensors_io import load_safetensors, save_safetensors
 from jaxadv.nn.torch_import import (
     densenet_from_safetensors,
-    load_safetensors,
     load_torch_state_dict,
     preact_resnet_from_safetensors,
     resnet_from_safetensors,
-    save_safetensors,
     vgg_from_safetensors,
     wide_resnet_from_safetensors,
 )
