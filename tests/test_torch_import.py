@@ -271,6 +271,17 @@ def test_explicit_architecture_must_agree_with_the_file(tmp_path):
         densenet_from_safetensors(path)
 
 
+def test_too_small_images_are_refused_not_nan():
+    # 28x28 (MedMNIST) would pool DenseNet-121 / VGG-16 down to an empty map: NaN logits.
+    dense = nnx.eval_shape(lambda: DenseNet(rngs=nnx.Rngs(0)))
+    with pytest.raises(ValueError, match=r"at least 29x29 .*got 28x28"):
+        dense(jnp.zeros((1, 28, 28, 3)))
+    nnx.eval_shape(lambda m: m(jnp.zeros((1, 29, 29, 3))), dense)  # the smallest size works
+    vgg = nnx.eval_shape(lambda: VGG(hidden=8, rngs=nnx.Rngs(0)))
+    with pytest.raises(ValueError, match=r"at least 32x32 .*got 28x31"):
+        vgg(jnp.zeros((1, 28, 31, 3)))
+
+
 # ---------------------------------------------------------------------------------------------
 # A loaded model is an attack target
 # ---------------------------------------------------------------------------------------------

@@ -162,9 +162,24 @@ class DenseNet(nnx.Module):
         )
         self.classifier = linear(self.features.num_features, num_classes, rngs=rngs)
 
+    def _final_size(self, n: int) -> int:
+        n = (n - 1) // 2 + 1  # conv0: 7x7, stride 2, padding 3
+        n = (n - 1) // 2 + 1  # pool0: 3x3, stride 2, padding 1
+        for _ in range(self.features.num_blocks - 1):
+            n //= 2  # transition: 2x2 average pool, stride 2
+        return n
+
     def __call__(self, x: jax.Array) -> jax.Array:
         if x.ndim != 4:
             raise ValueError(f"DenseNet expects x[B, H, W, K] (NHWC), got shape {x.shape}")
+        if min(self._final_size(x.shape[1]), self._final_size(x.shape[2])) < 1:
+            smallest = next(n for n in range(1, 4096) if self._final_size(n) >= 1)
+            # torch refuses these sizes too; here they would silently give NaN (empty pools).
+            raise ValueError(
+                f"DenseNet needs images of at least {smallest}x{smallest} (its "
+                f"{self.features.num_blocks - 1} transitions halve the 4x-reduced stem output), "
+                f"got {x.shape[1]}x{x.shape[2]}; upsample them (CheXNet was trained at 224x224)"
+            )
         x = nnx.relu(self.features(x))
         return self.classifier(jnp.mean(x, axis=(1, 2)))
 

@@ -112,6 +112,7 @@ class VGG(nnx.Module):
             layers.append(_ReLU())
             width = v
         self.features = nnx.List(layers)
+        self.num_pools = sum(1 for v in config if v == "M")
         self.classifier = nnx.List(
             [
                 linear(width * 7 * 7, hidden, rngs=rngs),
@@ -127,6 +128,13 @@ class VGG(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         if x.ndim != 4:
             raise ValueError(f"VGG expects x[B, H, W, K] (NHWC), got shape {x.shape}")
+        smallest = 2**self.num_pools
+        if min(x.shape[1], x.shape[2]) < smallest:
+            # torch refuses these sizes too; here the empty feature map would give NaN.
+            raise ValueError(
+                f"VGG needs images of at least {smallest}x{smallest} ({self.num_pools} 2x2 max "
+                f"pools), got {x.shape[1]}x{x.shape[2]}; upsample them"
+            )
         for layer in self.features:
             x = layer(x)
         x = adaptive_avg_pool(x, (7, 7))
