@@ -241,7 +241,9 @@ def test_prefix_hint_and_short_lists(tmp_path):
     path = tmp_path / "dp.safetensors"
     save_safetensors(path, {"module." + k: v for k, v in sd.items()})
     # Not even the architecture can be read without the prefix.
-    with pytest.raises(ValueError, match=r"needs 4-d conv1\.weight.*prefix="):
+    with pytest.raises(
+        ValueError, match=r"needs 4-d conv1\.weight, 2-d linear\.weight \(pass prefix='module\.'\)"
+    ):
         preact_resnet_from_safetensors(path)
     module = nnx.eval_shape(lambda: PreActResNet(rngs=nnx.Rngs(0)))
     with pytest.raises(ValueError) as info:

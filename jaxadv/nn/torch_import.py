@@ -83,10 +83,10 @@ def _expected_tensors(
     return expected
 
 
-def _listed(names: list[str]) -> str:
-    shown = ", ".join(names[:_LIST_AT_MOST])
+def _listed(names: list[str], sep: str = ", ") -> str:
+    shown = sep.join(names[:_LIST_AT_MOST])
     more = len(names) - _LIST_AT_MOST
-    return f"{shown}, ... and {more} more" if more > 0 else shown
+    return f"{shown}{sep}... and {more} more" if more > 0 else shown
 
 
 def _hints(missing: list[str], unexpected: list[str], prefix: str) -> list[str]:
@@ -174,7 +174,7 @@ def load_torch_state_dict(
             "(pass strict=False to ignore them)"
         )
     if wrong:
-        problems.append(f"wrong shapes ({len(wrong)}, torch layout): {'; '.join(wrong[:6])}")
+        problems.append(f"wrong shapes ({len(wrong)}, torch layout): {_listed(wrong, '; ')}")
     if problems:
         hints = _hints(missing, unexpected, prefix)
         raise ValueError(
@@ -212,12 +212,20 @@ def _build_and_load(
 def _require(
     tensors: Mapping[str, Any], prefix: str, ndims: dict[str, int], what: str, path: Any
 ) -> list[np.ndarray]:
+    """The tensors the architecture's sizes are read from, or an error naming those absent."""
     found = [tensors.get(prefix + name) for name in ndims]
-    if any(t is None or t.ndim != nd for t, nd in zip(found, ndims.values(), strict=True)):
-        need = ", ".join(f"{nd}-d {prefix}{name}" for name, nd in ndims.items())
+    bad = [
+        f"{nd}-d {prefix}{name}" + ("" if t is None else f" (got {t.ndim}-d)")
+        for (name, nd), t in zip(ndims.items(), found, strict=True)
+        if t is None or t.ndim != nd
+    ]
+    if bad:
+        name = next(iter(ndims))
+        carried = [k[: -len(name)] for k in tensors if k.endswith("." + name)]
+        hint = f"pass prefix={carried[0]!r}" if carried else "pass prefix= if every name has one"
         raise ValueError(
-            f"{os.fspath(path)!r} does not look like a {what} state dict: needs {need} "
-            "(pass prefix= if every name carries one)"
+            f"{os.fspath(path)!r} does not look like a {what} state dict: needs "
+            f"{', '.join(bad)} ({hint})"
         )
     return found  # type: ignore[return-value]
 
