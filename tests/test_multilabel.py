@@ -221,6 +221,29 @@ def test_multilabel_refuses_what_does_not_apply(task):
     assert res.success.shape == (len(x),)
 
 
+def test_no_retrace_on_new_eps_weights_key_or_target():
+    traces = []
+
+    def apply(p, x):
+        traces.append(1)
+        return x.reshape(x.shape[0], -1) @ p
+
+    w = jax.random.normal(jax.random.key(0), (4, 3))
+    x = jnp.full((2, 2, 2, 1), 0.5)
+    y = jnp.array([[1, 0, 0], [0, 1, 1]])
+    model = jaxadv.from_apply(apply, w)
+    pgd = jaxadv.PGD(threat=jaxadv.LinfBall(eps=0.1), num_steps=2)
+    atk = ml.MultiLabel(attack=pgd, rule=ml.target_set([0, 0, 1]))
+    atk(0, model, x, y, validate=False)
+    n0 = len(traces)
+    atk.with_eps(0.2)(1, model, x, y, validate=False)
+    ml.MultiLabel(attack=pgd, rule=ml.target_set([1, 0, 1]))(0, model, x, y, validate=False)
+    atk(0, model.with_params(2 * w), x, y, validate=False)
+    assert len(traces) == n0
+    ml.MultiLabel(attack=pgd, rule=ml.one_finding(1))(0, model, x, y, validate=False)
+    assert len(traces) > n0  # the finding is static: a new program
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(REGISTRY))
 def test_every_registered_attack_runs_under_a_rule(task, name):
