@@ -204,7 +204,14 @@ def _cmd_attack(args: argparse.Namespace) -> int:
     import jaxadv
     from jaxadv import report
     from jaxadv._progress import Progress
-    from jaxadv.vocab import attack_config, check_norm, check_rule_spec, make_attack, make_rule
+    from jaxadv.vocab import (
+        attack_config,
+        check_model_fits,
+        check_norm,
+        check_rule_spec,
+        make_attack,
+        make_rule,
+    )
 
     norm = _spec(check_norm, args.norm)
     _spec(check_rule_spec, args.multilabel, args.finding, args.target_set)
@@ -229,6 +236,7 @@ def _cmd_attack(args: argparse.Namespace) -> int:
     ds = _dataset(args.data, args.split, args.image_size, args.channels)
     rule = _spec(make_rule, args.multilabel, args.finding, args.target_set, ds)
     model = _model(args.model)
+    _spec(check_model_fits, model, ds, rule, f"model {args.model!r}")
     n = len(ds) if args.num_examples is None else min(args.num_examples, len(ds))
     label = f"{args.attack} on {n} images"
     ui = Progress(_progress_enabled(args.quiet), _say(args.quiet))

@@ -495,6 +495,37 @@ def make_rule(kind: Any, finding: Any, target_set: Any, ds: Any):
     return ml.target_set(t)
 
 
+def check_model_fits(model: Any, ds: Any, rule: Any = None, name: str = "the model") -> None:
+    """The model's outputs against the data set: one logit per class, or per finding for
+    multi-label data. Refuses, before any attack runs, a multi-label model (one logit per finding)
+    on single-label data and a classifier on multi-label data. A model that fails on the data's
+    image shape is left to the engine's own check."""
+    import jax
+    import numpy as np
+
+    h, w, k = ds.image_shape
+    try:
+        out = jax.eval_shape(model, jax.ShapeDtypeStruct((1, h, w, k), np.float32))
+    except Exception:  # noqa: BLE001 - reported with context by the engine's input checks
+        return
+    out = out[0] if isinstance(out, (tuple, list)) else out
+    c, n = int(out.shape[-1]), int(ds.num_classes)
+    if c == n:
+        return
+    if getattr(ds, "multi_label", False):
+        raise SpecError(
+            f"{name} returns {c} logits but data {ds.name!r} has {n} findings; a multi-label model "
+            "returns one logit per finding"
+        )
+    hint = (
+        " A multi-label model (one logit per finding) needs multi-label data and --multilabel "
+        "(config: multilabel:)."
+        if c > n
+        else ""
+    )
+    raise SpecError(f"{name} returns {c} logits but data {ds.name!r} has {n} classes.{hint}")
+
+
 def is_black_box(attack: Any) -> bool:
     """Whether ``attack`` reads only the model's outputs (its class's declared oracle)."""
     return type(attack).oracle != "gradient"

@@ -442,7 +442,7 @@ def test_cli_rule_errors_on_single_label_data(capsys, extra, message):
         (["--multilabel", "one", "--finding", "14"], "finding 14 is out of range"),
         (["--multilabel", "one", "--finding", "fracture"], "unknown finding 'fracture'"),
         (["--multilabel", "set", "--target-set", "2,99"], "target-set finding 99 is out of range"),
-        (["--multilabel", "any"], "has 14 findings per example but the model returns 2 logits"),
+        (["--multilabel", "any"], "returns 2 logits but data 'chestmnist' has 14 findings"),
     ],
 )
 def test_cli_rule_errors_on_chestmnist(capsys, chest_file, extra, message):
@@ -450,6 +450,16 @@ def test_cli_rule_errors_on_chestmnist(capsys, chest_file, extra, message):
 
     assert main(["attack", "--data", str(chest_file), "--eps", "0", *extra]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_cli_refuses_a_multilabel_model_on_single_label_data(tmp_path, capsys):
+    from jaxadv.cli import main
+
+    ckpt = _chest_net(tmp_path / "chest.msgpack")
+    assert main(["attack", "--model", str(ckpt), "--eps", "0", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "returns 14 logits but data 'pneumoniamnist' has 2 classes" in err
+    assert "needs multi-label data and --multilabel" in err
 
 
 @pytest.mark.slow

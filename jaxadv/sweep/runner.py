@@ -39,6 +39,7 @@ from jaxadv.sweep.storage import (
 )
 from jaxadv.vocab import (
     SpecError,
+    check_model_fits,
     is_black_box,
     load_dataset,
     load_model,
@@ -148,6 +149,7 @@ def _run_cell(
     )
     try:  # a multi-label data set needs a rule (attack keys multilabel, finding, target_set)
         rule = make_rule(a.get("multilabel"), a.get("finding"), a.get("target_set"), ds)
+        check_model_fits(model, ds, rule, f"model {cell.model['label']!r}")
     except SpecError as e:
         raise SweepError(
             f"cell {cell.id}: {e} (data set {cell.dataset['label']!r}, attack {a['label']!r})"
