@@ -5,7 +5,7 @@ integer labels; ``res.adv`` always lies in the threat set and ``res.success`` is
 Attacks maximise their loss; success means misclassified (or classified as the target).
 """
 
-from jaxadv import checkpoint, data, losses, metrics
+from jaxadv import checkpoint, data, losses, metrics, multilabel
 from jaxadv.attacks import APGD, APGDT, FGSM, FMN, PGD, REGISTRY, AbstractAttack, AutoAttack
 from jaxadv.attacks.dgde import DGDE, DGDEOptions
 from jaxadv.attacks.hopskipjump import HopSkipJump
@@ -25,6 +25,7 @@ from jaxadv.metrics import (
     ssim,
 )
 from jaxadv.models import Model, from_apply, from_linen, from_nnx
+from jaxadv.multilabel import MultiLabel
 from jaxadv.result import AttackResult
 from jaxadv.sanity import SanityWarning, check_model
 from jaxadv.threats import L0Pixels, L1Ball, L2Ball, LinfBall
@@ -52,6 +53,7 @@ __all__ = [
     "L2Ball",
     "LinfBall",
     "Model",
+    "MultiLabel",
     "OnePixel",
     "SanityWarning",
     "Square",
@@ -70,6 +72,7 @@ __all__ = [
     "clean_accuracy",
     "losses",
     "metrics",
+    "multilabel",
     "robust_accuracy",
     "ssim",
     "sweep_eps",
