@@ -384,3 +384,67 @@ def test_cli_names_and_budget_option():
     assert isinstance(atk, jaxadv.SparseRS) and atk.num_queries == 50
     atk = vocab.make_attack("simba", norm="l2", options={"num_queries": 50, "basis": "pixel"})
     assert isinstance(atk, jaxadv.SimBA) and atk.basis == "pixel"
+
+
+# ----------------------------------------------------------------- jit, eager, sharding
+CONTRACT = {
+    "SimBA-DCT": lambda: jaxadv.SimBA(threat=jaxadv.L2Ball(eps=1.0), num_queries=12),
+    "SparseRS-L0": lambda: jaxadv.SparseRS(threat=jaxadv.L0Pixels(eps=2), num_queries=12),
+    "SparseRS-patch": lambda: jaxadv.SparseRS(threat=Patch(eps=2), num_queries=12),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(CONTRACT))
+def test_jit_equals_eager_and_sharded_equals_unsharded(name):
+    """The jitted run equals the eager one (``jax.disable_jit``), and 8 devices with a batch
+    that does not divide evenly equal one device, targeted too."""
+    from jaxadv.sharding import attack_sharded
+
+    model = linear_model(3, SHAPE, seed=1)
+    atk = CONTRACT[name]()
+    x = _batch(3, lo=0.0, hi=1.0)
+    y = jnp.argmax(model(x), axis=1).astype(jnp.int32)
+    keys = example_keys(jax.random.key(0), 3)
+    jitted = jax.jit(lambda k: atk.run(k, model, x, y))(keys)
+    with jax.disable_jit():
+        eager = atk.run(keys, model, x, y)
+    np.testing.assert_allclose(jitted.adv, eager.adv, atol=1e-5)
+    np.testing.assert_array_equal(jitted.success, eager.success)
+    np.testing.assert_array_equal(jitted.queries, eager.queries)
+    xs = _batch(13, lo=0.0, hi=1.0)
+    ys = jnp.argmax(model(xs), axis=1).astype(jnp.int32)
+    for target in (None, (ys + 1) % 3):
+        ref = atk(jax.random.key(0), model, xs, ys, target=target)
+        sh = attack_sharded(atk, jax.random.key(0), model, xs, ys, target=target)
+        np.testing.assert_allclose(sh.adv, ref.adv, atol=1e-6)
+        np.testing.assert_array_equal(sh.success, ref.success)
+        np.testing.assert_array_equal(sh.queries, ref.queries)
+
+
+@pytest.mark.parametrize(
+    "argv, msg",
+    [
+        (["--attack", "simba", "--num-steps", "5"], "its budget is num_queries"),
+        (["--attack", "simba", "--norm", "l0"], "supports norm l2, linf"),
+        (["--attack", "sparsers", "--norm", "linf"], "supports norm l0, patch"),
+        (["--attack", "simba", "--norm", "l2", "--option", "num_queries=6"], None),
+        (["--attack", "sparsers", "--norm", "l0", "--eps", "0,2", "--option", "num_queries=6"], None),
+        (["--attack", "sparsers", "--norm", "patch", "--eps", "0,2px", "--option", "num_queries=6"], None),
+    ],
+)  # fmt: skip
+def test_cli_runs_or_refuses(argv, msg, tmp_path, capsys):
+    import json
+
+    from jaxadv.cli import main
+
+    base = ["attack", "--num-examples", "3", "--quiet", "--out", str(tmp_path)]
+    if "--eps" not in argv:
+        base += ["--eps", "0,8"]
+    rc = main([*base, *argv])
+    if msg is not None:
+        assert rc == 2 and msg in capsys.readouterr().err
+        return
+    assert rc == 0, capsys.readouterr().err
+    rows = json.loads((tmp_path / "results.json").read_text())["rows"]
+    assert len(rows) == 2 and rows[0]["robust_accuracy"] >= rows[1]["robust_accuracy"]
