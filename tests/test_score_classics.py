@@ -448,3 +448,27 @@ def test_cli_runs_or_refuses(argv, msg, tmp_path, capsys):
     assert rc == 0, capsys.readouterr().err
     rows = json.loads((tmp_path / "results.json").read_text())["rows"]
     assert len(rows) == 2 and rows[0]["robust_accuracy"] >= rows[1]["robust_accuracy"]
+
+
+def test_sweep_config_names_and_pixel_budgets():
+    from jaxadv import sweep
+
+    grid = {
+        "name": "g",
+        "seeds": [0],
+        "eps": [0, 8],
+        "models": ["small_cnn_clean"],
+        "datasets": [{"data": "default", "num_examples": 4}],
+        "attacks": [
+            {"attack": "simba", "norm": "l2", "options": {"num_queries": 10}},
+            {"attack": "sparsers", "norm": "patch", "eps": [2, 4], "options": {"num_queries": 10}},
+            {"attack": "sparsers", "norm": "l0", "eps": [1, 3]},
+        ],
+    }
+    a = sweep.load_config(grid).data["attacks"]
+    assert [x["label"] for x in a] == ["simba-l2", "sparsers-patch", "sparsers-l0"]
+    assert a[1]["eps"] == [2.0, 4.0] and a[2]["eps"] == [1.0, 3.0]  # pixels, not 1/255
+    with pytest.raises(sweep.ConfigError, match="num_queries"):
+        sweep.load_config(
+            {**grid, "num_steps": 2, "attacks": [{**grid["attacks"][0], "num_steps": 3}]}
+        )
