@@ -265,7 +265,7 @@ def _bbox_side(delta):
     return max(r.max() - r.min() + 1, c.max() - c.min() + 1)
 
 
-@pytest.mark.parametrize("k", [1, 3, 7])
+@pytest.mark.parametrize("k", [pytest.param(1, marks=pytest.mark.slow), 3, pytest.param(7, marks=pytest.mark.slow)])  # fmt: skip
 def test_sparse_rs_l0_changes_at_most_k_pixels(k):
     """At most k spatial pixels change (counted here, not by the threat), each to a corner of the
     colour cube; a success is the model's verdict."""
@@ -284,7 +284,7 @@ def test_sparse_rs_l0_changes_at_most_k_pixels(k):
     assert res.success.any()
 
 
-@pytest.mark.parametrize("s", [1, 2, 3])
+@pytest.mark.parametrize("s", [pytest.param(1, marks=pytest.mark.slow), 2, pytest.param(3, marks=pytest.mark.slow)])  # fmt: skip
 def test_sparse_rs_patch_changes_one_square(s):
     """Every changed pixel lies in one s x s square (bounding box counted here)."""
     model = linear_model(3, (6, 6, 3), seed=1)
@@ -298,6 +298,7 @@ def test_sparse_rs_patch_changes_one_square(s):
     assert res.success.any()
 
 
+@pytest.mark.slow
 def test_sparse_rs_breaks_a_one_pixel_model_and_targets():
     """Class 1 needs pixel (1, 1) bright in channel 0 (its weight decays by half per pixel of
     distance, so a patch nearby already helps): one pixel breaks it (L0) and so does a 1x1 patch;
@@ -428,8 +429,8 @@ def test_jit_equals_eager_and_sharded_equals_unsharded(name):
         (["--attack", "simba", "--num-steps", "5"], "its budget is num_queries"),
         (["--attack", "simba", "--norm", "l0"], "supports norm l2, linf"),
         (["--attack", "sparsers", "--norm", "linf"], "supports norm l0, patch"),
-        (["--attack", "simba", "--norm", "l2", "--option", "num_queries=6"], None),
-        (["--attack", "sparsers", "--norm", "l0", "--eps", "0,2", "--option", "num_queries=6"], None),
+        pytest.param(["--attack", "simba", "--norm", "l2", "--option", "num_queries=6"], None, marks=pytest.mark.slow),
+        pytest.param(["--attack", "sparsers", "--norm", "l0", "--eps", "0,2", "--option", "num_queries=6"], None, marks=pytest.mark.slow),
         (["--attack", "sparsers", "--norm", "patch", "--eps", "0,2px", "--option", "num_queries=6"], None),
     ],
 )  # fmt: skip
