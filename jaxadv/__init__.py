@@ -11,6 +11,8 @@ from jaxadv.attacks.dgde import DGDE, DGDEOptions
 from jaxadv.attacks.hopskipjump import HopSkipJump
 from jaxadv.attacks.nes import NES
 from jaxadv.attacks.onepixel import OnePixel
+from jaxadv.attacks.simba import SimBA
+from jaxadv.attacks.sparse_rs import SparseRS
 from jaxadv.attacks.square import Square
 from jaxadv.attacks.zoo import ZOO
 from jaxadv.engine import Evaluation, evaluate
@@ -28,7 +30,7 @@ from jaxadv.models import Model, from_apply, from_linen, from_nnx
 from jaxadv.multilabel import MultiLabel
 from jaxadv.result import AttackResult
 from jaxadv.sanity import SanityWarning, check_model
-from jaxadv.threats import L0Pixels, L1Ball, L2Ball, LinfBall
+from jaxadv.threats import L0Pixels, L1Ball, L2Ball, LinfBall, Patch
 
 __version__ = "0.1.0"
 
@@ -55,7 +57,10 @@ __all__ = [
     "Model",
     "MultiLabel",
     "OnePixel",
+    "Patch",
     "SanityWarning",
+    "SimBA",
+    "SparseRS",
     "Square",
     "ZOO",
     "check_model",

@@ -515,12 +515,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--attack",
         default="pgd",
         help="fgsm, pgd, apgd, apgd-dlr, apgdt, fmn, autoattack, or any registered attack class "
-        "(Square, NES, ZOO, HopSkipJump, OnePixel, DGDE; see jaxadv.attacks.REGISTRY)",
+        "(Square, NES, ZOO, HopSkipJump, OnePixel, DGDE, SimBA, SparseRS; see "
+        "jaxadv.attacks.REGISTRY)",
     )
     a.add_argument(
         "--norm",
         default="linf",
-        help="linf, l2, l1, or l0 (OnePixel, DGDE: --eps is then a number of pixels)",
+        help="linf, l2, l1, l0 (OnePixel, DGDE, SparseRS: --eps is then a number of pixels) or "
+        "patch (SparseRS: --eps is the side of the square patch in pixels)",
     )
     a.add_argument(
         "--eps",

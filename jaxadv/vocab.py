@@ -137,11 +137,13 @@ def check_model_name(spec: str) -> None:
 
 
 # ----------------------------------------------------------------------------- threats and eps
-NORMS = ("linf", "l2", "l1", "l0")
+NORMS = ("linf", "l2", "l1", "l0", "patch")
+#: Norms whose budgets are pixel counts (L0: changed pixels; patch: the side of the square).
+PIXEL_NORMS = ("l0", "patch")
 
 #: The default unit of eps numbers per norm: L-inf / L2 / L1 numbers are in 1/255 (``8`` means
 #: 8/255), L0 numbers are pixel counts.
-EPS_SCALE = {"linf": 255.0, "l2": 255.0, "l1": 255.0, "l0": 1.0}
+EPS_SCALE = {"linf": 255.0, "l2": 255.0, "l1": 255.0, "l0": 1.0, "patch": 1.0}
 
 
 def check_norm(norm: Any) -> str:
@@ -160,6 +162,7 @@ def threat(norm: str, eps: float = 0.0):
         "l2": jaxadv.L2Ball,
         "l1": jaxadv.L1Ball,
         "l0": jaxadv.L0Pixels,
+        "patch": jaxadv.Patch,
     }
     return classes[check_norm(norm)](eps=eps)
 
@@ -215,8 +218,10 @@ def _eps_value(it: Any, norm: str, scale: float) -> float:
         raise SpecError(f"eps values must be numbers, got {it!r}")
     m = _FRACTION.fullmatch(it)
     px = _PIXELS.fullmatch(it)
-    if px and norm != "l0":
-        raise SpecError(f"eps {it!r}: pixel counts (px) are budgets of norm l0 only")
+    if px and norm not in PIXEL_NORMS:
+        raise SpecError(
+            f"eps {it!r}: pixel counts (px) are budgets of norm l0 only (and patch sides)"
+        )
     try:
         if m:
             return float(m.group(1)) / float(m.group(2))

@@ -25,7 +25,7 @@ from jaxadv.engine.summary import summary_rows
 Array = jax.Array
 
 #: Threat class name -> the norm name used in labels and summaries.
-_NORMS = {"LinfBall": "linf", "L2Ball": "l2", "L1Ball": "l1", "L0Pixels": "l0"}
+_NORMS = {"LinfBall": "linf", "L2Ball": "l2", "L1Ball": "l1", "L0Pixels": "l0", "Patch": "patch"}
 
 
 class EvaluationStopped(Exception):

@@ -28,6 +28,7 @@ from typing import Any
 
 from jaxadv.vocab import (
     NORMS,
+    PIXEL_NORMS,
     SpecError,
     check_dataset_name,
     check_model_name,
@@ -444,7 +445,7 @@ def validate(raw: Any, *, base_dir: str, source: str) -> SweepConfig:
         if anorm not in NORMS:
             raise ConfigError(f"{where}.norm: must be one of {', '.join(NORMS)}, got {anorm!r}")
         # L0 budgets are pixel counts: no 1/255 units unless the attack says so
-        ascale = a.get("eps_scale", 1 if anorm == "l0" else scale)
+        ascale = a.get("eps_scale", 1 if anorm in PIXEL_NORMS else scale)
         if isinstance(ascale, bool) or not isinstance(ascale, (int, float)) or ascale <= 0:
             raise ConfigError(f"{where}.eps_scale: must be a positive number, got {ascale!r}")
         eps_raw = a.get("eps", default_eps)

@@ -278,6 +278,7 @@ _XLABEL = {
     "l2": "eps (L2)",
     "l1": "eps (L1)",
     "l0": "changed pixels (L0)",
+    "patch": "patch side (pixels)",
 }
 
 
