@@ -37,7 +37,7 @@ def check_model(model: Any, x: Any, y: Any, *, num_repeats: int = 2) -> list[str
 
     Example:
         >>> import jax.numpy as jnp, jaxadv
-        >>> model = jaxadv.from_apply(lambda w, x: x.reshape(x.shape[0], -1) @ w, jnp.eye(4, 2))
+        >>> model = jaxadv.from_apply(lambda w, x: x.reshape(x.shape[0], -1) @ w, 3 * jnp.eye(4, 2))
         >>> jaxadv.check_model(model, jnp.full((2, 2, 2, 1), 0.5), jnp.array([0, 1]))
         []
     """

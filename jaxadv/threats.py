@@ -116,7 +116,7 @@ class LinfBall(AbstractThreat):
         >>> import jax.numpy as jnp, jaxadv
         >>> t = jaxadv.LinfBall(eps=0.1)
         >>> x = jnp.full((1, 2, 2, 1), 0.5)
-        >>> float(t.project(x, x + 1.0).max())
+        >>> round(float(t.project(x, x + 1.0).max()), 4)
         0.6
     """
 
