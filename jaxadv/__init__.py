@@ -8,6 +8,7 @@ Attacks maximise their loss; success means misclassified (or classified as the t
 from jaxadv import checkpoint, data, losses, metrics
 from jaxadv.attacks import APGD, APGDT, FGSM, FMN, PGD, REGISTRY, AbstractAttack, AutoAttack
 from jaxadv.attacks.dgde import DGDE, DGDEOptions
+from jaxadv.attacks.fab import FAB
 from jaxadv.attacks.hopskipjump import HopSkipJump
 from jaxadv.attacks.nes import NES
 from jaxadv.attacks.onepixel import OnePixel
@@ -39,6 +40,7 @@ __all__ = [
     "DGDEOptions",
     "EpsCurve",
     "Evaluation",
+    "FAB",
     "FMN",
     "FGSM",
     "HopSkipJump",

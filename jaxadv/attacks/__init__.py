@@ -4,6 +4,7 @@ from jaxadv.attacks.apgd import APGD, APGDT
 from jaxadv.attacks.autoattack import AutoAttack
 from jaxadv.attacks.base import REGISTRY, AbstractAttack, example_keys, register
 from jaxadv.attacks.dgde import DGDE, DGDEOptions
+from jaxadv.attacks.fab import FAB
 from jaxadv.attacks.fmn import FMN
 from jaxadv.attacks.gradient import FGSM, PGD
 from jaxadv.attacks.hopskipjump import HopSkipJump
@@ -17,6 +18,7 @@ __all__ = [
     "APGDT",
     "DGDE",
     "DGDEOptions",
+    "FAB",
     "FGSM",
     "FMN",
     "HopSkipJump",
