@@ -185,9 +185,10 @@ class FAB(AbstractAttack):
         >>> import jax, jax.numpy as jnp, jaxadv
         >>> model = jaxadv.from_apply(lambda w, x: x.reshape(x.shape[0], -1) @ w, jnp.eye(4, 3))
         >>> fab = jaxadv.FAB(threat=jaxadv.L2Ball(eps=jnp.inf), num_steps=10)
-        >>> res = fab(jax.random.key(0), model, jnp.full((1, 2, 2, 1), 0.5), jnp.array([0]))
-        >>> bool(res.success[0])
-        True
+        >>> x = jnp.array([0.6, 0.5, 0.5, 0.5]).reshape(1, 2, 2, 1)  # class 0 leads by 0.1
+        >>> res = fab(jax.random.key(0), model, x, jnp.array([0]))
+        >>> bool(res.success[0]), round(float(res.norm[0]), 3)  # optimum 0.1 / sqrt(2) = 0.0707
+        (True, 0.071)
     """
 
     oracle: ClassVar[str] = "gradient"
