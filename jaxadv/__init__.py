@@ -7,6 +7,7 @@ Attacks maximise their loss; success means misclassified (or classified as the t
 
 from jaxadv import checkpoint, data, losses, metrics
 from jaxadv.attacks import APGD, APGDT, FGSM, FMN, PGD, REGISTRY, AbstractAttack, AutoAttack
+from jaxadv.attacks.autoattack import EOT, RandomizedModel
 from jaxadv.attacks.dgde import DGDE, DGDEOptions
 from jaxadv.attacks.fab import FAB
 from jaxadv.attacks.hopskipjump import HopSkipJump
@@ -38,6 +39,7 @@ __all__ = [
     "AutoAttack",
     "DGDE",
     "DGDEOptions",
+    "EOT",
     "EpsCurve",
     "Evaluation",
     "FAB",
@@ -47,6 +49,7 @@ __all__ = [
     "NES",
     "PGD",
     "REGISTRY",
+    "RandomizedModel",
     "AbstractAttack",
     "AttackResult",
     "L0Pixels",

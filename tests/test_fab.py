@@ -137,8 +137,17 @@ def test_fab_t_finds_the_closest_of_its_targets(threat_cls, dual):
     importlib.util.find_spec("torch") is None or importlib.util.find_spec("pyautoattack") is None,
     reason="the reference comparison needs torch and pyautoattack (the official FAB code)",
 )
-@pytest.mark.parametrize("targeted", [False, True])
-@pytest.mark.parametrize("norm", ["Linf", "L2", "L1"])
+@pytest.mark.parametrize(
+    ("norm", "targeted"),
+    [
+        ("Linf", False),
+        ("L1", True),
+        pytest.param("L2", False, marks=pytest.mark.slow),
+        pytest.param("Linf", True, marks=pytest.mark.slow),
+        pytest.param("L2", True, marks=pytest.mark.slow),
+        pytest.param("L1", False, marks=pytest.mark.slow),
+    ],
+)
 def test_matches_the_reference_implementation(norm, targeted):
     """Run 0 has no randomness: our FAB and the official one (pyautoattack 0.2.0's FABAttack_PT)
     return the same points on the same linear model, untargeted and FAB-T."""

@@ -1,7 +1,7 @@
 """Attacks. Every public attack is registered in :data:`REGISTRY`."""
 
 from jaxadv.attacks.apgd import APGD, APGDT
-from jaxadv.attacks.autoattack import AutoAttack
+from jaxadv.attacks.autoattack import EOT, AutoAttack, RandomizedModel
 from jaxadv.attacks.base import REGISTRY, AbstractAttack, example_keys, register
 from jaxadv.attacks.dgde import DGDE, DGDEOptions
 from jaxadv.attacks.fab import FAB
@@ -17,6 +17,7 @@ __all__ = [
     "APGD",
     "APGDT",
     "DGDE",
+    "EOT",
     "DGDEOptions",
     "FAB",
     "FGSM",
@@ -26,6 +27,7 @@ __all__ = [
     "OnePixel",
     "PGD",
     "REGISTRY",
+    "RandomizedModel",
     "Square",
     "ZOO",
     "AbstractAttack",
