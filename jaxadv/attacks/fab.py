@@ -231,12 +231,11 @@ class FAB(AbstractAttack):
                 def gap(z):
                     logits = model(z)
                     rows = jnp.arange(b)
-                    return jnp.sum(logits[rows, tgt] - logits[rows, y])
+                    per = logits[rows, tgt] - logits[rows, y]
+                    return jnp.sum(per), per
 
-                g = jax.grad(gap)(x1).reshape(b, -1)
-                logits = model(x1)
-                rows = jnp.arange(b)
-                return logits[rows, tgt] - logits[rows, y], g
+                g, f = jax.grad(gap, has_aux=True)(x1)
+                return f, g.reshape(b, -1)
             logits, vjp = jax.vjp(model, x1)
             ncls = logits.shape[1]
             eye = jnp.eye(ncls, dtype=logits.dtype)
