@@ -238,7 +238,7 @@ def _input_hash(x: Array) -> Array:
     noise at every new point (as the reference's fresh draws per call) while staying a pure
     function (the same point, the same draws)."""
     bits = jax.lax.bitcast_convert_type(
-        jax.lax.stop_gradient(x).reshape(x.shape[0], -1), jnp.uint32
+        jax.lax.stop_gradient(x).astype(jnp.float32).reshape(x.shape[0], -1), jnp.uint32
     )
     return jnp.sum(bits * jnp.uint32(2654435761), axis=1, dtype=jnp.uint32)
 
@@ -404,6 +404,12 @@ class AutoAttack(AbstractAttack):
     :class:`RandomizedModel` counts as randomised; skipped for ``'rand'``). :meth:`__call__` logs
     each raised flag once. Batch-wide verdicts are broadcast to every example. The reference's
     ``check_dynamic`` (a torch tracing hook) has no JAX counterpart.
+
+    Few classes: the official code only warns when a targeted stage asks for more targets than
+    there are wrong classes, and then fails (with fewer than 4 classes its APGD-T / FAB-T index
+    past the class axis). Here APGD-T and FAB-T try every wrong class once instead, the DLR losses
+    fall back to the margin (untargeted below 3 classes, targeted below 4: see
+    :func:`jaxadv.losses.dlr`), and ``too_few_classes`` records the reference's warning. With 2 classes every stage optimises the same margin.
 
     Example:
         >>> import jax, jax.numpy as jnp, jaxadv
