@@ -69,7 +69,7 @@ _OIHW_FROM_HWIO = (3, 2, 0, 1)
 
 def torch_state_dict(module: Any) -> dict[str, np.ndarray]:
     """The NNX module's weights under torchvision names and layouts (the inverse of
-    :func:`jaxadv.nn.load_torchvision_resnet`; works for ResNet and SmallCNN)."""
+    :func:`jaxadv.nn.load_torch_state_dict`; works for ResNet and SmallCNN)."""
     from flax import nnx
 
     out: dict[str, np.ndarray] = {}

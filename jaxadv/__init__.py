@@ -5,7 +5,7 @@ integer labels; ``res.adv`` always lies in the threat set and ``res.success`` is
 Attacks maximise their loss; success means misclassified (or classified as the target).
 """
 
-from jaxadv import checkpoint, data, losses, metrics
+from jaxadv import checkpoint, data, losses, metrics, multilabel
 from jaxadv.attacks import APGD, APGDT, FGSM, FMN, PGD, REGISTRY, AbstractAttack, AutoAttack
 from jaxadv.attacks.autoattack import EOT, RandomizedModel
 from jaxadv.attacks.dgde import DGDE, DGDEOptions
@@ -13,6 +13,8 @@ from jaxadv.attacks.fab import FAB
 from jaxadv.attacks.hopskipjump import HopSkipJump
 from jaxadv.attacks.nes import NES
 from jaxadv.attacks.onepixel import OnePixel
+from jaxadv.attacks.simba import SimBA
+from jaxadv.attacks.sparse_rs import SparseRS
 from jaxadv.attacks.square import Square
 from jaxadv.attacks.zoo import ZOO
 from jaxadv.engine import Evaluation, evaluate
@@ -27,9 +29,10 @@ from jaxadv.metrics import (
     ssim,
 )
 from jaxadv.models import Model, from_apply, from_linen, from_nnx
+from jaxadv.multilabel import MultiLabel
 from jaxadv.result import AttackResult
 from jaxadv.sanity import SanityWarning, check_model
-from jaxadv.threats import L0Pixels, L1Ball, L2Ball, LinfBall
+from jaxadv.threats import L0Pixels, L1Ball, L2Ball, LinfBall, Patch
 
 __version__ = "0.1.0"
 
@@ -57,8 +60,12 @@ __all__ = [
     "L2Ball",
     "LinfBall",
     "Model",
+    "MultiLabel",
     "OnePixel",
+    "Patch",
     "SanityWarning",
+    "SimBA",
+    "SparseRS",
     "Square",
     "ZOO",
     "check_model",
@@ -75,6 +82,7 @@ __all__ = [
     "clean_accuracy",
     "losses",
     "metrics",
+    "multilabel",
     "robust_accuracy",
     "ssim",
     "sweep_eps",

@@ -204,9 +204,17 @@ def _cmd_attack(args: argparse.Namespace) -> int:
     import jaxadv
     from jaxadv import report
     from jaxadv._progress import Progress
-    from jaxadv.vocab import attack_config, check_norm, make_attack
+    from jaxadv.vocab import (
+        attack_config,
+        check_model_fits,
+        check_norm,
+        check_rule_spec,
+        make_attack,
+        make_rule,
+    )
 
     norm = _spec(check_norm, args.norm)
+    _spec(check_rule_spec, args.multilabel, args.finding, args.target_set)
     eps = _eps_list(args.eps, norm, args.eps_scale)
     _positive(args.batch_size, "--batch-size")
     _positive(args.num_examples, "--num-examples")
@@ -220,9 +228,15 @@ def _cmd_attack(args: argparse.Namespace) -> int:
         options=_options(args.option),
         default_num_steps=20,
     )
+    if args.multilabel is not None:
+        from jaxadv.multilabel import check_attack
+
+        check_attack(attack)  # e.g. apgd-dlr: refused before any loading
     out = _out_dir(args.out)
     ds = _dataset(args.data, args.split, args.image_size, args.channels)
+    rule = _spec(make_rule, args.multilabel, args.finding, args.target_set, ds)
     model = _model(args.model)
+    _spec(check_model_fits, model, ds, rule, f"model {args.model!r}")
     n = len(ds) if args.num_examples is None else min(args.num_examples, len(ds))
     label = f"{args.attack} on {n} images"
     ui = Progress(_progress_enabled(args.quiet), _say(args.quiet))
@@ -244,6 +258,7 @@ def _cmd_attack(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             indices=list(range(n)),
             progress=progress,
+            rule=rule,
         )
     finally:
         ui.close()
@@ -500,12 +515,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--attack",
         default="pgd",
         help="fgsm, pgd, apgd, apgd-dlr, apgdt, fmn, autoattack, or any registered attack class "
-        "(Square, NES, ZOO, HopSkipJump, OnePixel, DGDE; see jaxadv.attacks.REGISTRY)",
+        "(Square, NES, ZOO, HopSkipJump, OnePixel, DGDE, SimBA, SparseRS; see "
+        "jaxadv.attacks.REGISTRY)",
     )
     a.add_argument(
         "--norm",
         default="linf",
-        help="linf, l2, l1, or l0 (OnePixel, DGDE: --eps is then a number of pixels)",
+        help="linf, l2, l1, l0 (OnePixel, DGDE, SparseRS: --eps is then a number of pixels) or "
+        "patch (SparseRS: --eps is the side of the square patch in pixels)",
     )
     a.add_argument(
         "--eps",
@@ -542,6 +559,22 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="budgets in ascending order, each attacking only the images no smaller budget broke "
         "(per-image worst case over the grid; less work when many break early)",
+    )
+    a.add_argument(
+        "--multilabel",
+        default=None,
+        metavar="RULE",
+        help="multi-label data and model (one logit per finding): success rule 'one' (flip "
+        "--finding), 'any' (flip any finding) or 'set' (every finding equals --target-set)",
+    )
+    a.add_argument(
+        "--finding", default=None, help="the finding of --multilabel one: an index or a name"
+    )
+    a.add_argument(
+        "--target-set",
+        default=None,
+        help="--multilabel set: the findings that must be present, comma-separated indices or "
+        "names (every other finding must be absent); 'none' for all absent",
     )
     a.add_argument("--batch-size", type=int, default=256)
     a.add_argument("--num-examples", type=int, default=None)

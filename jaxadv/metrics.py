@@ -443,6 +443,75 @@ def auc_under_attack(model: Any, x_adv: Array, y: Array, positive_class: int = 1
     return _model_auc(model, x_adv, y, positive_class)
 
 
+def finding_auc(scores: Any, labels: Any) -> np.ndarray:
+    """Per-finding AUC of a multi-label task (host code): :func:`auc` of each column.
+
+    Args:
+        scores: ``[N, F]`` real scores per finding (logits, or sigmoid probabilities: the same
+            AUC), higher meaning "finding present".
+        labels: ``[N, F]`` multi-hot labels (bool or 0/1).
+
+    Returns:
+        ``f64[F]``; NaN for a finding whose labels hold one class only (its AUC is undefined).
+
+    Example:
+        >>> finding_auc([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7]], [[0, 1], [1, 0], [1, 1]]).tolist()
+        [1.0, 1.0]
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    lab = np.asarray(labels)
+    if s.ndim != 2 or lab.shape != s.shape:
+        raise ValueError(
+            f"scores and labels must both have shape [N, F], got {s.shape} and {lab.shape}"
+        )
+    out = np.full(s.shape[1], np.nan)
+    for k in range(s.shape[1]):
+        pos = lab[:, k].astype(bool) if lab.dtype == np.bool_ else lab[:, k]
+        if np.any(pos == 1) and np.any(pos == 0):
+            out[k] = auc(s[:, k], pos)
+    return out
+
+
+def _macro(a: np.ndarray) -> np.ndarray:
+    """Mean over the last axis of the defined (not NaN) AUCs; NaN when none is defined."""
+    ok = ~np.isnan(a)
+    n = ok.sum(axis=-1)
+    total = np.where(ok, a, 0.0).sum(axis=-1)
+    return np.where(n > 0, total / np.maximum(n, 1), np.nan)
+
+
+def finding_auc_under_attack(clean_scores: Any, adv_scores: Any, labels: Any) -> dict[str, Any]:
+    """Per-finding and macro AUC on clean and on adversarial images (host code).
+
+    The attack (under a multi-label rule, :mod:`jaxadv.multilabel`) changed each image; the
+    scores of every finding on those images, against the true labels, give the AUC under attack.
+
+    Args:
+        clean_scores: ``[N, F]`` per-finding logits on the clean images.
+        adv_scores: ``[N, F]``, or ``[E, N, F]`` for a grid of budgets, on the adversarial images
+            (``res.info['finding_logits']``; ``Evaluation.per_eps['logits']``).
+        labels: ``[N, F]`` multi-hot labels.
+
+    Returns:
+        ``clean`` ``f64[F]``, ``adv`` ``f64[F]`` (or ``[E, F]``), ``clean_macro`` (float) and
+        ``adv_macro`` (float, or ``f64[E]``): the macro AUC is the mean over the findings whose
+        AUC is defined (both classes present); NaN entries mark the others.
+    """
+    adv = np.asarray(adv_scores, dtype=np.float64)
+    clean = finding_auc(clean_scores, labels)
+    if adv.ndim == 3:
+        adv_auc = np.stack([finding_auc(a, labels) for a in adv])
+    else:
+        adv_auc = finding_auc(adv, labels)
+    adv_macro = _macro(adv_auc)
+    return {
+        "clean": clean,
+        "adv": adv_auc,
+        "clean_macro": float(_macro(clean)),
+        "adv_macro": adv_macro if adv.ndim == 3 else float(adv_macro),
+    }
+
+
 # -- summary (host) -------------------------------------------------------------------------------
 @jax.jit
 def _sizes(x: Array, adv: Array, tol: Array) -> tuple[Array, Array, Array]:
@@ -528,6 +597,8 @@ __all__ = [
     "auc",
     "auc_under_attack",
     "clean_accuracy",
+    "finding_auc",
+    "finding_auc_under_attack",
     "l0_pixels",
     "l2",
     "linf",

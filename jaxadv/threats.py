@@ -345,4 +345,117 @@ class L0Pixels(AbstractThreat):
         )
 
 
+@pytree_dataclass
+class Patch(AbstractThreat):
+    """Every changed pixel lies inside one ``s × s`` square (``s = eps``), anywhere in the image,
+    inside the box ``[lo, hi]``: the threat of image- and location-specific adversarial patches
+    (Croce et al., "Sparse-RS", AAAI 2022; Brown et al. 2017).
+
+    Inside the square the pixels may take any value in the box. The budget ``eps`` is the patch
+    side in pixels (a leaf: a sweep over sides never retraces; a non-integer ``eps`` is floored,
+    and a side beyond the image is the whole image).
+
+    ``norm(delta)`` is the side of the smallest square holding every changed pixel (the larger
+    extent of their bounding box; 0 when nothing changed), so the set is ``norm <= eps``.
+    ``project(x, x_adv)`` clips to the box, then keeps the ``s × s`` window holding the most
+    changed pixels (ties: the first in row-major order of its top-left corner) and reverts every
+    pixel outside it to ``x``. Counts are integers, so when all changes already fit in a window
+    the kept window holds them all: projecting again leaves the result unchanged.
+
+    Attributes:
+        eps: patch side ``s`` in pixels (a leaf; ``jnp.inf``: the whole image).
+        lo, hi: the input box.
+        tol: a pixel counts as changed when ``max_k |delta| > tol`` (static).
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from jaxadv.threats import Patch
+        >>> x = jnp.zeros((1, 4, 4, 1))
+        >>> z = x.at[0, 0, 0, 0].set(0.5).at[0, 1, 1, 0].set(0.5).at[0, 3, 3, 0].set(0.5)
+        >>> t = Patch(eps=2)
+        >>> t.norm(z - x).tolist(), t.norm(t.project(x, z) - x).tolist()
+        ([4.0], [2.0])
+    """
+
+    p: ClassVar[float] = 0.0
+    eps: float | Array
+    lo: float | Array = 0.0
+    hi: float | Array = 1.0
+    tol: float = static(default=0.0)
+
+    def side(self, shape: tuple[int, ...]) -> Array:
+        """``int32`` patch side for images of ``shape`` ``[B, H, W, K]``: ``floor(eps)`` capped at
+        ``min(H, W)``."""
+        cap = min(shape[1], shape[2])
+        e = jnp.minimum(jnp.asarray(self.eps, jnp.float32), float(cap))
+        return jnp.floor(e).astype(jnp.int32)
+
+    def norm(self, delta: Array) -> Array:
+        """Side ``f32[B]`` of the smallest square holding every changed pixel of ``delta``."""
+        b, h, w = delta.shape[:3]
+        ch = pixel_change(delta, self.tol).reshape(b, h, w)
+        rows, cols = jnp.any(ch, axis=2), jnp.any(ch, axis=1)
+
+        def extent(m):  # [B, N] -> last - first + 1 (0 when empty)
+            n = m.shape[1]
+            idx = jnp.arange(n, dtype=jnp.int32)[None, :]
+            first = jnp.min(jnp.where(m, idx, n), axis=1)
+            last = jnp.max(jnp.where(m, idx, -1), axis=1)
+            return jnp.maximum(last - first + 1, 0)
+
+        return jnp.maximum(extent(rows), extent(cols)).astype(jnp.float32)
+
+    def window(self, r: Array, c: Array, s: Array, shape: tuple[int, ...]) -> Array:
+        """``bool[B, H, W]``: the ``s × s`` windows with top-left corners ``(r[B], c[B])``."""
+        _, h, w = shape[:3]
+        ii = jnp.arange(h, dtype=jnp.int32)[None, :] - r[:, None]
+        jj = jnp.arange(w, dtype=jnp.int32)[None, :] - c[:, None]
+        s = jnp.reshape(s, (-1, 1))
+        rin = (ii >= 0) & (ii < s)
+        cin = (jj >= 0) & (jj < s)
+        return rin[:, :, None] & cin[:, None, :]
+
+    def _revert(self, x: Array, z: Array) -> Array:
+        b, h, w = x.shape[:3]
+        s = self.side(x.shape)
+        ch = pixel_change(z - x, self.tol).reshape(b, h, w).astype(jnp.int32)
+        cum = jnp.pad(jnp.cumsum(jnp.cumsum(ch, axis=1), axis=2), ((0, 0), (1, 0), (1, 0)))
+        r0 = jnp.arange(h, dtype=jnp.int32)
+        c0 = jnp.arange(w, dtype=jnp.int32)
+        r1, c1 = jnp.minimum(r0 + s, h), jnp.minimum(c0 + s, w)
+        count = (
+            cum[:, r1][:, :, c1]
+            - cum[:, r0][:, :, c1]
+            - cum[:, r1][:, :, c0]
+            + cum[:, r0][:, :, c0]
+        )
+        valid = ((r0 + s) <= h)[:, None] & ((c0 + s) <= w)[None, :]
+        count = jnp.where(valid[None], count, -1).reshape(b, h * w)
+        best = jnp.argmax(count, axis=1).astype(jnp.int32)  # first maximum: row-major tie-break
+        keep = self.window(best // w, best % w, jnp.broadcast_to(s, (b,)), x.shape)
+        keep = keep.reshape(x.shape[:3] + (1,) * (x.ndim - 3))
+        return jnp.where(keep, z, x)
+
+    def project_ball(self, delta: Array) -> Array:
+        """Keep the ``s × s`` window of ``delta`` with the most changed pixels, zero the rest."""
+        return self._revert(jnp.zeros_like(delta), delta)
+
+    def project(self, x: Array, x_adv: Array) -> Array:
+        """Clip to the box, keep the window with the most changes, revert the rest to ``x``."""
+        return self.clip_box(self._revert(x, self.clip_box(x_adv)))
+
+    def random_init(self, keys: Array, x: Array) -> Array:
+        raise NotImplementedError(
+            "Patch has no random start of its own: SparseRS draws the patch location and content"
+        )
+
+    def sample_ball(self, key: Array, shape: tuple[int, ...], dtype=jnp.float32) -> Array:
+        raise NotImplementedError("Patch has no ball to sample: use SparseRS")
+
+    def ascent_step(self, grad: Array, step_size: Array | float) -> Array:
+        raise NotImplementedError(
+            "Patch has no steepest-ascent step: use the score-based SparseRS attack"
+        )
+
+
 THREATS = (LinfBall, L2Ball, L1Ball)

@@ -25,6 +25,8 @@ SMALL: dict[str, Callable[[], Any]] = {
     ),
     "OnePixel": lambda: jaxadv.OnePixel(num_pixels=1, population_size=8, num_generations=3),
     "DGDE": lambda: jaxadv.DGDE(num_tries=4, tries_per_call=2, num_generations=6, patience=3),
+    "SimBA": lambda: jaxadv.SimBA(threat=L2Ball(eps=0.5), num_queries=20, step_size=0.2),
+    "SparseRS": lambda: jaxadv.SparseRS(threat=jaxadv.L0Pixels(eps=2), num_queries=20),
 }
 
 

@@ -21,7 +21,7 @@ import jaxadv
 from jaxadv.nn import (
     ResNet,
     load_safetensors,
-    load_torchvision_resnet,
+    load_torch_state_dict,
     resnet18,
     resnet50,
     resnet_from_safetensors,
@@ -226,7 +226,7 @@ def test_golden_logits(tmp_path, arch, stem, size, batch, in_channels):
 def test_batchnorm_eval_uses_running_stats_and_train_differs():
     model = _abstract_resnet18(num_classes=5)  # every variable is overwritten below
     sd = _torchvision_state_dict("resnet18", 5, 3, "cifar", seed=3)
-    load_torchvision_resnet(model, sd)
+    load_torch_state_dict(model, sd)
     x = jnp.asarray(np.random.default_rng(4).uniform(0.0, 1.0, (2, 16, 16, 3)), jnp.float32)
 
     model.eval()
@@ -265,7 +265,7 @@ def test_structure_mirrors_torchvision_names():
         module = nnx.eval_shape(lambda f=factory: f(num_classes=10, rngs=nnx.Rngs(0)))
         stem = module.stem
         sd = _torchvision_state_dict(arch, 10, 3, stem)
-        load_torchvision_resnet(module, sd)  # strict: every name matches both ways
+        load_torch_state_dict(module, sd)  # strict: every name matches both ways
         np.testing.assert_array_equal(
             np.asarray(module.layer2[0].downsample[0].kernel[...]),
             sd["layer2.0.downsample.0.weight"].transpose(2, 3, 1, 0),
@@ -277,7 +277,7 @@ def test_missing_tensor_is_named():
     sd = _torchvision_state_dict("resnet18", 10, 3, "cifar")
     del sd["layer2.0.downsample.1.running_var"]
     with pytest.raises(ValueError, match=r"missing tensors.*layer2\.0\.downsample\.1\.running_var"):
-        load_torchvision_resnet(_abstract_resnet18(), sd)
+        load_torch_state_dict(_abstract_resnet18(), sd)
 
 
 def test_wrong_shape_is_named_and_module_untouched():
@@ -285,7 +285,7 @@ def test_wrong_shape_is_named_and_module_untouched():
     sd = _torchvision_state_dict("resnet18", 10, 3, "cifar")
     sd["layer1.1.conv2.weight"] = sd["layer1.1.conv2.weight"][:, :, :1]
     with pytest.raises(ValueError, match=r"wrong shapes.*layer1\.1\.conv2\.weight: expected"):
-        load_torchvision_resnet(module, sd)
+        load_torch_state_dict(module, sd)
     # Checked before anything is written: conv1 is still the abstract placeholder.
     assert isinstance(module.conv1.kernel.get_value(), jax.ShapeDtypeStruct)
 
@@ -294,13 +294,13 @@ def test_unexpected_tensor_is_named_unless_not_strict():
     sd = _torchvision_state_dict("resnet18", 10, 3, "cifar")
     sd["layer5.0.conv1.weight"] = np.zeros((1, 1, 1, 1), np.float32)
     with pytest.raises(ValueError, match=r"unexpected tensors.*layer5\.0\.conv1\.weight"):
-        load_torchvision_resnet(_abstract_resnet18(), sd)
-    load_torchvision_resnet(_abstract_resnet18(), sd, strict=False)
+        load_torch_state_dict(_abstract_resnet18(), sd)
+    load_torch_state_dict(_abstract_resnet18(), sd, strict=False)
 
 
 def test_prefix_and_wrong_num_classes(tmp_path):
     sd = _torchvision_state_dict("resnet18", 10, 3, "cifar")
-    load_torchvision_resnet(
+    load_torch_state_dict(
         _abstract_resnet18(), {"module." + k: v for k, v in sd.items()}, prefix="module."
     )
     path = tmp_path / "r18.safetensors"

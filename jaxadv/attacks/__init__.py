@@ -10,6 +10,8 @@ from jaxadv.attacks.gradient import FGSM, PGD
 from jaxadv.attacks.hopskipjump import HopSkipJump
 from jaxadv.attacks.nes import NES
 from jaxadv.attacks.onepixel import OnePixel
+from jaxadv.attacks.simba import SimBA
+from jaxadv.attacks.sparse_rs import SparseRS
 from jaxadv.attacks.square import Square
 from jaxadv.attacks.zoo import ZOO
 
@@ -28,6 +30,8 @@ __all__ = [
     "PGD",
     "REGISTRY",
     "RandomizedModel",
+    "SimBA",
+    "SparseRS",
     "Square",
     "ZOO",
     "AbstractAttack",

@@ -6,8 +6,10 @@ drop_remainder)`` yielding ``(x, y)`` numpy arrays (``x`` float32 ``[B, H, W, K]
 ``y`` int32 ``[B]``), and ``take(n)`` / ``arrays()`` for small sets. Images are converted to float
 one batch at a time; large uncompressed ``.npz`` files are memory-mapped.
 
-Multi-label data (ChestMNIST: int32 multi-hot ``[B, 14]`` labels, ``info.multi_label=True``) must
-be reduced to one label per example before attacking it: use :func:`select_finding`.
+Multi-label data (ChestMNIST, :func:`load_chestmnist`: int32 multi-hot ``[B, 14]`` labels,
+``info.multi_label=True``) is attacked under a success rule (:mod:`jaxadv.multilabel`), or reduced
+to one label per example with :func:`select_finding`. :func:`synthetic_findings` makes a small
+multi-label task for tests.
 
 Example:
   >>> from jaxadv.data import load_default
@@ -32,10 +34,12 @@ from jaxadv.data.medmnist import (
     SIZES,
     SPLITS,
     MedMNISTFlag,
+    load_chestmnist,
     load_default,
     load_medmnist,
     medmnist_path,
 )
+from jaxadv.data.synthetic import synthetic_findings
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -50,11 +54,13 @@ __all__ = [
     "RecordDataset",
     "from_arrays",
     "from_records",
+    "load_chestmnist",
     "load_default",
     "load_image_folder",
     "load_medmnist",
     "load_tfds",
     "medmnist_path",
     "select_finding",
+    "synthetic_findings",
     "uncompress_npz",
 ]

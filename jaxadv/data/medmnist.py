@@ -127,8 +127,8 @@ def load_medmnist(
     Returns:
       A :class:`~jaxadv.data.Dataset` yielding float32 ``[B, H, W, K]`` and int32 ``[B]`` labels.
       ChestMNIST is multi-label: its labels are int32 multi-hot ``[B, 14]`` and
-      ``info.multi_label`` is ``True``; attacks need one label per example, so pick a finding with
-      :func:`~jaxadv.data.select_finding` first.
+      ``info.multi_label`` is ``True``; attack it under a multi-label rule
+      (:mod:`jaxadv.multilabel`) or pick one finding with :func:`~jaxadv.data.select_finding`.
 
     Raises:
       FileNotFoundError: the file is missing.
@@ -202,6 +202,47 @@ def load_medmnist(
             f"{p.name}: {y.shape[1]} findings per example but num_classes={num_classes}"
         )
     return ArrayDataset(images, y, info, channels=channels)
+
+
+def load_chestmnist(
+    path: str | os.PathLike,
+    split: str = "test",
+    *,
+    size: int = 28,
+    channels: Channels | None = None,
+    mmap: bool = True,
+) -> Dataset:
+    """One split of ChestMNIST (MedMNIST v2, from NIH ChestX-ray14): grey chest X-rays with all
+    14 findings as multi-hot labels.
+
+    ``path`` is the ``chestmnist.npz`` / ``chestmnist_<size>.npz`` file (any file name: the
+    ChestMNIST layout is checked, not the name) or the folder holding it. Labels are int32
+    ``[B, 14]`` in the order of :data:`MEDMNIST_INFO` ``['chestmnist'].label_names``
+    (atelectasis, cardiomegaly, effusion, infiltration, mass, nodule, pneumonia, pneumothorax,
+    consolidation, edema, emphysema, fibrosis, pleural thickening, hernia). Attack it under a
+    multi-label rule (``jaxadv.evaluate(..., rule=jaxadv.multilabel.any_finding())``) or reduce it
+    to one finding with :func:`~jaxadv.data.select_finding`. jaxadv ships no ChestMNIST file and
+    never downloads: get ``chestmnist.npz`` from https://medmnist.com.
+
+    Raises:
+      ValueError: the file's labels are not ``[N, 14]`` multi-hot (e.g. another MedMNIST flag).
+
+    Example:
+      >>> from jaxadv.data import load_chestmnist
+      >>> ds = load_chestmnist("chestmnist.npz", "test")  # doctest: +SKIP
+      >>> ds.multi_label, ds.num_classes, ds.label_names[6]  # doctest: +SKIP
+      (True, 14, 'pneumonia')
+    """
+    p = pathlib.Path(path)
+    if p.is_dir():
+        p = medmnist_path(p, "chestmnist", size)
+    ds = load_medmnist(p, split, flag="chestmnist", channels=channels, mmap=mmap)
+    if not ds.multi_label:
+        raise ValueError(
+            f"{p.name} holds one label per example, not ChestMNIST's 14 multi-hot findings "
+            "([N, 14]); load it with load_medmnist instead"
+        )
+    return ds
 
 
 DEFAULT_ASSET = "pneumoniamnist_test.npz"

@@ -25,7 +25,7 @@ from jaxadv.engine.summary import summary_rows
 Array = jax.Array
 
 #: Threat class name -> the norm name used in labels and summaries.
-_NORMS = {"LinfBall": "linf", "L2Ball": "l2", "L1Ball": "l1", "L0Pixels": "l0"}
+_NORMS = {"LinfBall": "linf", "L2Ball": "l2", "L1Ball": "l1", "L0Pixels": "l0", "Patch": "patch"}
 
 
 class EvaluationStopped(Exception):
@@ -56,13 +56,20 @@ class Evaluation:
             ``norm`` (in the threat's norm; pixels for L0), ``queries`` (forward passes),
             ``margin`` (> 0 exactly when fooled), ``l2``, ``linf``, ``ssim`` (NaN for images
             smaller than 11 px), ``score`` (log-odds of class 1 at ``adv``).
-        num_classes: number of logits of the model.
+        num_classes: number of logits of the model (multi-label: findings ``F``).
         adv: ``[k, H, W, K]`` adversarial images of the first ``k`` examples at ``eps[adv_index]``.
         clean: ``[k, H, W, K]`` the clean images of the same examples.
         adv_index: index into ``eps`` of the images in ``adv``.
         cascade: whether the grid was cascaded (each budget attacked only the survivors).
         seconds: wall time.
         batches: number of padded steps run.
+        rule: the multi-label :class:`~jaxadv.multilabel.Rule` (``None`` for integer labels).
+            Then ``labels`` are multi-hot ``[N, F]``, "correct" means the rule does not hold,
+            ``success`` that it holds, ``margin`` / ``score`` / ``clean_margin`` /
+            ``clean_score`` are the rule's margin, ``clean_logits`` is ``f32[N, F]`` and
+            ``per_eps['logits']`` ``f32[E, N, F]`` (one logit per finding, for
+            :meth:`finding_auc`).
+        clean_logits: ``f32[N, F]`` per-finding logits on the clean images (multi-label only).
     """
 
     eps: np.ndarray
@@ -80,6 +87,8 @@ class Evaluation:
     cascade: bool
     seconds: float
     batches: int
+    rule: Any = None
+    clean_logits: np.ndarray | None = None
 
     @property
     def robust_accuracy(self) -> np.ndarray:
@@ -88,7 +97,18 @@ class Evaluation:
 
     def summary(self, positive_class: int = 1) -> list[dict[str, Any]]:
         """One row per budget (see :func:`jaxadv.engine.summary_rows`); ``auc`` and
-        ``auc_under_attack`` for two-class models."""
+        ``auc_under_attack`` for two-class models; under a multi-label rule ``rule`` and the
+        macro-averaged per-finding AUCs ``auc_macro`` (clean) and ``auc_macro_under_attack``."""
+        if self.rule is not None:
+            rows = summary_rows(self.eps.tolist(), self.per_eps, self.clean_correct, norm=self.norm)
+            aucs = self.finding_auc()
+            for j, row in enumerate(rows):
+                row.update(
+                    rule=self.rule.describe(),
+                    auc_macro=aucs["clean_macro"],
+                    auc_macro_under_attack=float(aucs["adv_macro"][j]),
+                )
+            return rows
         binary = self.num_classes == 2
         return summary_rows(
             self.eps.tolist(),
@@ -99,6 +119,20 @@ class Evaluation:
             clean_score=self.clean_score if binary else None,
             positive_class=positive_class,
         )
+
+    def finding_auc(self) -> dict[str, Any]:
+        """Per-finding AUCs of a multi-label evaluation, clean and at every budget
+        (:func:`jaxadv.metrics.finding_auc_under_attack` on the stored logits).
+
+        Returns:
+            ``clean`` ``f64[F]``, ``adv`` ``f64[E, F]``, ``clean_macro`` (float) and
+            ``adv_macro`` ``f64[E]``: NaN for a finding whose labels hold one class only.
+        """
+        from jaxadv.metrics import finding_auc_under_attack
+
+        if self.rule is None or self.clean_logits is None:
+            raise ValueError("finding_auc needs a multi-label evaluation (evaluate(..., rule=...))")
+        return finding_auc_under_attack(self.clean_logits, self.per_eps["logits"], self.labels)
 
 
 def _as_dataset(data: Any):
@@ -161,6 +195,7 @@ def evaluate(
     validate: bool = True,
     progress: Callable[[int, int], None] | None = None,
     stop: Callable[[], bool] | None = None,
+    rule: Any = None,
 ) -> Evaluation:
     """Run ``attack`` on every example of ``data`` at every budget of ``eps``.
 
@@ -189,6 +224,11 @@ def evaluate(
         validate: check a few examples first (range, NaN, labels against the model's classes).
         progress: called as ``progress(done_steps, total_steps)`` after each step.
         stop: polled between steps; when it returns True, :class:`EvaluationStopped` is raised.
+        rule: a multi-label success rule (:mod:`jaxadv.multilabel`: ``one_finding(k)``,
+            ``any_finding()``, ``target_set(t)``) for a multi-label data set (multi-hot labels
+            ``[N, F]``) and a model returning one logit per finding; the attack then runs under
+            :class:`~jaxadv.multilabel.MultiLabel` (passing ``MultiLabel(attack, rule)`` as
+            ``attack`` is the same). Required for multi-label data, refused otherwise.
 
     Returns:
         An :class:`Evaluation`; ``.summary()`` gives one row per budget.
@@ -203,6 +243,7 @@ def evaluate(
         (3,)
     """
     from jaxadv import _validate
+    from jaxadv import multilabel as ml
     from jaxadv.attacks.base import finite_eps
     from jaxadv.models import as_model
 
@@ -216,11 +257,25 @@ def evaluate(
     if isinstance(num_adv, bool) or not isinstance(num_adv, (int, np.integer)) or num_adv < 0:
         raise ValueError(f"num_adv must be a non-negative integer, got {num_adv!r}")
     ds = _as_dataset(data)
-    if ds.multi_label:
+    if isinstance(attack, ml.MultiLabel):
+        if rule is not None and rule is not attack.rule:
+            raise ValueError("give the multi-label rule once: in MultiLabel(attack, rule) or rule=")
+        attack, rule = attack.attack, attack.rule
+    if rule is not None and not isinstance(rule, ml.Rule):
+        raise TypeError(f"rule must be a jaxadv.multilabel.Rule, got {type(rule).__name__}")
+    if ds.multi_label and rule is None:
         raise ValueError(
-            "the data set is multi-label; attacks need one integer label per example (reduce it "
-            "with jaxadv.data.select_finding first)"
+            f"the data set is multi-label ({ds.num_classes} findings); pass a success rule, "
+            "rule=jaxadv.multilabel.any_finding() / one_finding(k) / target_set(t), or reduce it "
+            "to one integer label per example with jaxadv.data.select_finding"
         )
+    if rule is not None and not ds.multi_label:
+        raise ValueError(
+            f"rule={rule.describe()!r} is a multi-label rule but the data set has one integer "
+            "label per example; drop the rule, or give multi-hot labels [N, F]"
+        )
+    if rule is not None:
+        rule.check(ds.num_classes)
     n_all = len(ds)
     idx = np.arange(n_all, dtype=np.int64) if indices is None else np.asarray(indices)
     if idx.ndim != 1 or idx.size == 0 or not np.issubdtype(idx.dtype, np.integer):
@@ -238,9 +293,11 @@ def evaluate(
     threat = attack.threat if attack is not None else None
     if validate:
         xv, yv = ds.get(idx[: min(idx.size, 16)])
-        _validate.check_attack_inputs(
-            threat, model, np.asarray(xv, np.float32), np.asarray(yv, np.int32)
-        )
+        xv, yv = np.asarray(xv, np.float32), np.asarray(yv, np.int32)
+        if rule is None:
+            _validate.check_attack_inputs(threat, model, xv, yv)
+        else:
+            ml.check_inputs(threat, model, xv, yv, rule)
 
     mesh = mesh or layout.data_mesh()
     per_dev = layout.block_size(idx.size, per_dev)
@@ -249,7 +306,9 @@ def evaluate(
         jax.eval_shape(model, jax.ShapeDtypeStruct((1, h, w, k), np.float32)).shape[-1]
     )
     e_run = e if threat is None else finite_eps(threat, e, (1, h, w, k))
-    run = _Runner(attack, model, ds, e_run, key, mesh, per_dev, adv_index, num_adv)
+    if rule is not None and attack is not None:
+        attack = ml.MultiLabel(attack=attack, rule=rule)
+    run = _Runner(attack, model, ds, e_run, key, mesh, per_dev, adv_index, num_adv, rule)
     steps = layout.chunks(idx.size, per_dev * mesh.devices.size)
     parts: list[dict[str, np.ndarray]] = []
     for i, pos in enumerate(steps):
@@ -258,7 +317,8 @@ def evaluate(
             progress(i + 1, len(steps))
         if i + 1 < len(steps) and stop is not None and stop():
             raise EvaluationStopped
-    cat = {f: np.concatenate([p[f] for p in parts], axis=-1) for f in parts[0]}
+    # clean fields are [b, ...], per-eps fields [E, b, ...]: join on the example axis
+    cat = {f: np.concatenate([p[f] for p in parts], axis=0 if f in _CLEAN else 1) for f in parts[0]}
     empty = np.zeros((0, h, w, k), np.float32)
     return Evaluation(
         eps=e,
@@ -276,7 +336,13 @@ def evaluate(
         cascade=bool(cascade),
         seconds=time.perf_counter() - t0,
         batches=run.steps,
+        rule=rule,
+        clean_logits=cat.pop("clean_logits", None),
     )
+
+
+#: Per-example fields of the clean pass (example axis first); the others are per eps.
+_CLEAN = ("y", "clean_correct", "clean_margin", "clean_score", "clean_logits")
 
 
 class _Runner:
@@ -286,7 +352,8 @@ class _Runner:
     data set; cascade levels use smaller blocks from :func:`layout.bucket`.
     """
 
-    def __init__(self, attack, model, ds, e, key, mesh, per_dev, adv_index, num_adv):
+    def __init__(self, attack, model, ds, e, key, mesh, per_dev, adv_index, num_adv, rule=None):
+        self.rule = layout.replicate(rule, mesh) if rule is not None else None
         self.attack = layout.replicate(attack, mesh) if attack is not None else None
         self.model = layout.replicate(model, mesh)
         self.key = layout.replicate(key, mesh)
@@ -311,20 +378,21 @@ class _Runner:
             self.attack, eps, self.key, self.model, gi, gx, gy, mesh=self.mesh
         )
         met = programs.metrics_step(
-            self.model, gx, gy, advs, mesh=self.mesh, ssim_win=self.ssim_win
+            self.model, gx, gy, advs, self.rule, mesh=self.mesh, ssim_win=self.ssim_win
         )
         host = layout.to_host({**per, **met})
         return {k: v[:, :b] for k, v in host.items()}, advs
 
     def _clean(self, gx, gy, b: int) -> dict[str, np.ndarray]:
-        host = layout.to_host({**programs.clean_step(self.model, gx, gy, mesh=self.mesh), "y": gy})
+        clean = programs.clean_step(self.model, gx, gy, self.rule, mesh=self.mesh)
+        host = layout.to_host({**clean, "y": gy})
         return {k: v[:b] for k, v in host.items()}
 
     @staticmethod
     def _unattacked(clean: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Per-example fields of the clean image as its own adversarial (budget 0)."""
         b = clean["clean_correct"].shape[0]
-        return {
+        out = {
             "success": ~clean["clean_correct"],
             "norm": np.zeros(b, np.float32),
             "queries": np.ones(b, np.int32),
@@ -334,6 +402,9 @@ class _Runner:
             "ssim": np.ones(b, np.float32),
             "score": clean["clean_score"],
         }
+        if "clean_logits" in clean:  # multi-label: per-finding logits
+            out["logits"] = clean["clean_logits"]
+        return out
 
     def _open_sample(self, rows: np.ndarray) -> bool:
         """Start the kept images with the clean ones of the first batch; True on that batch."""
@@ -375,7 +446,7 @@ class _Runner:
         keeping = self._open_sample(rows)
         clean = self._clean(gx, gy, b)
         prev = self._unattacked(clean)
-        out = {k: np.empty((self.e.size, b), v.dtype) for k, v in prev.items()}
+        out = {k: np.empty((self.e.size, *v.shape), v.dtype) for k, v in prev.items()}
         for k in np.argsort(self.e, kind="stable"):
             alive = np.flatnonzero(~prev["success"]) if self.e[k] > 0 else np.zeros(0, np.int64)
             if alive.size:

@@ -100,7 +100,8 @@ def replicate(tree: Any, mesh: jax.sharding.Mesh) -> Any:
 
 def global_batch(mesh: jax.sharding.Mesh, ds: Any, pidx: np.ndarray):
     """Index, image and label arrays of one padded batch ``pidx`` (data-set indices), sharded on the
-    batch axis. Each process reads from the data set only the rows its own devices hold."""
+    batch axis (labels ``[b]``, or multi-hot ``[b, F]`` for a multi-label data set). Each process
+    reads from the data set only the rows its own devices hold."""
     axis = mesh.axis_names[0]
     b = pidx.shape[0]
     h, w, k = ds.image_shape
@@ -125,7 +126,11 @@ def global_batch(mesh: jax.sharding.Mesh, ds: Any, pidx: np.ndarray):
     s4 = NamedSharding(mesh, PartitionSpec(axis, None, None, None))
     idx = jax.make_array_from_callback((b,), s1, lambda i: pidx[i[0]].astype(np.uint32))
     x = jax.make_array_from_callback((b, h, w, k), s4, lambda i: rows(i)[0])
-    y = jax.make_array_from_callback((b,), s1, lambda i: rows(i)[1])
+    if getattr(ds, "multi_label", False):  # multi-hot labels [b, F]
+        s2 = NamedSharding(mesh, PartitionSpec(axis, None))
+        y = jax.make_array_from_callback((b, ds.num_classes), s2, lambda i: rows(i)[1])
+    else:
+        y = jax.make_array_from_callback((b,), s1, lambda i: rows(i)[1])
     return idx, x, y
 
 

@@ -51,7 +51,7 @@ def attack_step(attack, eps, key, model, idx, x, y, *, mesh):
     )(attack, eps, key, model, idx, x, y)
 
 
-def _metrics_block(model, x, y, advs, ssim_win: int):
+def _metrics_block(model, x, y, advs, rule, ssim_win: int):
     """Margin, L2, L-inf, SSIM and positive-class score ``[E, b]``, one example at a time.
 
     Why one at a time: the arithmetic XLA emits for a batched reduction or convolution depends on
@@ -59,11 +59,12 @@ def _metrics_block(model, x, y, advs, ssim_win: int):
     the last bits of SSIM and of the attacks' own loss values between device counts. Per example
     the shapes (``[E, ...]``) and the program are the same everywhere, so the stored numbers are.
     The margin ``max_{j != y} z_j - z_y`` (> 0 exactly when fooled) replaces the attacks' own
-    losses, which differ between attacks.
+    losses, which differ between attacks. Under a multi-label ``rule`` the margin and the score
+    are the rule's margin and ``logits[E, b, F]`` (one logit per finding) are returned as well.
     """
 
     def one(xya):
-        xi, yi, ai = xya  # [H, W, K], [], [E, H, W, K]
+        xi, yi, ai = xya  # [H, W, K], [] (multi-label: [F]), [E, H, W, K]
         xe = jnp.broadcast_to(xi[None], ai.shape)
         l2 = metrics.l2(xe, ai).astype(jnp.float32)
         linf = metrics.linf(xe, ai).astype(jnp.float32)
@@ -72,32 +73,46 @@ def _metrics_block(model, x, y, advs, ssim_win: int):
         else:  # images smaller than the SSIM window
             ss = jnp.full(l2.shape, jnp.nan, jnp.float32)
         logits = model(ai)
+        if rule is not None:
+            m = rule.margin(logits, jnp.broadcast_to(yi[None], logits.shape)).astype(jnp.float32)
+            return m, l2, linf, ss, m, logits.astype(jnp.float32)
         m = losses.margin(logits, jnp.broadcast_to(yi, (ai.shape[0],))).astype(jnp.float32)
         return m, l2, linf, ss, metrics.positive_log_odds(logits).astype(jnp.float32)
 
     out = jax.lax.map(one, (x, y, jnp.moveaxis(advs, 1, 0)))
-    return dict(zip(METRIC_FIELDS, (o.T for o in out), strict=True))
+    names = METRIC_FIELDS + (("logits",) if rule is not None else ())
+    return dict(zip(names, (jnp.swapaxes(o, 0, 1) for o in out), strict=True))
 
 
 @functools.partial(jax.jit, static_argnames=("mesh", "ssim_win"))
-def metrics_step(model, x, y, advs, *, mesh, ssim_win: int):
+def metrics_step(model, x, y, advs, rule=None, *, mesh, ssim_win: int):
     """Per-example metrics ``[E, B]`` of the adversarials ``advs[E, B, ...]`` (a second program on
-    purpose: fused into the attack's program, XLA's choices moved SSIM by an ulp between shapes)."""
+    purpose: fused into the attack's program, XLA's choices moved SSIM by an ulp between shapes).
+    ``rule``: a :class:`jaxadv.multilabel.Rule` for multi-label labels ``y[B, F]``."""
     axis = mesh.axis_names[0]
     per_eps = PartitionSpec(None, axis)
     return jax.shard_map(
         functools.partial(_metrics_block, ssim_win=ssim_win),
         mesh=mesh,
-        in_specs=(PartitionSpec(), PartitionSpec(axis), PartitionSpec(axis), per_eps),
+        in_specs=(
+            PartitionSpec(),
+            PartitionSpec(axis),
+            PartitionSpec(axis),
+            per_eps,
+            PartitionSpec(),
+        ),
         out_specs=per_eps,
         check_vma=False,
-    )(model, x, y, advs)
+    )(model, x, y, advs, rule)
 
 
-def _clean_block(model, x, y):
+def _clean_block(model, x, y, rule):
     def one(xy):
         xi, yi = xy
         logits = model(xi[None])
+        if rule is not None:  # the rule does not hold on the clean image: "correct"
+            m = rule.margin(logits, yi[None]).astype(jnp.float32)[0]
+            return ~(m > 0), m, m, logits[0].astype(jnp.float32)
         m = losses.margin(logits, yi[None]).astype(jnp.float32)[0]
         return (
             jnp.argmax(logits[0]) == yi,
@@ -105,19 +120,22 @@ def _clean_block(model, x, y):
             metrics.positive_log_odds(logits[0]).astype(jnp.float32),
         )
 
-    correct, margin, score = jax.lax.map(one, (x, y))
-    return {"clean_correct": correct, "clean_margin": margin, "clean_score": score}
+    out = jax.lax.map(one, (x, y))
+    names = ("clean_correct", "clean_margin", "clean_score", "clean_logits")
+    return dict(zip(names, out, strict=False))
 
 
 @functools.partial(jax.jit, static_argnames=("mesh",))
-def clean_step(model, x, y, *, mesh):
-    """``clean_correct``, ``clean_margin`` and ``clean_score`` ``[B]`` (one forward per example)."""
+def clean_step(model, x, y, rule=None, *, mesh):
+    """``clean_correct``, ``clean_margin`` and ``clean_score`` ``[B]`` (one forward per example);
+    under a multi-label ``rule`` also ``clean_logits[B, F]``, and "correct" means the rule does not
+    hold (margin and score are the rule's margin)."""
     axis = mesh.axis_names[0]
     bat = PartitionSpec(axis)
     return jax.shard_map(
         _clean_block,
         mesh=mesh,
-        in_specs=(PartitionSpec(), bat, bat),
+        in_specs=(PartitionSpec(), bat, bat, PartitionSpec()),
         out_specs=bat,
         check_vma=False,
-    )(model, x, y)
+    )(model, x, y, rule)

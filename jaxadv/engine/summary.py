@@ -36,6 +36,8 @@ def eps_label(norm: str, eps: float) -> str:
     """A budget as people write it: ``8/255`` (L-inf), ``0.5`` (L2, L1), ``3 px`` (L0)."""
     if norm == "l0":
         return f"{eps:g} px"
+    if norm == "patch":
+        return f"{eps:g}x{eps:g} px"
     if norm == "linf":
         return f"{round(eps * 255, 3):g}/255"
     return f"{eps:.4g}"
@@ -97,7 +99,7 @@ def summary_rows(
         succ = np.asarray(per_eps["success"][j], bool)
         att = succ & cc
         row: dict[str, Any] = {"eps": float(e), "eps_label": eps_label(norm, float(e))}
-        if norm != "l0":
+        if norm not in ("l0", "patch"):
             row["eps_255"] = round(float(e) * 255, 3)
         row.update(
             num_examples=n,

@@ -27,49 +27,27 @@ copy) to normalise with the running statistics.
 
 from __future__ import annotations
 
-import math
 from typing import Literal
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxadv.nn.layers import BN_MOMENTUM, batch_norm, conv2d, linear, max_pool
+
 __all__ = ["BasicBlock", "Bottleneck", "ResNet", "resnet18", "resnet50"]
 
 Stem = Literal["cifar", "imagenet"]
-
-BN_EPS = 1e-5
-BN_MOMENTUM = 0.1  # torch convention; Flax receives 1 - BN_MOMENTUM
-
-# torchvision initialises convolutions with kaiming_normal_(mode="fan_out", nonlinearity="relu").
-_conv_init = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
-
-
-def _shifted(init, shift: float):
-    def shifted(key, shape, dtype=jnp.float32):
-        return init(key, shape, dtype) + jnp.asarray(shift, dtype)
-
-    return shifted
 
 
 def _conv(
     in_channels: int, out_channels: int, kernel: int, stride: int, *, rngs: nnx.Rngs
 ) -> nnx.Conv:
-    p = kernel // 2
-    return nnx.Conv(
-        in_channels,
-        out_channels,
-        (kernel, kernel),
-        strides=(stride, stride),
-        padding=((p, p), (p, p)),
-        use_bias=False,
-        kernel_init=_conv_init,
-        rngs=rngs,
-    )
+    return conv2d(in_channels, out_channels, kernel, stride, rngs=rngs)
 
 
 def _bn(num_features: int, momentum: float, *, rngs: nnx.Rngs) -> nnx.BatchNorm:
-    return nnx.BatchNorm(num_features, momentum=1.0 - momentum, epsilon=BN_EPS, rngs=rngs)
+    return batch_norm(num_features, momentum=momentum, rngs=rngs)
 
 
 def _downsample(
@@ -200,22 +178,13 @@ class ResNet(nnx.Module):
                 width = channels * block.expansion
             stages.append(nnx.List(blocks))
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
-        # torch.nn.Linear's default: weight and bias ~ U(-1/sqrt(in), 1/sqrt(in)).
-        fc_init = nnx.initializers.uniform(2.0 / math.sqrt(width))
-        self.fc = nnx.Linear(
-            width,
-            num_classes,
-            kernel_init=_shifted(fc_init, -1.0 / math.sqrt(width)),
-            bias_init=_shifted(fc_init, -1.0 / math.sqrt(width)),
-            rngs=rngs,
-        )
+        self.fc = linear(width, num_classes, rngs=rngs)
 
     def features(self, x: jax.Array) -> jax.Array:
         """Pooled penultimate features ``[B, 512 * block.expansion]``."""
         x = nnx.relu(self.bn1(self.conv1(x)))
         if self.stem == "imagenet":
-            # nnx.max_pool pads with -inf (reduce_window's identity for max), as torch does.
-            x = nnx.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+            x = max_pool(x, 3, 2, padding=1)
         for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
             for blk in stage:
                 x = blk(x)

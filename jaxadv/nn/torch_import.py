@@ -1,20 +1,24 @@
-"""Import torchvision ResNet weights from ``.safetensors`` files, with NumPy only (no torch).
+"""Import torch weights from ``.safetensors`` files, with NumPy only (no torch).
 
-The safetensors format: an 8-byte little-endian ``uint64`` header length ``N``; ``N`` bytes of
-UTF-8 JSON mapping each tensor name to ``{"dtype", "shape", "data_offsets": [begin, end]}``
-(offsets relative to the end of the header) plus an optional ``"__metadata__"`` string map; then
-the raw little-endian, C-ordered tensor bytes.
+Architectures: torchvision's ResNet-18/50, DenseNet-121 (and other DenseNets) and VGG-11/13/16/19
+(with or without BN); RobustBench's WideResNet (28-10, 34-10, ...) and PreActResNet-18. One reader
+(:func:`load_safetensors`, from :mod:`jaxadv.nn.safetensors_io`) and one loader
+(:func:`load_torch_state_dict`, which checks every expected tensor's name and shape before writing
+anything) serve them all; the ``*_from_safetensors`` functions read the architecture's sizes from
+the file, build the module and load it in eval mode.
 
-Export from PyTorch with ``safetensors.torch.save_file(model.state_dict(), "resnet.safetensors")``
-and load with :func:`resnet_from_safetensors`.
+Export from PyTorch with ``safetensors.torch.save_file(model.state_dict(), "model.safetensors")``
+(for a checkpoint that holds more than the weights, save its ``state_dict`` entry) and load with
+the matching ``*_from_safetensors``; wrap with :func:`jaxadv.from_nnx` (with the model's
+``mean``/``std``) to attack it.
 """
 
 from __future__ import annotations
 
-import json
+import difflib
 import os
-import struct
-from collections.abc import Mapping
+import re
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -22,182 +26,31 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxadv.nn.densenet import DenseNet
 from jaxadv.nn.resnet import BasicBlock, Bottleneck, ResNet
+from jaxadv.nn.robustbench import PreActResNet, Shortcut, WideResNet
+from jaxadv.nn.safetensors_io import load_safetensors, save_safetensors
+from jaxadv.nn.vgg import VGG, VGG_CONFIGS
 
 __all__ = [
     "load_safetensors",
     "save_safetensors",
-    "load_torchvision_resnet",
+    "load_torch_state_dict",
     "resnet_from_safetensors",
+    "densenet_from_safetensors",
+    "vgg_from_safetensors",
+    "wide_resnet_from_safetensors",
+    "preact_resnet_from_safetensors",
 ]
 
-# safetensors dtype tag -> little-endian NumPy dtype as stored. BF16 has no NumPy dtype: it is read
-# as uint16 and widened (see _bf16_to_f32).
-_READ_DTYPES: dict[str, str] = {
-    "F64": "<f8",
-    "F32": "<f4",
-    "F16": "<f2",
-    "BF16": "<u2",
-    "I64": "<i8",
-    "I32": "<i4",
-    "I16": "<i2",
-    "I8": "i1",
-    "U8": "u1",
-    "BOOL": "?",
-}
-_WRITE_TAGS: dict[str, str] = {
-    "float64": "F64",
-    "float32": "F32",
-    "float16": "F16",
-    "bfloat16": "BF16",
-    "int64": "I64",
-    "int32": "I32",
-    "int16": "I16",
-    "int8": "I8",
-    "uint8": "U8",
-    "bool": "BOOL",
-}
-
-
-def _bf16_to_f32(bits: np.ndarray) -> np.ndarray:
-    # bfloat16 is the upper half of a float32: shifting the bits up is exact.
-    return (bits.astype(np.uint32) << np.uint32(16)).view(np.float32)
-
-
-def load_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Read every tensor of a ``.safetensors`` file into NumPy arrays.
-
-    ``F16`` and ``BF16`` are widened to ``float32`` (exactly); ``F64``, ``F32``, integer and
-    boolean tensors keep their type. ``"__metadata__"`` is skipped.
-
-    Args:
-        path: file to read.
-
-    Returns:
-        ``{name: array}`` in native byte order, in the file's header order.
-
-    Raises:
-        ValueError: a truncated or malformed file, or an unsupported dtype (the message names the
-            tensor).
-    """
-    with open(path, "rb") as f:
-        data = f.read()
-    if len(data) < 8:
-        raise ValueError(f"{os.fspath(path)!r} is not a safetensors file: shorter than 8 bytes")
-    (n,) = struct.unpack("<Q", data[:8])
-    if 8 + n > len(data):
-        raise ValueError(
-            f"{os.fspath(path)!r}: header length {n} runs past the end of the file "
-            f"({len(data)} bytes); the file is truncated or not safetensors"
-        )
-    try:
-        header = json.loads(data[8 : 8 + n].decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{os.fspath(path)!r}: the safetensors header is not JSON ({e})") from e
-    if not isinstance(header, dict):
-        raise ValueError(f"{os.fspath(path)!r}: the safetensors header is not a JSON object")
-    body = memoryview(data)[8 + n :]
-    out: dict[str, np.ndarray] = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        try:
-            tag = info["dtype"]
-            shape = tuple(int(s) for s in info["shape"])
-            begin, end = (int(o) for o in info["data_offsets"])
-        except (KeyError, TypeError, ValueError) as e:
-            raise ValueError(f"tensor {name!r}: malformed header entry {info!r}") from e
-        if tag not in _READ_DTYPES:
-            raise ValueError(
-                f"tensor {name!r}: unsupported safetensors dtype {tag!r} "
-                f"(supported: {', '.join(_READ_DTYPES)})"
-            )
-        dtype = np.dtype(_READ_DTYPES[tag])
-        count = int(np.prod(shape, dtype=np.int64))
-        if not 0 <= begin <= end <= len(body) or end - begin != count * dtype.itemsize:
-            raise ValueError(
-                f"tensor {name!r}: data_offsets [{begin}, {end}] do not hold {tag}{list(shape)} "
-                f"({count * dtype.itemsize} bytes) inside the {len(body)}-byte data section"
-            )
-        arr = np.frombuffer(body[begin:end], dtype=dtype, count=count).reshape(shape)
-        if tag == "BF16":
-            arr = _bf16_to_f32(arr)
-        elif tag == "F16":
-            arr = arr.astype(np.float32)
-        else:
-            arr = arr.astype(dtype.newbyteorder("="))  # native order, and a writable copy
-        out[name] = arr
-    return out
-
-
-def save_safetensors(
-    path: str | os.PathLike,
-    tensors: Mapping[str, Any],
-    *,
-    metadata: Mapping[str, str] | None = None,
-) -> None:
-    """Write NumPy (or JAX) arrays to a ``.safetensors`` file.
-
-    Supported dtypes: float64/32/16, ``ml_dtypes.bfloat16`` (as ``BF16``), int64/32/16/8, uint8,
-    bool.
-
-    Args:
-        path: file to write (overwritten).
-        tensors: ``{name: array}``; names must be non-empty and not ``"__metadata__"``.
-        metadata: optional ``{str: str}`` stored under ``"__metadata__"``.
-
-    Example:
-        >>> import numpy as np, tempfile, os
-        >>> from jaxadv.nn import load_safetensors, save_safetensors
-        >>> path = os.path.join(tempfile.mkdtemp(), "w.safetensors")
-        >>> save_safetensors(path, {"w": np.arange(6, dtype=np.float32).reshape(2, 3)})
-        >>> load_safetensors(path)["w"].shape
-        (2, 3)
-    """
-    header: dict[str, Any] = {}
-    if metadata is not None:
-        if not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
-            raise TypeError("metadata must map str to str (the safetensors format requires it)")
-        header["__metadata__"] = dict(metadata)
-    chunks: list[bytes] = []
-    offset = 0
-    for name, value in tensors.items():
-        if not isinstance(name, str) or not name or name == "__metadata__":
-            raise ValueError(f"invalid tensor name {name!r}")
-        arr = np.asarray(value)
-        tag = _WRITE_TAGS.get(arr.dtype.name)
-        if tag is None:
-            raise TypeError(
-                f"tensor {name!r}: dtype {arr.dtype} cannot be stored in safetensors "
-                f"(supported: {', '.join(_WRITE_TAGS)})"
-            )
-        if tag == "BF16":
-            raw = np.ascontiguousarray(arr).view(np.uint16).astype("<u2").tobytes()
-        else:
-            raw = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).tobytes()
-        header[name] = {
-            "dtype": tag,
-            "shape": list(arr.shape),
-            "data_offsets": [offset, offset + len(raw)],
-        }
-        chunks.append(raw)
-        offset += len(raw)
-    text = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    text += b" " * (-len(text) % 8)  # the reference writer pads the header to 8-byte alignment
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(text)))
-        f.write(text)
-        for raw in chunks:
-            f.write(raw)
-
-
 # ---------------------------------------------------------------------------------------------
-# torchvision -> NNX
+# torch state dict -> NNX
 # ---------------------------------------------------------------------------------------------
 
 # Axis permutations between NNX's HWIO convolution kernels and torch's OIHW weights.
 _OIHW_FROM_HWIO = (3, 2, 0, 1)
 _HWIO_FROM_OIHW = (2, 3, 1, 0)
+_LIST_AT_MOST = 6  # names listed per kind of problem; the count says how many there are
 
 
 def _expected_tensors(
@@ -209,14 +62,11 @@ def _expected_tensors(
         prefix = ".".join(str(p) for p in path)
         prefix = prefix + "." if prefix else ""
         if isinstance(sub, nnx.Conv):
-            if sub.bias is not None:
-                raise ValueError(
-                    f"{prefix[:-1] or 'module'} is a Conv with a bias; torchvision ResNet "
-                    "convolutions have none (use_bias=False)"
-                )
             k = sub.kernel
             shape = tuple(k.shape[i] for i in _OIHW_FROM_HWIO)
             expected[prefix + "weight"] = (k, shape, _HWIO_FROM_OIHW)
+            if sub.bias is not None:
+                expected[prefix + "bias"] = (sub.bias, tuple(sub.bias.shape), None)
         elif isinstance(sub, nnx.BatchNorm):
             for torch_name, var in (
                 ("weight", sub.scale),
@@ -233,23 +83,52 @@ def _expected_tensors(
     return expected
 
 
-def load_torchvision_resnet(
-    module: ResNet,
+def _listed(names: list[str], sep: str = ", ") -> str:
+    shown = sep.join(names[:_LIST_AT_MOST])
+    more = len(names) - _LIST_AT_MOST
+    return f"{shown}{sep}... and {more} more" if more > 0 else shown
+
+
+def _hints(missing: list[str], unexpected: list[str], prefix: str) -> list[str]:
+    """A prefix every name seems to carry, or the closest missing name of a renamed tensor."""
+    if not missing or not unexpected:
+        return []
+    for name in unexpected[:50]:
+        for key in missing:
+            bare = key[len(prefix) :]
+            if name == bare or name.endswith("." + bare):
+                guess = name[: len(name) - len(bare)]
+                return [
+                    f"the file's names seem to carry the prefix {guess!r}: pass prefix={guess!r}"
+                ]
+    out = []
+    for name in unexpected[:_LIST_AT_MOST]:
+        close = difflib.get_close_matches(name, missing, n=1, cutoff=0.8)
+        if close:
+            out.append(f"{name} may be {close[0]}")
+    return out
+
+
+def load_torch_state_dict(
+    module: nnx.Module,
     tensors: Mapping[str, Any],
     *,
     strict: bool = True,
     prefix: str = "",
-) -> ResNet:
-    """Copy a torchvision ResNet ``state_dict`` (as arrays) into ``module``, in place.
+) -> nnx.Module:
+    """Copy a torch ``state_dict`` (as arrays) into an NNX module whose paths mirror its keys.
 
-    Names map one to one (``conv1.weight``, ``bn1.running_var``, ``layer3.1.downsample.0.weight``,
-    ``fc.bias``, ...); convolution weights go from torch's ``OIHW`` to ``HWIO``, ``fc.weight`` from
-    ``(out, in)`` to ``(in, out)``, BN ``weight/bias/running_mean/running_var`` to
-    ``scale/bias/mean/var``. Every value is cast to the variable's dtype (``float32``).
-    ``*.num_batches_tracked`` counters are ignored. The module's train/eval mode is unchanged.
+    Every ``nnx.Conv``, ``nnx.BatchNorm`` and ``nnx.Linear`` at attribute path ``a.b.3`` expects
+    torch's ``a.b.3.weight`` (and ``.bias``; BN also ``.running_mean`` / ``.running_var``).
+    Convolution weights go from torch's ``OIHW`` to ``HWIO``, Linear weights from ``(out, in)`` to
+    ``(in, out)``, BN ``weight/bias/running_mean/running_var`` to ``scale/bias/mean/var``. Every
+    value is cast to the variable's dtype (``float32``). ``*.num_batches_tracked`` counters are
+    ignored. The module's train/eval mode is unchanged. Works for every architecture of
+    :mod:`jaxadv.nn` (ResNet, DenseNet, VGG, WideResNet, PreActResNet).
 
     Args:
-        module: a :class:`~jaxadv.nn.ResNet` of the matching architecture.
+        module: the NNX module of the matching architecture (may hold abstract variables from
+            ``nnx.eval_shape``; they are all filled).
         tensors: ``{torch name: array}``, e.g. from :func:`load_safetensors`.
         strict: if ``True``, tensors the module has no place for are an error; if ``False`` they
             are ignored. Missing or mis-shaped tensors are always an error.
@@ -260,8 +139,9 @@ def load_torchvision_resnet(
         ``module`` itself, with the imported weights.
 
     Raises:
-        ValueError: naming every missing, unexpected (when ``strict``) and mis-shaped tensor; the
-            module is left untouched in that case.
+        ValueError: naming the missing, unexpected (when ``strict``) and mis-shaped tensors (a
+            few of each, with their counts, and a hint for a renamed tensor or a forgotten
+            prefix); checked before anything is written, so the module is left untouched.
     """
     if not isinstance(module, nnx.Module):
         raise TypeError(f"module must be a flax.nnx.Module, got {type(module).__name__}")
@@ -287,17 +167,20 @@ def load_torchvision_resnet(
             wrong.append(f"{prefix}{key}: expected {expected[key][1]}, got {shape}")
     problems = []
     if missing:
-        problems.append(f"missing tensors ({len(missing)}): {', '.join(missing)}")
+        problems.append(f"missing tensors ({len(missing)}): {_listed(missing)}")
     if unexpected and strict:
         problems.append(
-            f"unexpected tensors ({len(unexpected)}): {', '.join(unexpected)} "
+            f"unexpected tensors ({len(unexpected)}): {_listed(unexpected)} "
             "(pass strict=False to ignore them)"
         )
     if wrong:
-        problems.append(f"wrong shapes ({len(wrong)}, torch layout): {'; '.join(wrong)}")
+        problems.append(f"wrong shapes ({len(wrong)}, torch layout): {_listed(wrong, '; ')}")
     if problems:
+        hints = _hints(missing, unexpected, prefix)
         raise ValueError(
-            f"cannot load torchvision weights into {type(module).__name__}: " + "; ".join(problems)
+            f"cannot load torch weights into {type(module).__name__}: "
+            + "; ".join(problems)
+            + (f" (hint: {'; '.join(hints)})" if hints else "")
         )
     for key, value in given.items():
         var, _, perm = expected[key]
@@ -306,6 +189,57 @@ def load_torchvision_resnet(
             arr = arr.transpose(perm)
         var.set_value(jnp.asarray(arr, dtype=var.get_value().dtype))
     return module
+
+
+def _build_and_load(
+    build: Callable[[], nnx.Module], tensors: Mapping[str, Any], strict: bool, prefix: str
+) -> Any:
+    # Every weight is overwritten, so skip the random initialisation: build the module with
+    # abstract (shape-only) variables and let the loader fill them in.
+    module = nnx.eval_shape(build)
+    load_torch_state_dict(module, tensors, strict=strict, prefix=prefix)
+    unfilled = [
+        ".".join(str(p) for p in path)
+        for path, leaf in nnx.to_flat_state(nnx.state(module))
+        if isinstance(leaf.get_value(), jax.ShapeDtypeStruct)
+    ]
+    if unfilled:  # pragma: no cover - the loader covers every variable of these architectures
+        raise RuntimeError(f"variables left uninitialised after import: {', '.join(unfilled)}")
+    module.eval()
+    return module
+
+
+def _require(
+    tensors: Mapping[str, Any], prefix: str, ndims: dict[str, int], what: str, path: Any
+) -> list[np.ndarray]:
+    """The tensors the architecture's sizes are read from, or an error naming those absent."""
+    found = [tensors.get(prefix + name) for name in ndims]
+    bad = [
+        f"{nd}-d {prefix}{name}" + ("" if t is None else f" (got {t.ndim}-d)")
+        for (name, nd), t in zip(ndims.items(), found, strict=True)
+        if t is None or t.ndim != nd
+    ]
+    if bad:
+        name = next(iter(ndims))
+        carried = [k[: -len(name)] for k in tensors if k.endswith("." + name)]
+        hint = f"pass prefix={carried[0]!r}" if carried else "pass prefix= if every name has one"
+        raise ValueError(
+            f"{os.fspath(path)!r} does not look like a {what} state dict: needs "
+            f"{', '.join(bad)} ({hint})"
+        )
+    return found  # type: ignore[return-value]
+
+
+def _count(tensors: Mapping[str, Any], pattern: str, start: int = 0) -> int:
+    """How many consecutive ``i >= start`` have some name beginning with ``pattern.format(i)``.
+
+    Any tensor of a block counts it, so one renamed tensor is reported by the loader as missing
+    and unexpected rather than silently shrinking the architecture.
+    """
+    i = start
+    while any(k.startswith(pattern.format(i)) for k in tensors):
+        i += 1
+    return i - start
 
 
 _ARCHS = {"resnet18": (BasicBlock, (2, 2, 2, 2)), "resnet50": (Bottleneck, (3, 4, 6, 3))}
@@ -332,7 +266,7 @@ def resnet_from_safetensors(
         path: the ``.safetensors`` file (a torchvision ``state_dict``).
         arch: ``'resnet18'`` or ``'resnet50'``.
         num_classes, in_channels, stem: architecture overrides (see above).
-        strict, prefix: as in :func:`load_torchvision_resnet`.
+        strict, prefix: as in :func:`load_torch_state_dict`.
 
     Returns:
         The loaded :class:`~jaxadv.nn.ResNet`.
@@ -340,13 +274,9 @@ def resnet_from_safetensors(
     if arch not in _ARCHS:
         raise ValueError(f"arch must be one of {sorted(_ARCHS)}, got {arch!r}")
     tensors = load_safetensors(path)
-    conv1 = tensors.get(prefix + "conv1.weight")
-    fc = tensors.get(prefix + "fc.weight")
-    if conv1 is None or fc is None or conv1.ndim != 4 or fc.ndim != 2:
-        raise ValueError(
-            f"{os.fspath(path)!r} does not look like a torchvision ResNet state dict: "
-            f"needs 4-d {prefix}conv1.weight and 2-d {prefix}fc.weight"
-        )
+    conv1, fc = _require(
+        tensors, prefix, {"conv1.weight": 4, "fc.weight": 2}, "torchvision ResNet", path
+    )
     if num_classes is None:
         num_classes = int(fc.shape[0])
     if in_channels is None:
@@ -359,18 +289,244 @@ def resnet_from_safetensors(
                 "pass stem='imagenet' or 'cifar'"
             )
     block, layers = _ARCHS[arch]
-    # Every weight is overwritten, so skip the random initialisation: build the module with
-    # abstract (shape-only) variables and let the loader fill them in.
-    module = nnx.eval_shape(
-        lambda: ResNet(block, layers, num_classes, in_channels, stem=stem, rngs=nnx.Rngs(0))
+    return _build_and_load(
+        lambda: ResNet(block, layers, num_classes, in_channels, stem=stem, rngs=nnx.Rngs(0)),
+        tensors,
+        strict,
+        prefix,
     )
-    load_torchvision_resnet(module, tensors, strict=strict, prefix=prefix)
-    unfilled = [
-        ".".join(str(p) for p in path)
-        for path, leaf in nnx.to_flat_state(nnx.state(module))
-        if isinstance(leaf.get_value(), jax.ShapeDtypeStruct)
+
+
+# torchvision < 0.3 (and CheXNet checkpoints) named a dense layer's children "norm.1", "conv.2", ...;
+# torchvision renames them on load the same way.
+_LEGACY_DENSE = re.compile(
+    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$"
+)
+
+
+def densenet_from_safetensors(
+    path: str | os.PathLike,
+    num_classes: int | None = None,
+    *,
+    in_channels: int | None = None,
+    strict: bool = True,
+    prefix: str = "",
+) -> DenseNet:
+    """Build a DenseNet and load torchvision weights (``densenet121`` layout) from ``.safetensors``.
+
+    The architecture is read from the file: stem width and input channels from
+    ``features.conv0.weight``, dense layers per block by counting ``denselayer{j}``, growth rate and
+    ``bn_size`` from the first dense layer, ``num_classes`` from ``classifier.weight`` (14 for
+    CheXNet). The old dense-layer names (``norm.1``, ``conv.2``, ...) of early torchvision and of
+    CheXNet checkpoints are renamed as torchvision does. A CheXNet checkpoint typically needs
+    ``prefix='module.densenet121.'``, and its ``classifier.0.*`` (a Linear inside a Sequential
+    with the sigmoid) renamed to ``classifier.*``.
+
+    Args:
+        path: the ``.safetensors`` file.
+        num_classes, in_channels: overrides; given explicitly they must agree with the file.
+        strict, prefix: as in :func:`load_torch_state_dict`.
+
+    Returns:
+        The loaded :class:`~jaxadv.nn.DenseNet` in eval mode, ready for :func:`jaxadv.from_nnx`.
+    """
+    tensors = {_LEGACY_DENSE.sub(r"\1\2", k): v for k, v in load_safetensors(path).items()}
+    first = "features.denseblock1.denselayer1."
+    conv0, conv1, conv2, fc = _require(
+        tensors,
+        prefix,
+        {
+            "features.conv0.weight": 4,
+            first + "conv1.weight": 4,
+            first + "conv2.weight": 4,
+            "classifier.weight": 2,
+        },
+        "torchvision DenseNet",
+        path,
+    )
+    num_blocks = _count(tensors, prefix + "features.denseblock{}.", 1)
+    blocks = [
+        _count(tensors, f"{prefix}features.denseblock{i}.denselayer{{}}.", 1)
+        for i in range(1, num_blocks + 1)
     ]
-    if unfilled:  # pragma: no cover - the loader covers every variable of a ResNet
-        raise RuntimeError(f"variables left uninitialised after import: {', '.join(unfilled)}")
-    module.eval()
-    return module
+    growth = int(conv2.shape[0])
+    bn_size = max(1, int(conv1.shape[0]) // growth)
+    num_classes = int(fc.shape[0]) if num_classes is None else num_classes
+    in_channels = int(conv0.shape[1]) if in_channels is None else in_channels
+    return _build_and_load(
+        lambda: DenseNet(
+            growth,
+            tuple(blocks),
+            int(conv0.shape[0]),
+            bn_size,
+            num_classes,
+            in_channels,
+            rngs=nnx.Rngs(0),
+        ),
+        tensors,
+        strict,
+        prefix,
+    )
+
+
+def vgg_from_safetensors(
+    path: str | os.PathLike,
+    config: str = "vgg16",
+    num_classes: int | None = None,
+    *,
+    batch_norm: bool | None = None,
+    in_channels: int | None = None,
+    strict: bool = True,
+    prefix: str = "",
+) -> VGG:
+    """Build a VGG and load torchvision weights (``vgg16`` / ``vgg16_bn`` layout) from ``.safetensors``.
+
+    ``batch_norm`` defaults to whether the file has ``features.1.running_mean`` (the ``_bn``
+    variants); ``num_classes``, the hidden width and ``in_channels`` come from ``classifier.6``,
+    ``classifier.0`` and ``features.0``.
+
+    Args:
+        path: the ``.safetensors`` file.
+        config: ``'vgg11'``, ``'vgg13'``, ``'vgg16'`` or ``'vgg19'``.
+        num_classes, batch_norm, in_channels: overrides; given explicitly they must agree with the
+            file.
+        strict, prefix: as in :func:`load_torch_state_dict`.
+
+    Returns:
+        The loaded :class:`~jaxadv.nn.VGG` in eval mode, ready for :func:`jaxadv.from_nnx`.
+    """
+    if config not in VGG_CONFIGS:
+        raise ValueError(f"config must be one of {sorted(VGG_CONFIGS)}, got {config!r}")
+    tensors = load_safetensors(path)
+    conv0, fc0, fc6 = _require(
+        tensors,
+        prefix,
+        {"features.0.weight": 4, "classifier.0.weight": 2, "classifier.6.weight": 2},
+        "torchvision VGG",
+        path,
+    )
+    if batch_norm is None:
+        batch_norm = prefix + "features.1.running_mean" in tensors
+    num_classes = int(fc6.shape[0]) if num_classes is None else num_classes
+    in_channels = int(conv0.shape[1]) if in_channels is None else in_channels
+    return _build_and_load(
+        lambda: VGG(
+            config,
+            batch_norm=batch_norm,
+            num_classes=num_classes,
+            in_channels=in_channels,
+            hidden=int(fc0.shape[0]),
+            rngs=nnx.Rngs(0),
+        ),
+        tensors,
+        strict,
+        prefix,
+    )
+
+
+def wide_resnet_from_safetensors(
+    path: str | os.PathLike,
+    num_classes: int | None = None,
+    *,
+    depth: int | None = None,
+    widen_factor: int | None = None,
+    in_channels: int | None = None,
+    strict: bool = True,
+    prefix: str = "",
+) -> WideResNet:
+    """Build a RobustBench WideResNet and load its weights from ``.safetensors``.
+
+    ``depth`` is ``6 n + 4`` for the ``n`` blocks counted in ``block1.layer``, ``widen_factor``
+    is ``block1.layer.0.conv1.weight``'s output channels over 16; ``sub_block1`` and the bias of
+    ``fc`` are held when the file has them. Checkpoints saved from ``nn.DataParallel`` need
+    ``prefix='module.'``.
+
+    Args:
+        path: the ``.safetensors`` file (a RobustBench ``state_dict``).
+        num_classes, depth, widen_factor, in_channels: overrides; given explicitly they must
+            agree with the file.
+        strict, prefix: as in :func:`load_torch_state_dict`.
+
+    Returns:
+        The loaded :class:`~jaxadv.nn.WideResNet` in eval mode, ready for :func:`jaxadv.from_nnx`.
+    """
+    tensors = load_safetensors(path)
+    conv1, first, fc = _require(
+        tensors,
+        prefix,
+        {"conv1.weight": 4, "block1.layer.0.conv1.weight": 4, "fc.weight": 2},
+        "RobustBench WideResNet",
+        path,
+    )
+    if depth is None:
+        depth = 6 * _count(tensors, prefix + "block1.layer.{}.") + 4
+    if widen_factor is None:
+        widen_factor = max(1, int(first.shape[0]) // 16)
+    num_classes = int(fc.shape[0]) if num_classes is None else num_classes
+    in_channels = int(conv1.shape[1]) if in_channels is None else in_channels
+    sub_block1 = any(k.startswith(prefix + "sub_block1.") for k in tensors)
+    bias_last = prefix + "fc.bias" in tensors
+    return _build_and_load(
+        lambda: WideResNet(
+            depth,
+            widen_factor,
+            num_classes,
+            in_channels,
+            sub_block1=sub_block1,
+            bias_last=bias_last,
+            rngs=nnx.Rngs(0),
+        ),
+        tensors,
+        strict,
+        prefix,
+    )
+
+
+def preact_resnet_from_safetensors(
+    path: str | os.PathLike,
+    num_classes: int | None = None,
+    *,
+    shortcut: Shortcut = "input",
+    in_channels: int | None = None,
+    strict: bool = True,
+    prefix: str = "",
+) -> PreActResNet:
+    """Build a RobustBench PreActResNet (18 for ``(2, 2, 2, 2)``) and load its weights.
+
+    Blocks per stage are counted in the file, ``bn_before_fc`` is whether it has ``bn.weight``.
+    ``shortcut`` cannot be read from the weights: ``'input'`` for RobustBench's ``PreActBlock``
+    (``PreActResNet18()``), ``'preact'`` for ``PreActBlockV2`` (see :mod:`jaxadv.nn.robustbench`).
+
+    Args:
+        path: the ``.safetensors`` file (a RobustBench ``state_dict``).
+        num_classes, in_channels: overrides; given explicitly they must agree with the file.
+        shortcut: ``'input'`` or ``'preact'``.
+        strict, prefix: as in :func:`load_torch_state_dict`.
+
+    Returns:
+        The loaded :class:`~jaxadv.nn.PreActResNet` in eval mode, ready for
+        :func:`jaxadv.from_nnx`.
+    """
+    if shortcut not in ("input", "preact"):
+        raise ValueError(f"shortcut must be 'input' or 'preact', got {shortcut!r}")
+    tensors = load_safetensors(path)
+    conv1, fc = _require(
+        tensors, prefix, {"conv1.weight": 4, "linear.weight": 2}, "RobustBench PreActResNet", path
+    )
+    layers = [_count(tensors, f"{prefix}layer{s}.{{}}.") for s in range(1, 5)]
+    num_classes = int(fc.shape[0]) if num_classes is None else num_classes
+    in_channels = int(conv1.shape[1]) if in_channels is None else in_channels
+    bn_before_fc = prefix + "bn.weight" in tensors
+    return _build_and_load(
+        lambda: PreActResNet(
+            layers,
+            num_classes,
+            in_channels,
+            shortcut=shortcut,
+            bn_before_fc=bn_before_fc,
+            rngs=nnx.Rngs(0),
+        ),
+        tensors,
+        strict,
+        prefix,
+    )

@@ -28,9 +28,11 @@ from typing import Any
 
 from jaxadv.vocab import (
     NORMS,
+    PIXEL_NORMS,
     SpecError,
     check_dataset_name,
     check_model_name,
+    check_rule_spec,
     lookup_attack,
     make_attack,
     parse_eps,
@@ -82,6 +84,9 @@ _ATTACK_KEYS = {
     "black_box",
     "options",
     "cascade",
+    "multilabel",
+    "finding",
+    "target_set",
 }
 
 
@@ -440,7 +445,7 @@ def validate(raw: Any, *, base_dir: str, source: str) -> SweepConfig:
         if anorm not in NORMS:
             raise ConfigError(f"{where}.norm: must be one of {', '.join(NORMS)}, got {anorm!r}")
         # L0 budgets are pixel counts: no 1/255 units unless the attack says so
-        ascale = a.get("eps_scale", 1 if anorm == "l0" else scale)
+        ascale = a.get("eps_scale", 1 if anorm in PIXEL_NORMS else scale)
         if isinstance(ascale, bool) or not isinstance(ascale, (int, float)) or ascale <= 0:
             raise ConfigError(f"{where}.eps_scale: must be a positive number, got {ascale!r}")
         eps_raw = a.get("eps", default_eps)
@@ -458,6 +463,7 @@ def validate(raw: Any, *, base_dir: str, source: str) -> SweepConfig:
         try:
             known = lookup_attack(name)
             eps = parse_eps(eps_raw, anorm, float(ascale))
+            rule_kind = check_rule_spec(a.get("multilabel"), a.get("finding"), a.get("target_set"))
         except SpecError as e:
             raise ConfigError(f"{where}: {e}") from e
         # An explicit num_steps / restarts on the attack must apply to it (make_attack refuses it
@@ -475,10 +481,19 @@ def validate(raw: Any, *, base_dir: str, source: str) -> SweepConfig:
             "black_box": bb,
             "cascade": cascade,
         }
+        if rule_kind is not None:
+            # only when given: entries without a rule keep their hash (resumable old sweeps)
+            entry["multilabel"] = rule_kind
+            for k in ("finding", "target_set"):
+                if a.get(k) is not None:
+                    entry[k] = copy.deepcopy(a[k])
         default_label = name if anorm == "linf" else f"{name}-{anorm}"
+        if rule_kind is not None:
+            tag = f"one{a['finding']}" if rule_kind == "one" else rule_kind
+            default_label = f"{default_label}-{tag}"
         entry["label"] = _label(_str(a.get("label", default_label), f"{where}.label"))
         try:  # build it once now: unknown names and bad options fail before anything runs
-            make_attack(
+            built = make_attack(
                 name,
                 norm=anorm,
                 eps_max=max(entry["eps"]),
@@ -486,7 +501,11 @@ def validate(raw: Any, *, base_dir: str, source: str) -> SweepConfig:
                 restarts=entry["restarts"],
                 options=entry["options"],
             )
-        except SpecError as e:
+            if rule_kind is not None:
+                from jaxadv.multilabel import check_attack
+
+                check_attack(built)
+        except (SpecError, ValueError) as e:
             raise ConfigError(f"{where}: {e}") from e
         attacks.append(entry)
     _unique(attacks, "attacks")

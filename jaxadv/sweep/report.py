@@ -69,6 +69,7 @@ class CellData:
     summary: list[dict[str, Any]]
     samples: dict[str, Any] | None
     run: dict[str, Any]
+    rule: str = ""  # the multi-label rule ("" for integer labels)
 
 
 def decode(rec: Mapping[str, Any]) -> CellData:
@@ -77,7 +78,30 @@ def decode(rec: Mapping[str, Any]) -> CellData:
     cc = decode_array(r["clean_correct"], np.bool_)
     per_eps = {k: decode_array(r[k], dt) for k, dt in PER_EXAMPLE.items()}
     labels = decode_array(r["labels"], np.int32)
-    binary = rec.get("num_classes") == 2
+    binary = rec.get("num_classes") == 2 and labels.ndim == 1
+    rows = summary_rows(
+        eps,
+        per_eps,
+        cc,
+        norm=c["attack"]["norm"],
+        labels=labels if binary else None,
+        clean_score=decode_array(r["clean_score"], np.float32) if binary else None,
+    )
+    rule = str(rec.get("rule") or "")
+    if rule and "logits" in r and "clean_logits" in r:  # multi-label: per-finding AUCs
+        from jaxadv.metrics import finding_auc_under_attack
+
+        aucs = finding_auc_under_attack(
+            decode_array(r["clean_logits"], np.float32),
+            decode_array(r["logits"], np.float32),
+            labels,
+        )
+        for j, row in enumerate(rows):
+            row.update(
+                rule=rule,
+                auc_macro=aucs["clean_macro"],
+                auc_macro_under_attack=float(aucs["adv_macro"][j]),
+            )
     return CellData(
         id=c["id"],
         model=c["model"]["label"],
@@ -92,16 +116,10 @@ def decode(rec: Mapping[str, Any]) -> CellData:
         clean_correct=cc,
         per_eps=per_eps,
         # recomputed from the per-example arrays (the checksummed part of the record)
-        summary=summary_rows(
-            eps,
-            per_eps,
-            cc,
-            norm=c["attack"]["norm"],
-            labels=labels if binary else None,
-            clean_score=decode_array(r["clean_score"], np.float32) if binary else None,
-        ),
+        summary=rows,
         samples=rec.get("samples"),
         run=dict(rec.get("run") or {}),
+        rule=rule,
     )
 
 
@@ -148,21 +166,28 @@ def cell_table_rows(cells: Sequence[CellData]) -> list[dict[str, Any]]:
     return rows
 
 
+def label_value(y: Any) -> int | str:
+    """An example's label for tables: the class, or a multi-label row as its 0/1 string."""
+    y = np.asarray(y)
+    return int(y) if y.ndim == 0 else "".join(str(int(v)) for v in y)
+
+
 def worst_case(cells: Sequence[CellData]) -> tuple[list[dict], list[dict]]:
     """Worst case over attacks and seeds, per (model, data set, norm, eps), and per example.
 
     An example counts as robust at ``eps`` only when no attack (under any seed) whose grid holds
     that ``eps`` broke it. Returns ``(rows, example_rows)``.
     """
-    groups: dict[tuple[str, str, str], list[CellData]] = {}
+    groups: dict[tuple[str, str, str, str], list[CellData]] = {}
     for c in cells:
-        groups.setdefault((c.model, c.dataset, c.norm), []).append(c)
+        # cells under different multi-label rules count different successes: never mixed
+        groups.setdefault((c.model, c.dataset, c.norm, c.rule), []).append(c)
     rows, ex_rows = [], []
-    for (model, dataset, norm), members in groups.items():
+    for (model, dataset, norm, rule), members in groups.items():
         eps_all = sorted({e for c in members for e in c.eps})
         for e in eps_all:
             broken: dict[int, set[str]] = {}
-            label: dict[int, int] = {}
+            label: dict[int, int | str] = {}
             clean: dict[int, bool] = {}
             idx_sets = []
             per_attack: dict[str, list[float]] = {}
@@ -175,7 +200,7 @@ def worst_case(cells: Sequence[CellData]) -> tuple[list[dict], list[dict]]:
                 per_attack.setdefault(c.attack, []).append(float((~succ).mean()))
                 for i, s, y, cc in zip(c.indices, succ, c.labels, c.clean_correct, strict=True):
                     i = int(i)
-                    label[i], clean[i] = int(y), bool(cc)
+                    label[i], clean[i] = label_value(y), bool(cc)
                     broken.setdefault(i, set())
                     if s:
                         broken[i].add(c.attack)
@@ -195,6 +220,8 @@ def worst_case(cells: Sequence[CellData]) -> tuple[list[dict], list[dict]]:
                 "clean_accuracy": float(np.mean([clean[i] for i in common])),
                 "worst_case_robust_accuracy": float(robust.mean()),
             }
+            if rule:
+                row["rule"] = rule
             for a, accs in per_attack.items():
                 row[f"robust_accuracy[{a}]"] = float(np.mean(accs))
                 only = sum(1 for i in common if broken[i] == {a} and clean[i])
@@ -228,7 +255,7 @@ def example_lines(cells: Sequence[CellData]) -> list[dict[str, Any]]:
                 "attack": c.attack,
                 "seed": c.seed,
                 "index": int(i),
-                "label": int(c.labels[n]),
+                "label": label_value(c.labels[n]),
                 "clean_correct": bool(c.clean_correct[n]),
                 "eps": c.eps,
             }
@@ -251,6 +278,7 @@ _XLABEL = {
     "l2": "eps (L2)",
     "l1": "eps (L1)",
     "l0": "changed pixels (L0)",
+    "patch": "patch side (pixels)",
 }
 
 

@@ -37,7 +37,15 @@ from jaxadv.sweep.storage import (
     encode_images,
     folder_lock,
 )
-from jaxadv.vocab import is_black_box, load_dataset, load_model, make_attack
+from jaxadv.vocab import (
+    SpecError,
+    check_model_fits,
+    is_black_box,
+    load_dataset,
+    load_model,
+    make_attack,
+    make_rule,
+)
 
 log = logging.getLogger("jaxadv.sweep")
 
@@ -110,11 +118,6 @@ class _Resources:
                 entry.get("image_size"),
                 entry.get("channels"),
             )
-            if ds.multi_label:
-                raise SweepError(
-                    f"data set {entry['label']!r} is multi-label; sweeps need one integer label "
-                    "per example (reduce it with jaxadv.data.select_finding first)"
-                )
             self._data = (key, ds)
         return self._data[1]
 
@@ -144,6 +147,13 @@ def _run_cell(
         restarts=a["restarts"],
         options=a["options"],
     )
+    try:  # a multi-label data set needs a rule (attack keys multilabel, finding, target_set)
+        rule = make_rule(a.get("multilabel"), a.get("finding"), a.get("target_set"), ds)
+        check_model_fits(model, ds, rule, f"model {cell.model['label']!r}")
+    except SpecError as e:
+        raise SweepError(
+            f"cell {cell.id}: {e} (data set {cell.dataset['label']!r}, attack {a['label']!r})"
+        ) from e
     black_box = a["black_box"] if a["black_box"] is not None else is_black_box(attack)
     ndev = res.mesh.devices.size
     progress.start_cell(cell.id, num_steps(idx.shape[0], batch_size, ndev))
@@ -161,6 +171,7 @@ def _run_cell(
             num_adv=num_images,
             progress=lambda done, total: progress.batch(),
             stop=stop,
+            rule=rule,
         )
     except EvaluationStopped:
         return None
@@ -172,6 +183,9 @@ def _run_cell(
     }
     for k, dt in PER_EXAMPLE.items():
         results[k] = encode_array(ev.per_eps[k].astype(dt))
+    if rule is not None:  # per-finding logits, for the per-finding AUCs of the report
+        results["clean_logits"] = encode_array(ev.clean_logits.astype(np.float32))
+        results["logits"] = encode_array(ev.per_eps["logits"].astype(np.float32))
     samples = None
     if ev.adv.shape[0]:
         k = ev.adv.shape[0]
@@ -186,6 +200,7 @@ def _run_cell(
         "cell": cell.spec(),
         "black_box": bool(black_box),
         "num_classes": int(ev.num_classes),
+        **({"rule": rule.describe()} if rule is not None else {}),
         "attack_config": attack_config(attack, a["eps"]),
         "results": results,
         "summary": ev.summary(),

@@ -245,7 +245,9 @@ def check_cell_fields(rec: dict[str, Any]) -> str | None:
             return "results.indices must be a list of integers"
         for k in ("labels", "clean_correct"):
             v = decode_array(r.get(k), np.int64)
-            if v.shape != n.shape:
+            # labels of a multi-label cell are multi-hot rows [N, F]
+            multi = k == "labels" and v.ndim == 2 and bool(c["attack"].get("multilabel"))
+            if v.shape[:1] != n.shape or (v.ndim != 1 and not multi):
                 return f"results.{k} must be a list of {n.size} integers"
         if decode_array(r.get("clean_score"), np.float32).shape != n.shape:
             return f"results.clean_score must be a list of {n.size} numbers"
@@ -253,6 +255,13 @@ def check_cell_fields(rec: dict[str, Any]) -> str | None:
             v = decode_array(r.get(k), dt)
             if v.shape != (len(eps), n.size):
                 return f"results.{k} must be {len(eps)} lists of {n.size} numbers"
+        lab = decode_array(r.get("labels"), np.int64)
+        if lab.ndim == 2 and ("logits" in r or "clean_logits" in r):  # multi-label logits
+            f = lab.shape[1]
+            if decode_array(r.get("clean_logits"), np.float32).shape != (n.size, f):
+                return f"results.clean_logits must be {n.size} lists of {f} numbers"
+            if decode_array(r.get("logits"), np.float32).shape != (len(eps), n.size, f):
+                return f"results.logits must be [{len(eps)}, {n.size}, {f}] numbers"
     except (TypeError, ValueError, OverflowError) as e:
         return f"results hold a value of the wrong type ({e})"
     if not isinstance(rec.get("black_box", False), bool):
