@@ -7,7 +7,9 @@ Attacks maximise their loss; success means misclassified (or classified as the t
 
 from jaxadv import checkpoint, data, losses, metrics, multilabel
 from jaxadv.attacks import APGD, APGDT, FGSM, FMN, PGD, REGISTRY, AbstractAttack, AutoAttack
+from jaxadv.attacks.autoattack import EOT, RandomizedModel
 from jaxadv.attacks.dgde import DGDE, DGDEOptions
+from jaxadv.attacks.fab import FAB
 from jaxadv.attacks.hopskipjump import HopSkipJump
 from jaxadv.attacks.nes import NES
 from jaxadv.attacks.onepixel import OnePixel
@@ -40,14 +42,17 @@ __all__ = [
     "AutoAttack",
     "DGDE",
     "DGDEOptions",
+    "EOT",
     "EpsCurve",
     "Evaluation",
+    "FAB",
     "FMN",
     "FGSM",
     "HopSkipJump",
     "NES",
     "PGD",
     "REGISTRY",
+    "RandomizedModel",
     "AbstractAttack",
     "AttackResult",
     "L0Pixels",

@@ -15,6 +15,7 @@ SMALL: dict[str, Callable[[], Any]] = {
     "APGD": lambda: jaxadv.APGD(threat=LinfBall(eps=0.1), num_steps=3),
     "APGDT": lambda: jaxadv.APGDT(threat=LinfBall(eps=0.1), num_steps=3, num_target_classes=2),
     "FMN": lambda: jaxadv.FMN(threat=LinfBall(eps=0.1), num_steps=3),
+    "FAB": lambda: jaxadv.FAB(threat=LinfBall(eps=0.1), num_steps=3),
     "AutoAttack": lambda: jaxadv.AutoAttack.standard(LinfBall(eps=0.1), num_steps=3),
     "Square": lambda: jaxadv.Square(threat=LinfBall(eps=0.1), num_queries=20),
     "NES": lambda: jaxadv.NES(threat=LinfBall(eps=0.1), num_queries=60, population_size=10),

@@ -1,9 +1,10 @@
 """Attacks. Every public attack is registered in :data:`REGISTRY`."""
 
 from jaxadv.attacks.apgd import APGD, APGDT
-from jaxadv.attacks.autoattack import AutoAttack
+from jaxadv.attacks.autoattack import EOT, AutoAttack, RandomizedModel
 from jaxadv.attacks.base import REGISTRY, AbstractAttack, example_keys, register
 from jaxadv.attacks.dgde import DGDE, DGDEOptions
+from jaxadv.attacks.fab import FAB
 from jaxadv.attacks.fmn import FMN
 from jaxadv.attacks.gradient import FGSM, PGD
 from jaxadv.attacks.hopskipjump import HopSkipJump
@@ -18,7 +19,9 @@ __all__ = [
     "APGD",
     "APGDT",
     "DGDE",
+    "EOT",
     "DGDEOptions",
+    "FAB",
     "FGSM",
     "FMN",
     "HopSkipJump",
@@ -26,6 +29,7 @@ __all__ = [
     "OnePixel",
     "PGD",
     "REGISTRY",
+    "RandomizedModel",
     "SimBA",
     "SparseRS",
     "Square",
