@@ -9,6 +9,7 @@ from jaxadv import checkpoint, data, losses, metrics
 from jaxadv.attacks import APGD, APGDT, FGSM, FMN, PGD, REGISTRY, AbstractAttack, AutoAttack
 from jaxadv.attacks.dgde import DGDE, DGDEOptions
 from jaxadv.attacks.hopskipjump import HopSkipJump
+from jaxadv.attacks.minnorm import CW, DDN, DeepFool
 from jaxadv.attacks.nes import NES
 from jaxadv.attacks.onepixel import OnePixel
 from jaxadv.attacks.square import Square
@@ -35,6 +36,9 @@ __all__ = [
     "APGD",
     "APGDT",
     "AutoAttack",
+    "CW",
+    "DDN",
+    "DeepFool",
     "DGDE",
     "DGDEOptions",
     "EpsCurve",

@@ -49,7 +49,7 @@ SHAPE = (4, 4, 1)
 NUM_CLASSES = 4
 FIELDS = ("adv", "success", "norm", "queries", "loss")
 # Attacks that choose their own targets (or are untargeted by definition).
-UNTARGETED_ONLY = {"APGDT", "AutoAttack"}
+UNTARGETED_ONLY = {"APGDT", "AutoAttack", "DeepFool"}
 
 
 def _linear_apply(p, x):

@@ -26,12 +26,19 @@ from jaxadv.result import finalize
 
 GOLDEN = load()
 MODELS = models()
-CASES = cases()
+ALL_CASES = cases()
+# Attacks added after the port were written on the driver: there is no pre-port result to pin.
+CASES = [c for c in ALL_CASES if c[0] in GOLDEN]
 EXACT = ("adv", "success", "norm", "queries")
 
 
 def test_golden_covers_every_case():
-    assert sorted(GOLDEN) == sorted(c[0] for c in CASES)
+    """Every recorded case is still run, and a case without a record belongs to an attack class
+    with no recorded case at all (one written after the port), never to a pre-port attack."""
+    assert set(GOLDEN) <= {c[0] for c in ALL_CASES}
+    recorded = {type(c[2]) for c in CASES}
+    unrecorded = {c[0] for c in ALL_CASES if c[0] not in GOLDEN and type(c[2]) in recorded}
+    assert not unrecorded, f"re-run tests/make_driver_golden.py? no record of {sorted(unrecorded)}"
 
 
 @pytest.mark.slow

@@ -7,6 +7,7 @@ from jaxadv.attacks.dgde import DGDE, DGDEOptions
 from jaxadv.attacks.fmn import FMN
 from jaxadv.attacks.gradient import FGSM, PGD
 from jaxadv.attacks.hopskipjump import HopSkipJump
+from jaxadv.attacks.minnorm import CW, DDN, DeepFool
 from jaxadv.attacks.nes import NES
 from jaxadv.attacks.onepixel import OnePixel
 from jaxadv.attacks.square import Square
@@ -15,6 +16,9 @@ from jaxadv.attacks.zoo import ZOO
 __all__ = [
     "APGD",
     "APGDT",
+    "CW",
+    "DDN",
+    "DeepFool",
     "DGDE",
     "DGDEOptions",
     "FGSM",
