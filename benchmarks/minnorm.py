@@ -67,7 +67,9 @@ def _row(lib: str, name: str, x, y, adv, model, p, first_s, steady_s) -> dict[st
     }
 
 
-def attacks(cw_steps: int, cw_binary: int, ddn_steps: int) -> dict[str, tuple[Any, Any, float]]:
+def attacks(
+    cw_steps: int, cw_binary: int, ddn_steps: int, cw_abort: bool = True
+) -> dict[str, tuple[Any, Any, float]]:
     """``name -> (jaxadv attack, foolbox attack factory, norm p)`` at matching settings; the
     factory takes a number of steps (a 2-step call warms foolbox's eager operations up)."""
     import foolbox as fb
@@ -76,11 +78,18 @@ def attacks(cw_steps: int, cw_binary: int, ddn_steps: int) -> dict[str, tuple[An
 
     def fb_cw(s=cw_steps):
         b = cw_binary if s == cw_steps else 1
-        return fb.attacks.L2CarliniWagnerAttack(binary_search_steps=b, steps=s)
+        return fb.attacks.L2CarliniWagnerAttack(
+            binary_search_steps=b, steps=s, abort_early=cw_abort
+        )
 
     return {
-        f"CW-L2 ({cw_binary}x{cw_steps})": (
-            jaxadv.CW(threat=inf_l2, num_steps=cw_steps, num_binary_steps=cw_binary),
+        f"CW-L2 ({cw_binary}x{cw_steps}{'' if cw_abort else ', no abort'})": (
+            jaxadv.CW(
+                threat=inf_l2,
+                num_steps=cw_steps,
+                num_binary_steps=cw_binary,
+                abort_early=cw_abort,
+            ),
             fb_cw,
             2.0,
         ),
@@ -102,7 +111,7 @@ def attacks(cw_steps: int, cw_binary: int, ddn_steps: int) -> dict[str, tuple[An
     }
 
 
-def run(n, cw_steps, cw_binary, ddn_steps, only=None, no_foolbox=False):
+def run(n, cw_steps, cw_binary, ddn_steps, only=None, no_foolbox=False, cw_abort=True):
     target = common.build_target("small_cnn", n=624)
     model = target.model
     xs, ys = target.x_all, target.y_all
@@ -118,7 +127,7 @@ def run(n, cw_steps, cw_binary, ddn_steps, only=None, no_foolbox=False):
         fmodel = fb.JAXModel(jax.jit(lambda z: model(z)), bounds=(0.0, 1.0))
         jax.block_until_ready(fmodel(x))  # compile the peer's forward pass before timing
     rows = []
-    for name, (ours, fb_make, p) in attacks(cw_steps, cw_binary, ddn_steps).items():
+    for name, (ours, fb_make, p) in attacks(cw_steps, cw_binary, ddn_steps, cw_abort).items():
         if only and not any(name.lower().startswith(o.lower()) for o in only):
             continue
         key = jax.random.key(0)
@@ -159,11 +168,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ddn-steps", type=int, default=100)
     p.add_argument("--only", default="", help="comma list of attack name prefixes")
     p.add_argument("--no-foolbox", action="store_true", help="jaxadv rows only")
+    p.add_argument(
+        "--cw-no-abort", action="store_true", help="CW without early abort (both libraries)"
+    )
     p.add_argument("--out", default=str(common.HERE / "minnorm.json"))
     p.add_argument("--md", action="store_true", help="append a section to benchmarks/RESULTS.md")
     args = p.parse_args(argv)
     only = [s.strip() for s in args.only.split(",") if s.strip()] or None
-    rows, pick = run(args.n, args.cw_steps, args.cw_binary, args.ddn_steps, only, args.no_foolbox)
+    rows, pick = run(
+        args.n,
+        args.cw_steps,
+        args.cw_binary,
+        args.ddn_steps,
+        only,
+        args.no_foolbox,
+        not args.cw_no_abort,
+    )
     man = report.manifest(
         seed=0,
         benchmark="minimum-norm attacks beside foolbox 3",
