@@ -54,7 +54,8 @@ def _row(lib: str, name: str, x, y, adv, model, p, first_s, steady_s) -> dict[st
     adv = np.asarray(adv)
     pred = np.asarray(jnp.argmax(model(jnp.asarray(adv)), axis=1))
     succ = pred != np.asarray(y)
-    n = _norms(np.asarray(x), adv, p)[succ]
+    every = _norms(np.asarray(x), adv, p)
+    n = every[succ]
     return {
         "attack": name,
         "library": lib,
@@ -64,6 +65,8 @@ def _row(lib: str, name: str, x, y, adv, model, p, first_s, steady_s) -> dict[st
         "mean_norm": float(np.mean(n)) if n.size else None,
         "first_s": first_s,
         "steady_s": steady_s,
+        # per example (None where the attack failed), for the side-by-side comparison
+        "norms": [float(v) if ok else None for v, ok in zip(every, succ, strict=True)],
     }
 
 
@@ -154,6 +157,17 @@ def run(n, cw_steps, cw_binary, ddn_steps, only=None, no_foolbox=False, cw_abort
         if a is None or b is None:
             continue
         ours["ours_over_foolbox_median"] = a / b
+        both = [
+            (u, v)
+            for u, v in zip(ours["norms"], theirs["norms"], strict=True)
+            if u is not None and v is not None
+        ]
+        ratio = np.asarray([u / v for u, v in both if v > 0])
+        # per example: how often each library found the smaller point, and by how much
+        ours["ours_smaller"] = int(np.sum(ratio < 1 - 1e-6))
+        ours["ours_larger"] = int(np.sum(ratio > 1 + 1e-6))
+        ours["ratio_median"] = float(np.median(ratio)) if ratio.size else None
+        ours["ratio_min_max"] = [float(ratio.min()), float(ratio.max())] if ratio.size else None
         theirs["time_ratio"] = theirs["steady_s"] / ours["steady_s"]
         worse = a > b * (1 + NORM_TOL) or ours["success_rate"] < theirs["success_rate"]
         ours["verdict"] = "WORSE than foolbox" if worse else "ok"
@@ -205,6 +219,9 @@ def main(argv: list[str] | None = None) -> int:
         "steady_s",
         "time_ratio",
         "ours_over_foolbox_median",
+        "ours_smaller",
+        "ours_larger",
+        "ratio_median",
         "verdict",
         "skipped",
     ]

@@ -95,9 +95,10 @@ class CW(AbstractAttack):
 
     Deviations: early abort (every ``ceil(num_steps / 10)`` steps, stop the run if the loss did not
     fall below 0.9999 times its value at the previous check) is decided per example on that
-    example's loss, not on the batch's summed loss as in the authors' code and foolbox, so results
-    do not depend on the other examples of the batch; the point evaluated at the aborting step
-    still counts for the best.
+    example's loss, as the authors' code does at its default batch size of 1, not on the batch's
+    summed loss as it and foolbox do for larger batches, so results do not depend on the other
+    examples of the batch (an example then stops sooner: ``benchmarks/RESULTS.md``); the point
+    evaluated at the aborting step still counts for the best.
 
     Attributes:
         threat: ``L2Ball``; ``eps`` only decides success (see the module doc).
