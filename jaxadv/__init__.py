@@ -11,6 +11,7 @@ from jaxadv.attacks.autoattack import EOT, RandomizedModel
 from jaxadv.attacks.dgde import DGDE, DGDEOptions
 from jaxadv.attacks.fab import FAB
 from jaxadv.attacks.hopskipjump import HopSkipJump
+from jaxadv.attacks.minnorm import CW, DDN, DeepFool
 from jaxadv.attacks.nes import NES
 from jaxadv.attacks.onepixel import OnePixel
 from jaxadv.attacks.simba import SimBA
@@ -40,6 +41,9 @@ __all__ = [
     "APGD",
     "APGDT",
     "AutoAttack",
+    "CW",
+    "DDN",
+    "DeepFool",
     "DGDE",
     "DGDEOptions",
     "EOT",

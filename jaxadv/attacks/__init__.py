@@ -8,6 +8,7 @@ from jaxadv.attacks.fab import FAB
 from jaxadv.attacks.fmn import FMN
 from jaxadv.attacks.gradient import FGSM, PGD
 from jaxadv.attacks.hopskipjump import HopSkipJump
+from jaxadv.attacks.minnorm import CW, DDN, DeepFool
 from jaxadv.attacks.nes import NES
 from jaxadv.attacks.onepixel import OnePixel
 from jaxadv.attacks.simba import SimBA
@@ -18,6 +19,9 @@ from jaxadv.attacks.zoo import ZOO
 __all__ = [
     "APGD",
     "APGDT",
+    "CW",
+    "DDN",
+    "DeepFool",
     "DGDE",
     "EOT",
     "DGDEOptions",
