@@ -16,6 +16,10 @@ Sections (``--only`` picks some; all run by default):
 * ``onepixel``: ``jaxadv.OnePixel`` against a scipy ``differential_evolution`` reference, per image.
 * ``loops``: fori_loop / scan / unroll settings and the ablation of PGD's overhead.
 * ``memory``: peak device memory per attack and batch on ResNet-50 224x224, and the largest batch.
+* ``autoattack``: ``AutoAttack.standard`` against the official AutoAttack code (``pyautoattack``)
+  and torchattacks' AutoAttack on the same weights (binary PneumoniaMNIST models and a 10-class
+  digits model, L∞ and L2): robust accuracy per stage, disagreements, wall time
+  (``benchmarks/autoattack.py``).
 
 Writes JSON (device, JAX version and commit beside every number) and appends Markdown tables and
 the verdict on each target to ``benchmarks/RESULTS.md``.
@@ -42,6 +46,7 @@ import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
+import autoattack as aa_bench  # noqa: E402
 import common  # noqa: E402
 import loops  # noqa: E402
 import memory  # noqa: E402
@@ -52,7 +57,16 @@ from jaxadv import losses as L  # noqa: E402
 from jaxadv import report  # noqa: E402
 from jaxadv.attacks.gradient import loss_grad  # noqa: E402
 
-SECTIONS = ("throughput", "peers", "strength", "sweep", "onepixel", "loops", "memory")
+SECTIONS = (
+    "throughput",
+    "peers",
+    "strength",
+    "sweep",
+    "onepixel",
+    "loops",
+    "memory",
+    "autoattack",
+)
 
 #: Settings per mode. Steps are reduced on the ResNets so a CPU run stays bounded.
 QUICK = {
@@ -69,6 +83,15 @@ QUICK = {
     "onepixel": {"images": 8, "population": 400, "generations": 100, "without_reuse": False},
     "loops": {"batch": 64, "steps": 20},
     "memory": {"batches": [1, 2], "steps": 10, "attacks": ["PGD"]},
+    "autoattack": {
+        "targets": ["pneumonia_pgdat", "digits"],
+        "norms": ["Linf", "L2"],
+        "images": 128,
+        "steps": 20,
+        "queries": 500,
+        "repeats": 1,
+        "peer_repeats": 1,
+    },
     "matmul_n": 1024,
 }
 #: Minimal settings to check that every code path runs (seconds of compute, not a measurement).
@@ -84,6 +107,15 @@ SMOKE = {
     "onepixel": {"images": 2, "population": 12, "generations": 2},
     "loops": {"batch": 4, "steps": 3},
     "memory": {"batches": [1, 2], "steps": 1, "attacks": ["FGSM", "PGD"]},
+    "autoattack": {
+        "targets": ["pneumonia_clean", "digits"],
+        "norms": ["Linf", "L2"],
+        "images": 16,
+        "steps": 2,
+        "queries": 10,
+        "repeats": 1,
+        "peer_repeats": 1,
+    },
     "matmul_n": 256,
 }
 FULL = {
@@ -99,6 +131,16 @@ FULL = {
     "onepixel": {"images": 32, "population": 400, "generations": 100},
     "loops": {"batch": 256, "steps": 20},
     "memory": {"batches": [1, 8], "steps": 10, "attacks": ["FGSM", "PGD", "APGD"]},
+    # the published settings: 100 steps, Square 5000 queries; every test image (624 / 600)
+    "autoattack": {
+        "targets": ["pneumonia_clean", "pneumonia_pgdat", "digits"],
+        "norms": ["Linf", "L2"],
+        "images": 624,
+        "steps": 100,
+        "queries": 5000,
+        "repeats": 1,
+        "peer_repeats": 1,
+    },
     "matmul_n": 2048,
 }
 
@@ -544,6 +586,19 @@ def verdicts(res: dict) -> list[dict]:
             got = r["speedup_of_sweep"]
             what = f"sweep_eps (cascade) >= {r['target_speedup']:g}x foolbox per-eps loop, curves agree"
             add(what, got, got >= r["target_speedup"] and r["agree"])
+    for r in res.get("autoattack", []):
+        if r.get("library") == "official" and "over_jaxadv" in r:
+            where = f"{r['model']} {r['norm']}"
+            add(
+                f"AutoAttack standard >= 3x official code ({where})",
+                r["over_jaxadv"],
+                r["over_jaxadv"] >= 3.0,
+            )
+            add(
+                f"AutoAttack robust acc <= official + 0.5 pt ({where})",
+                r["gap_points"],
+                r["within_0.5pt"],
+            )
     return out
 
 
@@ -622,6 +677,48 @@ TABLE_COLS = {
         "MiB_per_image",
         "max_batch",
         "memory_limit",
+    ),
+    "autoattack": (
+        "model",
+        "norm",
+        "eps",
+        "library",
+        "stages",
+        "clean_acc",
+        "robust_acc",
+        "gap_points",
+        "within_0.5pt",
+        "compile_s",
+        "steady_s",
+        "stage_s",
+        "over_jaxadv",
+        "note",
+        "skipped",
+    ),
+    "autoattack_stages": ("model", "norm", "stage", "jaxadv", "official", "torchattacks"),
+    "autoattack_diff": (
+        "model",
+        "norm",
+        "pair",
+        "both_robust",
+        "broken_only_by_jaxadv",
+        "idx_only_jaxadv",
+        "broken_only_by_peer",
+        "idx_only_peer",
+        "clean_disagree",
+    ),
+    "autoattack_apgd": (
+        "what",
+        "model",
+        "norm",
+        "1_threads_s",
+        "2_threads_s",
+        "chosen",
+        "jaxadv_s",
+        "official_s",
+        "official_over_jaxadv",
+        "jaxadv_ra",
+        "official_ra",
     ),
     "targets": ("target", "measured", "met", "device"),
 }
@@ -704,6 +801,13 @@ def main(argv: list[str] | None = None) -> int:
         if res:
             print(f"resuming {args.out}: sections done: {sorted(res)}", flush=True)
     lc = cfg["loops"]
+    aa_tables: dict[str, list[dict]] = {}
+
+    def aa_parts(name: str) -> list[dict]:
+        if not aa_tables:
+            aa_tables.update(aa_bench.section(cfg["autoattack"]))
+        return aa_tables[name]
+
     sections = {
         "throughput": lambda: throughput(cfg["throughput"], repeats, args.dtype, peak),
         "peers": lambda: peer_rows(cfg["peers"], repeats),
@@ -715,6 +819,11 @@ def main(argv: list[str] | None = None) -> int:
             common.build_target("small_cnn", n=lc["batch"]), lc["batch"], lc["steps"], repeats
         ),
         "memory": lambda: memory_section(cfg["memory"]),
+        # one run fills the four autoattack tables (summary, per stage, disagreements, APGD-CE)
+        "autoattack": lambda: aa_parts("autoattack"),
+        "autoattack_stages": lambda: aa_parts("autoattack_stages"),
+        "autoattack_diff": lambda: aa_parts("autoattack_diff"),
+        "autoattack_apgd": lambda: aa_parts("autoattack_apgd"),
     }
     for name, run in sections.items():
         if name.split("_")[0] not in only or name in res:
