@@ -44,7 +44,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+# benchmarks/ for its helper modules, and the checkout itself first: the numbers must be those of
+# the jaxadv next to this file, not of whichever copy is installed (an editable install elsewhere).
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
 import autoattack as aa_bench  # noqa: E402
 import common  # noqa: E402
