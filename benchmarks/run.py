@@ -134,9 +134,11 @@ FULL = {
     "onepixel": {"images": 32, "population": 400, "generations": 100},
     "loops": {"batch": 256, "steps": 20},
     "memory": {"batches": [1, 8], "steps": 10, "attacks": ["FGSM", "PGD", "APGD"]},
-    # the published settings: 100 steps, Square 5000 queries; every test image (624 / 600)
+    # the published settings: 100 steps, Square 5000 queries; every test image (624 / 600). The PGD-AT
+    # model runs in --quick only: the torch peers' 5000-query Square on its survivors would add
+    # about 15 minutes per norm on 2 CPU cores.
     "autoattack": {
-        "targets": ["pneumonia_clean", "pneumonia_pgdat", "digits"],
+        "targets": ["pneumonia_clean", "digits"],
         "norms": ["Linf", "L2"],
         "images": 624,
         "steps": 100,
