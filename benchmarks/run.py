@@ -774,6 +774,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-md", action="store_true", help="do not append to RESULTS.md")
     p.add_argument("--note", default="", help="a line written under the table heading")
     p.add_argument(
+        "--aa-targets",
+        default=None,
+        help="comma list of autoattack targets instead of the mode's "
+        f"(from {sorted(aa_bench.TARGETS)})",
+    )
+    p.add_argument(
         "--resume",
         action="store_true",
         help="keep the sections already saved in --out by an interrupted run of the same mode, "
@@ -781,6 +787,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = p.parse_args(argv)
     cfg = SMOKE if args.smoke else QUICK if args.quick else FULL
+    if args.aa_targets:
+        targets = [t.strip() for t in args.aa_targets.split(",") if t.strip()]
+        if bad := set(targets) - set(aa_bench.TARGETS):
+            p.error(f"unknown --aa-targets {sorted(bad)}; choose from {sorted(aa_bench.TARGETS)}")
+        cfg = {**cfg, "autoattack": {**cfg["autoattack"], "targets": targets}}
     repeats = args.repeats or cfg["repeats"]
     only = [s.strip() for s in args.only.split(",") if s.strip()]
     bad = set(only) - set(SECTIONS)
