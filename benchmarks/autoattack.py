@@ -32,6 +32,7 @@ the torch peers have nothing to compile and run ``peer_repeats`` times (median).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import statistics
@@ -563,14 +564,8 @@ def section(cfg: dict) -> dict[str, list[dict]]:
             steps, queries = cfg["steps"], cfg["queries"]
             if not off_missing and threads is None:
                 # on the first 128 images: the thread count that wins there wins on more
-                small = common.Target(
-                    "small_cnn",
-                    target.model,
-                    target.module,
-                    target.mean,
-                    target.std,
-                    target.x_all[:128],
-                    target.y_all[:128],
+                small = dataclasses.replace(
+                    target, x_all=target.x_all[:128], y_all=target.y_all[:128]
                 )
 
                 def probe(net=net, target=small, norm=norm, eps=eps, c=classes, n=steps):
@@ -629,4 +624,74 @@ def section(cfg: dict) -> dict[str, list[dict]]:
                         "official_ra": a["official_ra"],
                     }
                 )
+    return out
+
+
+#: Columns of the four tables in RESULTS.md (``run.py`` merges them into its ``TABLE_COLS``).
+TABLE_COLS = {
+    "autoattack": (
+        "model",
+        "norm",
+        "eps",
+        "library",
+        "stages",
+        "clean_acc",
+        "robust_acc",
+        "gap_points",
+        "within_0.5pt",
+        "compile_s",
+        "steady_s",
+        "stage_s",
+        "over_jaxadv",
+        "note",
+        "skipped",
+    ),
+    "autoattack_stages": ("model", "norm", "stage", "jaxadv", "official", "torchattacks"),
+    "autoattack_diff": (
+        "model",
+        "norm",
+        "pair",
+        "both_robust",
+        "broken_only_by_jaxadv",
+        "idx_only_jaxadv",
+        "broken_only_by_peer",
+        "idx_only_peer",
+        "clean_disagree",
+    ),
+    "autoattack_apgd": (
+        "what",
+        "model",
+        "norm",
+        "1_threads_s",
+        "2_threads_s",
+        "chosen",
+        "jaxadv_s",
+        "official_s",
+        "official_over_jaxadv",
+        "jaxadv_ra",
+        "official_ra",
+    ),
+}
+
+
+def verdicts(res: dict) -> list[tuple[str, float, bool]]:
+    """``(target, measured, met)`` for the issue's two targets, per model and norm."""
+    out = []
+    for r in res.get("autoattack", []):
+        if r.get("library") == "official" and "over_jaxadv" in r:
+            where = f"{r['model']} {r['norm']}"
+            out.append(
+                (
+                    f"AutoAttack standard >= 3x official code ({where})",
+                    r["over_jaxadv"],
+                    r["over_jaxadv"] >= 3.0,
+                )
+            )
+            out.append(
+                (
+                    f"AutoAttack robust acc <= official + 0.5 pt ({where})",
+                    r["gap_points"],
+                    r["within_0.5pt"],
+                )
+            )
     return out

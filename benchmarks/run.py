@@ -591,19 +591,8 @@ def verdicts(res: dict) -> list[dict]:
             got = r["speedup_of_sweep"]
             what = f"sweep_eps (cascade) >= {r['target_speedup']:g}x foolbox per-eps loop, curves agree"
             add(what, got, got >= r["target_speedup"] and r["agree"])
-    for r in res.get("autoattack", []):
-        if r.get("library") == "official" and "over_jaxadv" in r:
-            where = f"{r['model']} {r['norm']}"
-            add(
-                f"AutoAttack standard >= 3x official code ({where})",
-                r["over_jaxadv"],
-                r["over_jaxadv"] >= 3.0,
-            )
-            add(
-                f"AutoAttack robust acc <= official + 0.5 pt ({where})",
-                r["gap_points"],
-                r["within_0.5pt"],
-            )
+    for target, measured, met in aa_bench.verdicts(res):
+        add(target, measured, met)
     return out
 
 
@@ -683,48 +672,7 @@ TABLE_COLS = {
         "max_batch",
         "memory_limit",
     ),
-    "autoattack": (
-        "model",
-        "norm",
-        "eps",
-        "library",
-        "stages",
-        "clean_acc",
-        "robust_acc",
-        "gap_points",
-        "within_0.5pt",
-        "compile_s",
-        "steady_s",
-        "stage_s",
-        "over_jaxadv",
-        "note",
-        "skipped",
-    ),
-    "autoattack_stages": ("model", "norm", "stage", "jaxadv", "official", "torchattacks"),
-    "autoattack_diff": (
-        "model",
-        "norm",
-        "pair",
-        "both_robust",
-        "broken_only_by_jaxadv",
-        "idx_only_jaxadv",
-        "broken_only_by_peer",
-        "idx_only_peer",
-        "clean_disagree",
-    ),
-    "autoattack_apgd": (
-        "what",
-        "model",
-        "norm",
-        "1_threads_s",
-        "2_threads_s",
-        "chosen",
-        "jaxadv_s",
-        "official_s",
-        "official_over_jaxadv",
-        "jaxadv_ra",
-        "official_ra",
-    ),
+    **aa_bench.TABLE_COLS,
     "targets": ("target", "measured", "met", "device"),
 }
 
