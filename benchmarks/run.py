@@ -16,6 +16,10 @@ Sections (``--only`` picks some; all run by default):
 * ``onepixel``: ``jaxadv.OnePixel`` against a scipy ``differential_evolution`` reference, per image.
 * ``loops``: fori_loop / scan / unroll settings and the ablation of PGD's overhead.
 * ``memory``: peak device memory per attack and batch on ResNet-50 224x224, and the largest batch.
+* ``autoattack``: ``AutoAttack.standard`` against the official AutoAttack code (``pyautoattack``)
+  and torchattacks' AutoAttack on the same weights (binary PneumoniaMNIST models and a 10-class
+  digits model, L∞ and L2): robust accuracy per stage, disagreements, wall time
+  (``benchmarks/autoattack.py``).
 
 Writes JSON (device, JAX version and commit beside every number) and appends Markdown tables and
 the verdict on each target to ``benchmarks/RESULTS.md``.
@@ -40,8 +44,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+# benchmarks/ for its helper modules, and the checkout itself first: the numbers must be those of
+# the jaxadv next to this file, not of whichever copy is installed (an editable install elsewhere).
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
+import autoattack as aa_bench  # noqa: E402
 import common  # noqa: E402
 import loops  # noqa: E402
 import memory  # noqa: E402
@@ -52,7 +60,16 @@ from jaxadv import losses as L  # noqa: E402
 from jaxadv import report  # noqa: E402
 from jaxadv.attacks.gradient import loss_grad  # noqa: E402
 
-SECTIONS = ("throughput", "peers", "strength", "sweep", "onepixel", "loops", "memory")
+SECTIONS = (
+    "throughput",
+    "peers",
+    "strength",
+    "sweep",
+    "onepixel",
+    "loops",
+    "memory",
+    "autoattack",
+)
 
 #: Settings per mode. Steps are reduced on the ResNets so a CPU run stays bounded.
 QUICK = {
@@ -69,6 +86,15 @@ QUICK = {
     "onepixel": {"images": 8, "population": 400, "generations": 100, "without_reuse": False},
     "loops": {"batch": 64, "steps": 20},
     "memory": {"batches": [1, 2], "steps": 10, "attacks": ["PGD"]},
+    "autoattack": {
+        "targets": ["pneumonia_pgdat", "digits"],
+        "norms": ["Linf", "L2"],
+        "images": 128,
+        "steps": 20,
+        "queries": 500,
+        "repeats": 1,
+        "peer_repeats": 1,
+    },
     "matmul_n": 1024,
 }
 #: Minimal settings to check that every code path runs (seconds of compute, not a measurement).
@@ -84,6 +110,15 @@ SMOKE = {
     "onepixel": {"images": 2, "population": 12, "generations": 2},
     "loops": {"batch": 4, "steps": 3},
     "memory": {"batches": [1, 2], "steps": 1, "attacks": ["FGSM", "PGD"]},
+    "autoattack": {
+        "targets": ["pneumonia_clean", "digits"],
+        "norms": ["Linf", "L2"],
+        "images": 16,
+        "steps": 2,
+        "queries": 10,
+        "repeats": 1,
+        "peer_repeats": 1,
+    },
     "matmul_n": 256,
 }
 FULL = {
@@ -99,6 +134,18 @@ FULL = {
     "onepixel": {"images": 32, "population": 400, "generations": 100},
     "loops": {"batch": 256, "steps": 20},
     "memory": {"batches": [1, 8], "steps": 10, "attacks": ["FGSM", "PGD", "APGD"]},
+    # the published settings: 100 steps, Square 5000 queries; every test image (624 / 600). The PGD-AT
+    # model runs in --quick only: the torch peers' 5000-query Square on its survivors would add
+    # about 15 minutes per norm on 2 CPU cores.
+    "autoattack": {
+        "targets": ["pneumonia_clean", "digits"],
+        "norms": ["Linf", "L2"],
+        "images": 624,
+        "steps": 100,
+        "queries": 5000,
+        "repeats": 1,
+        "peer_repeats": 1,
+    },
     "matmul_n": 2048,
 }
 
@@ -544,6 +591,8 @@ def verdicts(res: dict) -> list[dict]:
             got = r["speedup_of_sweep"]
             what = f"sweep_eps (cascade) >= {r['target_speedup']:g}x foolbox per-eps loop, curves agree"
             add(what, got, got >= r["target_speedup"] and r["agree"])
+    for target, measured, met in aa_bench.verdicts(res):
+        add(target, measured, met)
     return out
 
 
@@ -623,6 +672,7 @@ TABLE_COLS = {
         "max_batch",
         "memory_limit",
     ),
+    **aa_bench.TABLE_COLS,
     "targets": ("target", "measured", "met", "device"),
 }
 
@@ -672,6 +722,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-md", action="store_true", help="do not append to RESULTS.md")
     p.add_argument("--note", default="", help="a line written under the table heading")
     p.add_argument(
+        "--aa-targets",
+        default=None,
+        help="comma list of autoattack targets instead of the mode's "
+        f"(from {sorted(aa_bench.TARGETS)})",
+    )
+    p.add_argument(
         "--resume",
         action="store_true",
         help="keep the sections already saved in --out by an interrupted run of the same mode, "
@@ -679,6 +735,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = p.parse_args(argv)
     cfg = SMOKE if args.smoke else QUICK if args.quick else FULL
+    if args.aa_targets:
+        targets = [t.strip() for t in args.aa_targets.split(",") if t.strip()]
+        if bad := set(targets) - set(aa_bench.TARGETS):
+            p.error(f"unknown --aa-targets {sorted(bad)}; choose from {sorted(aa_bench.TARGETS)}")
+        cfg = {**cfg, "autoattack": {**cfg["autoattack"], "targets": targets}}
     repeats = args.repeats or cfg["repeats"]
     only = [s.strip() for s in args.only.split(",") if s.strip()]
     bad = set(only) - set(SECTIONS)
@@ -704,6 +765,13 @@ def main(argv: list[str] | None = None) -> int:
         if res:
             print(f"resuming {args.out}: sections done: {sorted(res)}", flush=True)
     lc = cfg["loops"]
+    aa_tables: dict[str, list[dict]] = {}
+
+    def aa_parts(name: str) -> list[dict]:
+        if not aa_tables:
+            aa_tables.update(aa_bench.section(cfg["autoattack"]))
+        return aa_tables[name]
+
     sections = {
         "throughput": lambda: throughput(cfg["throughput"], repeats, args.dtype, peak),
         "peers": lambda: peer_rows(cfg["peers"], repeats),
@@ -715,6 +783,11 @@ def main(argv: list[str] | None = None) -> int:
             common.build_target("small_cnn", n=lc["batch"]), lc["batch"], lc["steps"], repeats
         ),
         "memory": lambda: memory_section(cfg["memory"]),
+        # one run fills the four autoattack tables (summary, per stage, disagreements, APGD-CE)
+        "autoattack": lambda: aa_parts("autoattack"),
+        "autoattack_stages": lambda: aa_parts("autoattack_stages"),
+        "autoattack_diff": lambda: aa_parts("autoattack_diff"),
+        "autoattack_apgd": lambda: aa_parts("autoattack_apgd"),
     }
     for name, run in sections.items():
         if name.split("_")[0] not in only or name in res:

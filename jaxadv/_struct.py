@@ -22,12 +22,35 @@ def static(default: Any = dataclasses.MISSING, **kwargs: Any) -> Any:
 
 
 def pytree_dataclass(cls: type[T]) -> type[T]:
-    """Make ``cls`` a frozen, keyword-only dataclass registered as a pytree."""
+    """Make ``cls`` a frozen, keyword-only dataclass registered as a pytree.
+
+    Registered as a custom node (leaves: the non-static fields in order; aux data: the static
+    fields' values), not with ``jax.tree_util.register_dataclass``: in jax 0.10 the tree
+    structures of two *different* classes registered that way compare equal when their fields
+    match (``LinfBall`` / ``L2Ball``, hence ``APGD(threat=LinfBall(...))`` /
+    ``APGD(threat=L2Ball(...))``; only their hashes differ), so a jit cache keyed by tree
+    structure could run one class's compiled program for the other on a hash collision, as seen
+    in one process running AutoAttack under L∞ and then L2. A custom node's structure compares its
+    class.
+    """
     cls = dataclasses.dataclass(frozen=True, kw_only=True)(cls)
     data, meta = [], []
     for f in dataclasses.fields(cls):
         (meta if f.metadata.get("static", False) else data).append(f.name)
-    jax.tree_util.register_dataclass(cls, data_fields=data, meta_fields=meta)
+    keys = tuple(jax.tree_util.GetAttrKey(n) for n in data)
+
+    def flatten_with_keys(obj):
+        children = tuple((k, getattr(obj, n)) for k, n in zip(keys, data, strict=True))
+        return children, tuple(getattr(obj, n) for n in meta)
+
+    def flatten(obj):
+        return tuple(getattr(obj, n) for n in data), tuple(getattr(obj, n) for n in meta)
+
+    def unflatten(aux, children):
+        # the constructor, as register_dataclass does (so __post_init__ runs on rebuilt values)
+        return cls(**dict(zip(meta, aux, strict=True)), **dict(zip(data, children, strict=True)))
+
+    jax.tree_util.register_pytree_with_keys(cls, flatten_with_keys, unflatten, flatten)
     return cls
 
 
