@@ -218,9 +218,12 @@ def _predict(net, x):
         return net(x).argmax(1).numpy()
 
 
-def _recorded(stages: list[str], calls: list, clean: np.ndarray, y: np.ndarray, net) -> dict:
-    """Robust flags after every stage from the recorded ``(stage, idx, adv, seconds)`` calls:
-    AutoAttack's rule (each stage attacks the points still robust; success = misclassified)."""
+def _recorded(
+    stages: list[str], calls: list, clean: np.ndarray, y: np.ndarray, net, x_adv, times, who: str
+) -> dict:
+    """A peer run's result from its recorded ``(stage, idx, adv, seconds)`` calls: robust flags
+    after every stage by AutoAttack's rule (each stage attacks the points still robust; success =
+    misclassified), checked against the run's final output ``x_adv``, with its timings."""
     robust = clean.copy()
     out, secs = [], []
     for name in stages:
@@ -232,7 +235,18 @@ def _recorded(stages: list[str], calls: list, clean: np.ndarray, y: np.ndarray, 
             t += s
         out.append(robust.copy())
         secs.append(t)
-    return {"robust": out, "stage_s": secs}
+    final = _predict(net, x_adv) == y
+    if not np.array_equal(final, out[-1]):
+        raise RuntimeError(f"per-stage record of the {who} run disagrees with its final output")
+    return {
+        "stages": stages,
+        "clean": clean,
+        "robust": out,
+        "stage_s": secs,
+        "steady_s": statistics.median(times),
+        "min_s": min(times),
+        "final": final,
+    }
 
 
 def official_stages(classes: int) -> tuple[list[str], str | None]:
@@ -326,18 +340,7 @@ def run_official(net, target, norm, eps, classes, steps, queries, repeats, stage
             t0 = time.perf_counter()
             x_adv, _ = aa.run_standard_evaluation(xt, yt, batch_size=len(y))
             times.append(time.perf_counter() - t0)
-    out = _recorded(stages, calls, clean, y, net)
-    final = _predict(net, x_adv) == y
-    if not np.array_equal(final, out["robust"][-1]):
-        raise RuntimeError("per-stage record of the official run disagrees with its final output")
-    return {
-        "stages": stages,
-        "clean": clean,
-        **out,
-        "steady_s": statistics.median(times),
-        "min_s": min(times),
-        "final": final,
-    }
+    return _recorded(stages, calls, clean, y, net, x_adv, times, "official")
 
 
 def run_torchattacks(net, target, norm, eps, classes, steps, queries, repeats) -> dict:
@@ -386,18 +389,7 @@ def run_torchattacks(net, target, norm, eps, classes, steps, queries, repeats) -
             t0 = time.perf_counter()
             x_adv = aa(xt, yt)
             times.append(time.perf_counter() - t0)
-    out = _recorded(stages, calls, clean, y, net)
-    final = _predict(net, x_adv) == y
-    if not np.array_equal(final, out["robust"][-1]):
-        raise RuntimeError("per-stage record of the torchattacks run disagrees with its output")
-    return {
-        "stages": stages,
-        "clean": clean,
-        **out,
-        "steady_s": statistics.median(times),
-        "min_s": min(times),
-        "final": final,
-    }
+    return _recorded(stages, calls, clean, y, net, x_adv, times, "torchattacks")
 
 
 def torch_threads(probe: Callable[[], Any], counts=(1, 2)) -> tuple[int, dict[int, float]]:
