@@ -489,8 +489,9 @@ class AutoAttack(AbstractAttack):
         q = jnp.ones((x.shape[0],), jnp.int32)
         stage_success = []
         for i, atk in enumerate(self.attacks):
-            skeys = jax.vmap(lambda k, i=i: jax.random.fold_in(k, i))(keys)
-            res = atk.run(skeys, smodel, x, y)
+            # Every stage draws from the same per-example keys, as the reference re-seeds before
+            # each stage; so the APGD-CE stage equals a standalone APGD-CE with the same key.
+            res = atk.run(keys, smodel, x, y)
             won = res.success if smodel is model else L.is_adversarial(model(res.adv), y)
             q = q + jnp.where(succ, 0, res.queries)
             # The first stage's point is kept for examples no stage breaks (its highest-loss
@@ -529,8 +530,7 @@ class AutoAttack(AbstractAttack):
             if idx.size:
                 t0 = time.perf_counter()
                 pad = layout.pad_rows(idx, layout.bucket(idx.size, b))  # the engine's rule
-                skeys = jax.vmap(lambda k, i=i: jax.random.fold_in(k, i))(keys[pad])
-                res = run_jit(atk, skeys, smodel, x[pad], y[pad], None)
+                res = run_jit(atk, keys[pad], smodel, x[pad], y[pad], None)  # keys: see run()
                 if smodel is model:
                     s = np.asarray(res.success)[: idx.size]
                 else:
