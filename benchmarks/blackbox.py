@@ -18,17 +18,20 @@ from __future__ import annotations
 
 import argparse
 import pathlib
+import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-import jaxadv
-from jaxadv import report
-from jaxadv.checkpoint import reference_model
-from jaxadv.data import load_default
-from jaxadv.demo import stratified_subset
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))  # this checkout's jaxadv
+
+import jaxadv  # noqa: E402
+from jaxadv import report  # noqa: E402
+from jaxadv.checkpoint import reference_model  # noqa: E402
+from jaxadv.data import load_default  # noqa: E402
+from jaxadv.demo import stratified_subset  # noqa: E402
 
 HERE = pathlib.Path(__file__).resolve().parent
 

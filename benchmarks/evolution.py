@@ -24,17 +24,20 @@ import argparse
 import json
 import pathlib
 import statistics
+import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-import jaxadv
-from jaxadv import report
-from jaxadv.attacks import population as pop_lib
-from jaxadv.checkpoint import reference_model
-from jaxadv.data import load_default
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))  # this checkout's jaxadv
+
+import jaxadv  # noqa: E402
+from jaxadv import report  # noqa: E402
+from jaxadv.attacks import population as pop_lib  # noqa: E402
+from jaxadv.checkpoint import reference_model  # noqa: E402
+from jaxadv.data import load_default  # noqa: E402
 
 HERE = pathlib.Path(__file__).resolve().parent
 
