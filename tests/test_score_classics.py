@@ -195,6 +195,23 @@ def test_simba_matches_numpy_algorithm_1(basis, targeted):
         assert int(res.queries[i]) == q + 1, (i, int(res.queries[i]), q)
 
 
+def test_simba_moves_on_a_saturated_confident_model():
+    """A logit gap of 60: in float32 p_y is exactly 1.0 at x and at every step, so a score on
+    probabilities (or log-probabilities) sees no improvement and never moves; log-odds still rank
+    the steps."""
+    model = linear_model(2, SHAPE, seed=3)
+    w = np.asarray(model.params["w"])
+    b = np.array([60.0, 0.0], np.float32)
+    model = jaxadv.from_apply(_linear_apply, {"w": jnp.asarray(w), "b": jnp.asarray(b)})
+    x = _batch(4)
+    y = jnp.zeros((4,), jnp.int32)
+    assert np.all(np.asarray(jax.nn.softmax(model(x))[:, 0]) == 1.0)  # saturated, as claimed
+    atk = jaxadv.SimBA(threat=jaxadv.L2Ball(eps=jnp.inf), num_queries=40, basis="pixel")
+    res = atk(jax.random.key(0), model, x, y)
+    m0 = np.asarray(jaxadv.losses.margin(model(x), y))
+    assert np.all(np.asarray(res.loss) > m0)  # the margin towards success grew on every image
+
+
 def test_dct_basis_is_scipy_orthonormal_dct():
     from scipy.fft import dct
 

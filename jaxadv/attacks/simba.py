@@ -68,8 +68,9 @@ class SimBA(AbstractAttack):
     For each direction ``q`` the step ``+step_size q`` is tried (one query); when it does not
     improve the score, ``-step_size q`` is tried (a second query); the first that improves is kept
     (Algorithm 1 of the paper). The score is the true-class probability, to be lowered
-    (untargeted), or the target's probability, to be raised (targeted); a step that makes the
-    example adversarial is always kept. Each candidate is mapped into the threat set
+    (untargeted), or the target's probability, to be raised (targeted), compared as log-odds
+    ``log(p / (1 - p))`` (the same decisions, but no saturation at 1.0 in float32); a step that
+    makes the example adversarial is always kept. Each candidate is mapped into the threat set
     (``threat.project``: the box, and the ball when ``eps`` is finite) before it is queried: the
     paper's unconstrained attack is ``L2Ball(eps=inf)``, where only the box clips.
 
@@ -170,9 +171,11 @@ class SimBA(AbstractAttack):
         budget = self.num_queries
 
         def score(xa):
-            p = bb.probs(model, xa)
-            pred = jnp.argmax(p, axis=-1).astype(jnp.int32)
-            s = sign * jnp.take_along_axis(p, lbl[:, None], axis=1)[:, 0]
+            # log-odds: the same order as p, but they do not round to 1.0 on confident examples
+            # (in float32 p_y == 1 once the logit gap passes ~17, and no step would look better)
+            lp = bb.log_probs(model, xa)
+            pred = jnp.argmax(lp, axis=-1).astype(jnp.int32)
+            s = sign * bb.log_odds(lp, lbl)
             return s.astype(dt), bb.is_adversarial_label(pred, y, target)
 
         s0, succ0 = score(x)
