@@ -52,9 +52,10 @@ def predict(logits: Array) -> Array:
 
 def _counts(pred: Array, mask: Array, num_classes: int) -> tuple[Array, Array, Array]:
     """Per image and class: ``|P ∩ G|``, ``|P|``, ``|G|`` as float32 ``[B, C]``."""
-    c = jnp.arange(num_classes)
-    p = (jnp.asarray(pred)[..., None] == c).reshape(pred.shape[0], -1, num_classes)
-    g = (jnp.asarray(mask)[..., None] == c).reshape(mask.shape[0], -1, num_classes)
+    pred, mask = jnp.asarray(pred), jnp.asarray(mask)
+    c = jnp.arange(num_classes, dtype=pred.dtype).reshape((1,) * pred.ndim + (num_classes,))
+    p = (pred[..., None] == c).reshape(pred.shape[0], -1, num_classes)
+    g = (mask[..., None] == c.astype(mask.dtype)).reshape(mask.shape[0], -1, num_classes)
     f = jnp.float32
     inter = jnp.sum((p & g).astype(f), axis=1)
     return inter, jnp.sum(p.astype(f), axis=1), jnp.sum(g.astype(f), axis=1)
