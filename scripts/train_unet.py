@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--width", type=int, default=16)
     p.add_argument("--depth", type=int, default=3)
-    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=3e-3)
     args = p.parse_args(argv)
@@ -190,7 +190,9 @@ def write_md(out: pathlib.Path, m: dict) -> None:
         '64×64 (`../shared/data/isic2017_seg.npz`, not shipped; images CC0 "UDA-1 by '
         'Anonymous", ISIC Archive; masks: Codella et al. 2017, ISIC 2017 challenge) by '
         "`scripts/train_unet.py`. Load with `jaxadv.checkpoint.reference_model('unet_isic')` "
-        "(inputs RGB pixels in [0, 1], output logits `[B, 64, 64, 2]`). Not a clinical tool.\n\n"
+        "(inputs RGB pixels in [0, 1], output logits `[B, 64, 64, 2]`). Not a clinical tool. "
+        "The mask licence is unconfirmed (see `../shared/data/isic2017_seg.md`): credit ISIC and "
+        "Codella et al. and do not use these weights commercially.\n\n"
         "| model | test Dice | test IoU | test pixel acc. | params | file | train time |\n"
         "|---|---|---|---|---|---|---|\n"
         f"| `{NAME}` | {m['test_dice']:.4f} | {m['test_iou']:.4f} | "

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import SHARED_DATA, linear_model
 from flax import nnx
 
 import jaxadv
@@ -15,8 +16,6 @@ from jaxadv.attacks.dense import ASMA, DAG, SegPGD
 from jaxadv.data import load_segmentation, synthetic_segmentation
 from jaxadv.nn import UNet
 from jaxadv.sharding import attack_sharded
-
-from conftest import SHARED_DATA, linear_model
 
 ISIC = SHARED_DATA / "isic2017_seg.npz"
 
@@ -35,7 +34,9 @@ def threshold_model(b=0.5):
 def _blur_apply(p, x):
     """A 3x3 conv mixing neighbours, then per-pixel logits (spatial coupling for sharding)."""
     k = jnp.broadcast_to(p["k"][:, :, None, None], (3, 3, x.shape[-1], 3))
-    h = jax.lax.conv_general_dilated(x, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    h = jax.lax.conv_general_dilated(
+        x, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
     return h @ p["w"]
 
 
