@@ -112,7 +112,10 @@ def test_rule_thresholds_are_checked():
     "attack",
     [
         SegPGD(threat=jaxadv.LinfBall(eps=0.15), num_steps=8),
-        SegPGD(threat=jaxadv.LinfBall(eps=0.15), num_steps=8, weighted=False),
+        pytest.param(
+            SegPGD(threat=jaxadv.LinfBall(eps=0.15), num_steps=8, weighted=False),
+            marks=pytest.mark.slow,
+        ),
         DAG(threat=jaxadv.LinfBall(eps=0.15), num_steps=8),
     ],
     ids=["segpgd", "pgd-ce", "dag"],
@@ -147,7 +150,11 @@ def test_asma_reaches_a_reachable_target_mask_and_not_an_unreachable_one():
 
 
 @pytest.mark.parametrize("cls", [SegPGD, DAG, ASMA])
-@pytest.mark.parametrize("threat", [jaxadv.LinfBall(eps=0.05), jaxadv.L2Ball(eps=0.3)])
+@pytest.mark.parametrize(
+    "threat",
+    [jaxadv.LinfBall(eps=0.05), pytest.param(jaxadv.L2Ball(eps=0.3), marks=pytest.mark.slow)],
+    ids=["linf", "l2"],
+)
 def test_result_in_threat_set_with_success_recomputed(cls, threat):
     ds = synthetic_segmentation(5, size=8, num_classes=3, seed=1)
     x, y = (jnp.asarray(a) for a in ds.take(5))
@@ -223,7 +230,12 @@ def test_clear_errors_for_bad_masks_and_the_wrong_kind_of_model():
 
 # ----------------------------------------------------------------------------- models and data
 def test_unet_returns_pixel_logits_through_the_adapters():
-    net = UNet(num_classes=3, in_channels=1, width=4, depth=3, rngs=nnx.Rngs(0))
+    # abstract init then zero weights: eager NNX initialisers compile per shape (slow on CPU)
+    abstract = nnx.eval_shape(
+        lambda: UNet(num_classes=3, in_channels=1, width=4, depth=3, rngs=nnx.Rngs(0))
+    )
+    gd, state = nnx.split(abstract)
+    net = nnx.merge(gd, jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), state))
     model = jaxadv.from_nnx(net, mean=0.5, std=0.25)
     out = jax.eval_shape(model, jax.ShapeDtypeStruct((2, 16, 16, 1), jnp.float32))
     assert out.shape == (2, 16, 16, 3)
@@ -294,15 +306,14 @@ def test_load_segmentation_png_folders(tmp_path):
 # ----------------------------------------------------------------------------- real data
 @pytest.mark.slow
 @pytest.mark.skipif(not ISIC.exists(), reason=f"real-data test: {ISIC} is absent")
-def test_reference_unet_on_isic_and_segpgd_lowers_dice():
+def test_reference_unet_reaches_recorded_dice_and_segpgd_lowers_it():
     from jaxadv.checkpoint import load_reference, reference_model
 
     _, meta = load_reference("unet_isic")
     model = reference_model("unet_isic")
-    x, y = load_segmentation(ISIC, split="test").take(32)
-    x, y = jnp.asarray(x), jnp.asarray(y)
-    clean = S.scores(model(x), y)["dice"]
-    assert float(clean.mean()) > 0.8
-    res = SegPGD(threat=jaxadv.LinfBall(eps=4 / 255), num_steps=5)(0, model, x, y)
-    assert float(res.info["dice"].mean()) < float(clean.mean()) - 0.2
-    assert meta["test_dice"] > 0.85
+    x, y = (jnp.asarray(a) for a in load_segmentation(ISIC, split="test").arrays())
+    clean = S.scores(jax.jit(lambda m, v: m(v))(model, x), y)["dice"]
+    assert abs(float(clean.mean()) - meta["test_dice"]) < 2e-3
+    assert meta["test_dice"] > 0.85 and meta["bytes"] < 1_000_000
+    res = SegPGD(threat=jaxadv.LinfBall(eps=4 / 255), num_steps=5)(0, model, x[:32], y[:32])
+    assert float(res.info["dice"].mean()) < float(clean[:32].mean()) - 0.1
