@@ -108,14 +108,14 @@ class AbstractDenseAttack(AbstractAttack):
             return jnp.asarray(self.threat.eps, dtype) * (2.5 / self.num_steps)
         return jnp.asarray(self.step_size, dtype)
 
-    def _loop(self, keys, model, x, y, target, step_fn, x0, *, done=None) -> AttackResult:
+    def _loop(self, keys, model, x, y, target, step_fn, x0, *, done=None, spent=0) -> AttackResult:
         """Run ``step_fn(i, state, judge) -> (state, Scored)`` with the driver (``state`` is the
         point, or a ``(point, done)`` tuple with ``done``), score the last point, and finalize
         under the rule."""
         rule = self.resolved_rule(target is not None)
         b = x.shape[0]
         clean = None
-        spent = jnp.zeros((b,), jnp.int32)
+        spent = jnp.full((b,), spent, jnp.int32)
         if rule.needs_clean:
             clean = S.scores(jax.lax.stop_gradient(model(x)), y)["dice"]
             spent = spent + 1
@@ -270,6 +270,7 @@ class DAG(AbstractDenseAttack):
             lambda i, s, judge: step_fn(i, s, judge),
             (x, jnp.zeros((b,), bool)),
             done=lambda s, _: s[1],
+            spent=1 if target is None else 0,  # the clean forward pass choosing l'
         )
         return out
 
