@@ -39,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num-examples", type=int, default=92)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--eps", type=float, nargs="+", default=[1, 2, 4, 8])
+    p.add_argument("--attacks", nargs="+", default=["SegPGD", "DAG", "ASMA"])
     p.add_argument("--out", default=str(HERE / "segmentation.json"))
     args = p.parse_args(argv)
 
@@ -68,8 +69,24 @@ def main(argv: list[str] | None = None) -> int:
         "DAG": (jaxadv.DAG(threat=jaxadv.LinfBall(eps=1.0), num_steps=args.steps), None),
         "ASMA": (jaxadv.ASMA(threat=jaxadv.LinfBall(eps=1.0), num_steps=args.steps), erase),
     }
-    rows = []
-    for name, (atk, target) in attacks.items():
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE
+    ).stdout.strip()
+    out = {
+        "model": "unet_isic",
+        "data": "isic2017_seg.npz test split",
+        "num_examples": int(x.shape[0]),
+        "steps": args.steps,
+        "clean": clean,
+        "forward_backward_s": t_fb,
+        "rows": [],
+        "jax": jax.__version__,
+        "device": f"{jax.devices()[0].platform} ({jax.devices()[0].device_kind})",
+        "commit": commit,
+    }
+    print(json.dumps({k: v for k, v in out.items() if k != "rows"}), flush=True)
+    for name in args.attacks:
+        atk, target = attacks[name]
         for i, e in enumerate(args.eps):
             a = atk.with_eps(e / 255)
             t0 = time.perf_counter()
@@ -94,25 +111,10 @@ def main(argv: list[str] | None = None) -> int:
             }
             if target is not None:
                 row["target_iou"] = float(res.info["target_iou"].mean())
-            rows.append(row)
+            out["rows"].append(row)
             print(json.dumps(row), flush=True)
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE
-    ).stdout.strip()
-    out = {
-        "model": "unet_isic",
-        "data": "isic2017_seg.npz test split",
-        "num_examples": int(x.shape[0]),
-        "steps": args.steps,
-        "clean": clean,
-        "forward_backward_s": t_fb,
-        "rows": rows,
-        "jax": jax.__version__,
-        "device": f"{jax.devices()[0].platform} ({jax.devices()[0].device_kind})",
-        "commit": commit,
-    }
-    pathlib.Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
-    print(json.dumps({k: v for k, v in out.items() if k != "rows"}))
+            # written after every row: a run stopped early keeps what it measured
+            pathlib.Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
     return 0
 
 

@@ -72,8 +72,8 @@ def dice(pred: Array, mask: Array, num_classes: int) -> Array:
     Example:
         >>> import jax.numpy as jnp
         >>> p = jnp.array([[[1, 1], [0, 0]]]); g = jnp.array([[[1, 0], [0, 0]]])
-        >>> dice(p, g, 2).round(3).tolist()
-        [[0.8, 0.667]]
+        >>> [round(float(v), 3) for v in dice(p, g, 2)[0]]
+        [0.8, 0.667]
     """
     inter, sp, sg = _counts(pred, mask, num_classes)
     den = sp + sg
