@@ -317,3 +317,32 @@ def test_reference_unet_reaches_recorded_dice_and_segpgd_lowers_it():
     assert meta["test_dice"] > 0.85 and meta["bytes"] < 1_000_000
     res = SegPGD(threat=jaxadv.LinfBall(eps=4 / 255), num_steps=5)(0, model, x[:32], y[:32])
     assert float(res.info["dice"].mean()) < float(clean[:32].mean()) - 0.1
+
+
+# ----------------------------------------------------------------------------- command line
+def test_cli_refuses_bad_segmentation_requests_before_loading(capsys):
+    from jaxadv.cli import main
+
+    assert main(["attack", "--model", "unet_isic", "--attack", "square", "--data", "x.npz"]) == 2
+    assert "not a segmentation attack" in capsys.readouterr().err
+    assert main(["attack", "--model", "unet_isic", "--attack", "dag", "--norm", "l1"]) == 2
+    assert "linf or l2" in capsys.readouterr().err
+    assert main(["attack", "--model", "unet_isic", "--attack", "dag"]) == 2
+    assert "segmentation data" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not ISIC.exists(), reason=f"real-data test: {ISIC} is absent")
+def test_cli_attacks_the_reference_unet(tmp_path, capsys):
+    import json
+
+    from jaxadv.cli import main
+
+    argv = ["attack", "--model", "unet_isic", "--data", str(ISIC), "--num-examples", "4"]
+    argv += ["--attack", "segpgd", "--eps", "0,8", "--num-steps", "3", "--out", str(tmp_path)]
+    assert main(argv) == 0
+    rows = json.loads((tmp_path / "results.json").read_text())["rows"]
+    assert [r["eps_255"] for r in rows] == pytest.approx([0.0, 8.0])
+    assert rows[0]["dice"] == pytest.approx(rows[0]["clean_dice"], abs=1e-6)
+    assert rows[1]["dice"] < rows[0]["dice"]
+    assert "clean_dice" in capsys.readouterr().out
