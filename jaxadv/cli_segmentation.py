@@ -40,13 +40,13 @@ def is_segmentation_model(spec: str) -> bool:
 
     if str(spec).strip().lower() in checkpoint.SEGMENTATION_MODELS:
         return True
-    p = pathlib.Path(spec)
-    meta = checkpoint.metadata_path(p) if p.suffix != ".json" else p
-    if not meta.is_file():
-        return False
     try:
+        p = pathlib.Path(spec)
+        meta = checkpoint.metadata_path(p) if p.suffix != ".json" else p
+        if not meta.is_file():
+            return False
         return checkpoint.read_metadata(meta).get("task") == "segmentation"
-    except (OSError, ValueError):
+    except (OSError, ValueError, TypeError):  # not a checkpoint: the classifier path reports it
         return False
 
 
