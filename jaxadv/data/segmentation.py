@@ -25,8 +25,7 @@ from jaxadv.data._dataset import (
 )
 from jaxadv.data._images import pil_to_array
 from jaxadv.data._npz import load_member, open_npz
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+from jaxadv.data.folder import IMAGE_SUFFIXES
 
 
 class SegmentationDataset(ArrayDataset):
