@@ -200,7 +200,12 @@ def test_eps_zero_leaves_x_and_new_eps_reuses_the_program():
     res = atk(0, model, x, y)
     np.testing.assert_array_equal(np.asarray(res.adv), np.asarray(x))
     assert not np.any(np.asarray(res.success))
+    from jaxadv.attacks.base import run_jit
+
+    size = run_jit._cache_size()
     np.testing.assert_allclose(np.asarray(atk.with_eps(0.15)(0, model, x, y).info["dice"]), 2 / 3)
+    atk.with_eps(0.1)(1, model, x, y)  # new eps, new key: the same compiled program
+    assert run_jit._cache_size() == size
 
 
 # ----------------------------------------------------------------------------- errors
