@@ -5,9 +5,10 @@ integer labels; ``res.adv`` always lies in the threat set and ``res.success`` is
 Attacks maximise their loss; success means misclassified (or classified as the target).
 """
 
-from jaxadv import checkpoint, data, losses, metrics, multilabel
+from jaxadv import checkpoint, data, losses, metrics, multilabel, segmentation
 from jaxadv.attacks import APGD, APGDT, FGSM, FMN, PGD, REGISTRY, AbstractAttack, AutoAttack
 from jaxadv.attacks.autoattack import EOT, RandomizedModel
+from jaxadv.attacks.dense import ASMA, DAG, SegPGD
 from jaxadv.attacks.dgde import DGDE, DGDEOptions
 from jaxadv.attacks.fab import FAB
 from jaxadv.attacks.hopskipjump import HopSkipJump
@@ -33,6 +34,7 @@ from jaxadv.models import Model, from_apply, from_linen, from_nnx
 from jaxadv.multilabel import MultiLabel
 from jaxadv.result import AttackResult
 from jaxadv.sanity import SanityWarning, check_model
+from jaxadv.segmentation import dice, iou, pixel_accuracy
 from jaxadv.threats import L0Pixels, L1Ball, L2Ball, LinfBall, Patch
 
 __version__ = "0.1.0"
@@ -90,4 +92,12 @@ __all__ = [
     "robust_accuracy",
     "ssim",
     "sweep_eps",
+    # segmentation (dense targets)
+    "ASMA",
+    "DAG",
+    "SegPGD",
+    "dice",
+    "iou",
+    "pixel_accuracy",
+    "segmentation",
 ]

@@ -248,6 +248,12 @@ def num_classes(model: Any, x: Any) -> int:
         raise ValueError(
             f"the model must return logits [B, C]; for input batch {x.shape[0]} it returned shape "
             f"{tuple(out.shape)}. A single-logit sigmoid model can be wrapped as logits [0, z]."
+            + (
+                " Per-pixel logits [B, H, W, C] are a segmentation model: attack it with the "
+                "dense attacks (jaxadv.SegPGD, jaxadv.DAG, jaxadv.ASMA) and masks y[B, H, W]."
+                if len(out.shape) == 4
+                else ""
+            )
         )
     if out.shape[1] < 2:
         raise ValueError("the model returns a single logit; wrap it as two logits [0, z]")
@@ -268,7 +274,8 @@ def check_logits(model: Any, x: Any) -> None:
     out = _forward(model, x)
     if isinstance(out, (tuple, list)):
         out = out[0]
-    ok = np.all(np.isfinite(np.asarray(out, dtype=np.float32)), axis=1)
+    out = np.asarray(out, dtype=np.float32)
+    ok = np.all(np.isfinite(out.reshape(out.shape[0], -1)), axis=1)
     if not np.all(ok):
         bad = np.flatnonzero(~ok)
         raise ValueError(

@@ -58,6 +58,9 @@ ARCHITECTURES: dict[str, Callable[..., nnx.Module]] = {}
 
 #: Names of the reference models shipped in ``jaxadv/assets``.
 REFERENCE_MODELS = ("small_cnn_clean", "small_cnn_pgdat")
+#: Shipped segmentation targets (per-pixel logits; attacked by jaxadv.attacks.dense, not by the
+#: classification CLI / sweeps, which read REFERENCE_MODELS).
+SEGMENTATION_MODELS = ("unet_isic",)
 
 
 class CheckpointError(ValueError):
@@ -88,9 +91,10 @@ def register_architecture(
 
 
 def _register_builtins() -> None:
-    from jaxadv.nn import SmallCNN, resnet18, resnet50
+    from jaxadv.nn import SmallCNN, UNet, resnet18, resnet50
 
     register_architecture("small_cnn", SmallCNN)
+    register_architecture("unet", UNet)
     register_architecture("resnet18", resnet18)
     register_architecture("resnet50", resnet50)
 
@@ -468,7 +472,9 @@ def load_reference(name: str) -> tuple[nnx.Module, dict[str, Any]]:
     ``name`` is one of :data:`REFERENCE_MODELS`: ``'small_cnn_clean'`` (standard training) or
     ``'small_cnn_pgdat'`` (PGD adversarial training), SmallCNNs trained on PneumoniaMNIST (28×28
     grey, 2 classes); ``meta`` records normalisation, accuracies, seed and provenance (see
-    ``jaxadv/assets/MODELS.md``).
+    ``jaxadv/assets/MODELS.md``). ``'unet_isic'`` is the segmentation target: a
+    :class:`jaxadv.nn.UNet` trained on ISIC 2017 lesion masks (64×64 RGB, logits
+    ``[B, 64, 64, 2]``; ``jaxadv/assets/UNET.md``).
 
     Example:
         >>> from jaxadv.checkpoint import load_reference
@@ -476,13 +482,16 @@ def load_reference(name: str) -> tuple[nnx.Module, dict[str, Any]]:
         >>> meta["architecture"], meta["dataset"]
         ('small_cnn', 'pneumoniamnist')
     """
-    if name not in REFERENCE_MODELS:
-        raise ValueError(f"unknown reference model {name!r}; choose one of {REFERENCE_MODELS}")
+    if name not in REFERENCE_MODELS + SEGMENTATION_MODELS:
+        raise ValueError(
+            f"unknown reference model {name!r}; choose one of "
+            f"{REFERENCE_MODELS + SEGMENTATION_MODELS}"
+        )
     meta_res, weights_res = _asset(f"{name}.json"), _asset(f"{name}.msgpack")
     if not meta_res.is_file() or not weights_res.is_file():
         raise FileNotFoundError(
             f"reference model {name!r} is not installed (jaxadv/assets/{name}.msgpack/.json); "
-            "regenerate it with scripts/train_reference.py"
+            "regenerate it with scripts/train_reference.py (scripts/train_unet.py for unet_isic)"
         )
     meta = _parse_meta(meta_res.read_bytes(), f"assets/{name}.json")
     module = build_module(meta)
@@ -510,6 +519,7 @@ def reference_model(name: str) -> Any:
 __all__ = [
     "ARCHITECTURES",
     "REFERENCE_MODELS",
+    "SEGMENTATION_MODELS",
     "CheckpointError",
     "build_module",
     "load",

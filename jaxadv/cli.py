@@ -218,6 +218,12 @@ def _cmd_attack(args: argparse.Namespace) -> int:
     eps = _eps_list(args.eps, norm, args.eps_scale)
     _positive(args.batch_size, "--batch-size")
     _positive(args.num_examples, "--num-examples")
+    from jaxadv import cli_segmentation as seg
+
+    if seg.is_segmentation_model(args.model):  # per-pixel logits: jaxadv/cli_segmentation.py
+        rows = seg.run_attack(args, eps=eps, out=_out_dir(args.out), options=_options(args.option))
+        print(report.format_table(rows, seg.TABLE_COLUMNS))
+        return 0
     attack = _spec(
         make_attack,
         args.attack,

@@ -591,6 +591,9 @@ def summarize(
     return {k: float(v) for k, v in row.items() if not k.startswith("eps")}
 
 
+# Segmentation metrics live with the dense rules; re-exported so every metric is in one place.
+from jaxadv.segmentation import dice, iou, pixel_accuracy  # noqa: E402
+
 __all__ = [
     "accuracy",
     "attack_success_rate",
@@ -606,4 +609,7 @@ __all__ = [
     "robust_accuracy",
     "ssim",
     "summarize",
+    "dice",
+    "iou",
+    "pixel_accuracy",
 ]

@@ -49,7 +49,7 @@ class AttackResult:
         return ~self.success
 
 
-def finalize(threat, model, x, adv, y, *, target=None, queries=None) -> AttackResult:
+def finalize(threat, model, x, adv, y, *, target=None, queries=None, rule=None) -> AttackResult:
     """Enforce the threat model on ``adv`` and re-evaluate the model there (one forward pass).
 
     The library, not the attack, decides success: whatever an attack returns is projected into the
@@ -64,16 +64,25 @@ def finalize(threat, model, x, adv, y, *, target=None, queries=None) -> AttackRe
 
     ``res.loss`` is always the margin (see :class:`AttackResult`); an attack that wants to report
     its own loss puts it in ``info``.
+
+    Dense targets (segmentation: ``logits[B, H, W, C]``, masks ``y[B, H, W]``) pass a per-image
+    ``rule`` (:class:`jaxadv.segmentation.DenseRule`): success is then the rule on the projected
+    ``adv``, ``res.loss`` its margin (``>= 0`` on success), and ``info`` gains the per-image
+    ``dice`` / ``iou`` / ``pixel_accuracy`` at ``adv`` (``target_iou`` when targeted) and, for a
+    rule that compares with the clean prediction, ``dice_clean`` (one more forward pass, counted
+    in ``queries``).
     """
     margin = L.margin if target is None else L.margin_targeted
     adv = threat.project(x, adv)
     bad_adv = ~jnp.all(jnp.isfinite(adv.reshape(adv.shape[0], -1)), axis=1)
     adv = jax.lax.stop_gradient(jnp.where(bcast(bad_adv, adv), x, adv))
     logits = model(adv)
-    finite = jnp.all(jnp.isfinite(logits), axis=1)
-    lbl = y if target is None else target
     b = x.shape[0]
+    finite = jnp.all(jnp.isfinite(logits.reshape(b, -1)), axis=1)
     q = jnp.zeros((b,), jnp.int32) if queries is None else queries.astype(jnp.int32)
+    if rule is not None:
+        return _finalize_dense(threat, model, x, adv, y, target, q, rule, logits, finite, bad_adv)
+    lbl = y if target is None else target
     return AttackResult(
         adv=adv,
         success=L.is_adversarial(logits, y, target) & finite,
@@ -81,4 +90,26 @@ def finalize(threat, model, x, adv, y, *, target=None, queries=None) -> AttackRe
         norm=threat.norm(adv - x).astype(jnp.float32),
         queries=q + 1,
         info={"nonfinite": bad_adv | ~finite},
+    )
+
+
+def _finalize_dense(threat, model, x, adv, y, target, q, rule, logits, finite, bad_adv):
+    """:func:`finalize` for a dense target under a per-image ``rule``."""
+    from jaxadv import segmentation as S
+
+    info = {"nonfinite": bad_adv | ~finite}
+    clean = None
+    if rule.needs_clean:
+        clean = S.scores(jax.lax.stop_gradient(model(x)), y)["dice"]
+        info["dice_clean"] = clean
+        q = q + 1
+    info.update(S.scores(logits, y, target=target))
+    margin = rule.margin(logits, y, target, clean).astype(jnp.float32)
+    return AttackResult(
+        adv=adv,
+        success=(margin >= 0) & finite,
+        loss=margin,
+        norm=threat.norm(adv - x).astype(jnp.float32),
+        queries=q + 1,
+        info=info,
     )

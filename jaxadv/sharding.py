@@ -41,7 +41,11 @@ def attack_sharded(
     """
     model = as_model(model)
     if validate:
-        _validate.check_attack_inputs(attack.threat, model, x, y, target)
+        check = getattr(attack, "check_inputs", None)
+        if check is not None:
+            check(model, x, y, target)
+        else:
+            _validate.check_attack_inputs(attack.threat, model, x, y, target)
     mesh = mesh or data_mesh()
     b = x.shape[0]
     size = round_up(b, mesh.devices.size)

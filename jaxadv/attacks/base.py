@@ -165,9 +165,15 @@ class AbstractAttack:
         model = as_model(model)
         key, x, y, target = _validate.normalize_inputs(key, x, y, target)
         if validate:
-            _validate.check_attack_inputs(self.threat, model, x, y, target)
+            self.check_inputs(model, x, y, target)
         keys = example_keys(key, x.shape[0], index_offset)
         return run_jit(finite_budget(self, x), keys, model, x, y, target)
+
+    def check_inputs(self, model: Any, x: Array, y: Array, target: Array | None = None) -> int:
+        """The host-side checks of a call (images, labels, target, finite clean logits); returns
+        the number of classes. Dense attacks check masks instead
+        (:func:`jaxadv.segmentation.check_inputs`)."""
+        return _validate.check_attack_inputs(self.threat, model, x, y, target)
 
     def with_eps(self, eps: float | Array):
         """The same attack with a new budget (no retrace: ``eps`` is a leaf)."""

@@ -11,6 +11,9 @@ Multi-label data (ChestMNIST, :func:`load_chestmnist`: int32 multi-hot ``[B, 14]
 to one label per example with :func:`select_finding`. :func:`synthetic_findings` makes a small
 multi-label task for tests.
 
+Segmentation data (:func:`load_segmentation`, :func:`synthetic_segmentation`) yields int32 masks
+``[B, H, W]`` as ``y``.
+
 Example:
   >>> from jaxadv.data import load_default
   >>> ds = load_default()  # PneumoniaMNIST test split, shipped with jaxadv (CC BY 4.0)
@@ -39,6 +42,12 @@ from jaxadv.data.medmnist import (
     load_medmnist,
     medmnist_path,
 )
+from jaxadv.data.segmentation import (
+    SegmentationDataset,
+    from_mask_arrays,
+    load_segmentation,
+    synthetic_segmentation,
+)
 from jaxadv.data.synthetic import synthetic_findings
 
 __all__ = [
@@ -52,15 +61,19 @@ __all__ = [
     "ImageFolderDataset",
     "MedMNISTFlag",
     "RecordDataset",
+    "SegmentationDataset",
     "from_arrays",
+    "from_mask_arrays",
     "from_records",
     "load_chestmnist",
     "load_default",
     "load_image_folder",
     "load_medmnist",
+    "load_segmentation",
     "load_tfds",
     "medmnist_path",
     "select_finding",
     "synthetic_findings",
+    "synthetic_segmentation",
     "uncompress_npz",
 ]

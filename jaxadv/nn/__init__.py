@@ -13,10 +13,12 @@ from jaxadv.nn.torch_import import (
     vgg_from_safetensors,
     wide_resnet_from_safetensors,
 )
+from jaxadv.nn.unet import UNet
 from jaxadv.nn.vgg import VGG, vgg16, vgg16_bn
 
 __all__ = [
     "SmallCNN",
+    "UNet",
     "BasicBlock",
     "Bottleneck",
     "ResNet",
