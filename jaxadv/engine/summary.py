@@ -58,6 +58,17 @@ def _auc(scores: np.ndarray, labels: np.ndarray) -> float:
     return auc(scores, labels)
 
 
+def _balanced(y: np.ndarray, clean_ok: np.ndarray, robust_ok: np.ndarray) -> dict[str, float]:
+    classes, counts = np.unique(y, return_counts=True)
+    if classes.size == 0:
+        return {}
+    return {
+        "majority_baseline": float(counts.max() / y.size),
+        "balanced_clean_accuracy": float(np.mean([clean_ok[y == c].mean() for c in classes])),
+        "balanced_robust_accuracy": float(np.mean([robust_ok[y == c].mean() for c in classes])),
+    }
+
+
 def summary_rows(
     eps: Sequence[float],
     per_eps: Mapping[str, np.ndarray],
@@ -85,7 +96,10 @@ def summary_rows(
         Rows of ``eps``, ``eps_label``, ``eps_255`` (not for L0), ``num_examples``,
         ``num_clean_correct``, ``num_successful``, ``num_robust``, ``clean_accuracy``,
         ``robust_accuracy``, ``attack_success_rate``, ``<size>_mean`` and ``<size>_median`` for each
-        size field present, and ``auc`` / ``auc_under_attack`` when scores are given.
+        size field present, and ``auc`` / ``auc_under_attack`` when scores are given; with
+        ``labels`` also ``majority_baseline`` (accuracy of always answering the commonest class),
+        ``balanced_clean_accuracy`` and ``balanced_robust_accuracy`` (mean over the classes
+        present of the per-class clean / robust accuracy).
     """
     cc = np.asarray(clean_correct, bool)
     n = int(cc.size)
@@ -114,6 +128,8 @@ def summary_rows(
             if name in per_eps:
                 v = np.asarray(per_eps[name][j], np.float64)[att]
                 row[f"{name}_mean"], row[f"{name}_median"] = _mean_median(v)
+        if labels is not None:
+            row.update(_balanced(np.asarray(labels).reshape(-1), cc, ~succ))
         if pos is not None:
             row["auc"] = auc_clean
             row["auc_under_attack"] = _auc(np.asarray(per_eps["score"][j], np.float64), pos)
