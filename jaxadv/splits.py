@@ -151,6 +151,21 @@ def _folder_splits(root: pathlib.Path, size, channels, seed, val_fraction, test_
     return Splits(train, val, test, vsrc, tsrc)
 
 
+def _has_split(data: str, split: str) -> bool:
+    """Whether a ``.npz`` holds ``{split}_images`` (reads the zip directory only) or a TFDS data
+    set has ``split``."""
+    if str(data).startswith("tfds:"):
+        from jaxadv.vocab import SpecError, load_dataset
+
+        try:
+            load_dataset(data, split)
+        except (SpecError, ValueError):
+            return False
+        return True
+    with np.load(data) as z:
+        return f"{split}_images" in z.files
+
+
 def training_splits(
     data: str,
     *,
@@ -174,27 +189,24 @@ def training_splits(
     Returns:
         :class:`Splits`.
     """
-    from jaxadv.vocab import SpecError, load_dataset
+    from jaxadv.vocab import load_dataset
 
     p = pathlib.Path(data)
     if p.is_dir():
         return _folder_splits(p, size, channels, seed, val_fraction, test_fraction)
     train = load_dataset(data, "train", size, channels)
-    tfds = str(data).startswith("tfds:")
     val = None
-    for name in ("validation", "val") if tfds else ("val",):
-        try:
+    for name in ("validation", "val") if str(data).startswith("tfds:") else ("val",):
+        if _has_split(data, name):
             val = load_dataset(data, name, size, channels)
             break
-        except SpecError:
-            continue
     if val is None:
         train, val, vsrc = _holdout(train, val_fraction, seed, "val")
     else:
         vsrc = "split"
-    try:
+    if _has_split(data, "test"):
         test, tsrc = load_dataset(data, "test", size, channels), "split"
-    except SpecError:
+    else:
         test, tsrc = None, "none"
     return Splits(train, val, test, vsrc, tsrc)
 
