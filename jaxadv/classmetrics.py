@@ -16,7 +16,7 @@ Example:
     >>> logits = np.array([[2.0, 0.0], [1.0, 0.0], [0.0, 1.0], [3.0, 0.0]], np.float32)
     >>> m = classification_metrics(logits, [0, 0, 1, 1])
     >>> m["accuracy"], m["majority_baseline"], m["balanced_accuracy"], m["auc"]
-    (0.75, 0.5, 0.75, 0.75)
+    (0.75, 0.5, 0.75, 0.5)
 """
 
 from __future__ import annotations
