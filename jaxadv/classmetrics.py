@@ -201,8 +201,8 @@ def warn_if_trivial(metrics: dict[str, Any], split: str = "val") -> bool:
     logger.warning(
         "the model does not beat the majority baseline on %s: accuracy %.4f vs %.4f for always "
         "answering class %d, balanced accuracy %.4f (chance %.4f), AUC %.4f; robustness numbers "
-        "on such a model are meaningless: try class_weights='balanced' / balanced sampling, more "
-        "epochs or a lower learning rate",
+        "on such a model are meaningless (consider class weights or balanced sampling, augmentation, "
+        "more epochs, another learning rate)",
         split,
         metrics["accuracy"],
         metrics["majority_baseline"],
