@@ -87,8 +87,9 @@ def summary_rows(
             :data:`SIZE_FIELDS`, and ``score`` (positive-class log-odds on ``adv``).
         clean_correct: ``bool[N]``.
         norm: the threat's norm name, for ``eps_label`` and ``eps_255``.
-        labels: ``int[N]``, with ``clean_score`` and ``per_eps['score']`` gives ``auc`` and
-            ``auc_under_attack`` (binary tasks: pass them only for a two-class model).
+        labels: ``int[N]``: the balanced accuracies; with ``clean_score`` and
+            ``per_eps['score']`` also ``auc`` and ``auc_under_attack`` (pass scores only for a
+            two-class model).
         clean_score: positive-class log-odds on the clean images ``[N]``.
         positive_class: the class counted as positive for the AUCs.
 
@@ -105,7 +106,7 @@ def summary_rows(
     n = int(cc.size)
     auc_clean = None
     pos = None
-    if labels is not None and clean_score is not None and "score" in per_eps:
+    if labels is not None and clean_score is not None and "score" in per_eps:  # binary
         pos = np.asarray(labels) == positive_class
         auc_clean = _auc(np.asarray(clean_score, np.float64), pos)
     rows = []
