@@ -251,8 +251,10 @@ def test_npz_without_val_gets_a_holdout_and_folders_a_three_way_split(tmp_path):
     assert s.test_source.startswith("hold-out") and s.train.num_classes == 2
 
 
-def test_cli_never_touches_test_before_the_final_evaluation(tmp_path, monkeypatch):
-    """A test loader that raises until training has finished; the CLI must still report test."""
+@pytest.fixture
+def guarded_cli(tmp_path, monkeypatch):
+    """``jaxadv train`` on small synthetic splits whose test loader raises until training has
+    finished. Yields ``(run, state)``: ``run(*flags) -> metadata dict``."""
     import jaxadv.train
     import jaxadv.vocab
     from jaxadv.cli import main
@@ -290,12 +292,32 @@ def test_cli_never_touches_test_before_the_final_evaluation(tmp_path, monkeypatc
     fake = tmp_path / "fake.npz"  # only its key names are read (split discovery)
     np.savez(fake, **{f"{s}_{k}": np.zeros(1) for s in data for k in ("images", "labels")})
     out = tmp_path / "m.msgpack"
-    argv = ["train", "--data", str(fake), "--epochs", "1", "--batch-size", "16", "--out", str(out)]
-    assert main([*argv, "--class-weights", "balanced", "--hflip", "--warmup-epochs", "1"]) == 0
+
+    def run(*flags: str) -> dict:
+        argv = ["train", "--data", str(fake), "--batch-size", "16", "--out", str(out), *flags]
+        assert main(argv) == 0
+        return json.loads(out.with_suffix(".json").read_text())
+
+    return run, state
+
+
+def test_cli_never_touches_test_before_the_final_evaluation(guarded_cli):
+    """A test loader that raises until training has finished; the CLI must still report test."""
+    run, state = guarded_cli
+    meta = run("--epochs", "1", "--class-weights", "balanced", "--hflip", "--warmup-epochs", "1")
     assert state["trained"] and state["test_reads"] >= 1
-    meta = json.loads(out.with_suffix(".json").read_text())
     assert meta["splits"] == {"train": 48, "val": 16, "test": 20, "val_source": "split",
                               "test_source": "split"}  # fmt: skip
     assert meta["test"]["num_examples"] == 20 and meta["val"]["num_examples"] == 16
     assert meta["augment"]["hflip"] and meta["class_weights"] == "balanced"
     assert meta["optimizer"]["warmup_epochs"] == 1 and len(meta["history"]) == 1
+
+
+@pytest.mark.slow
+def test_cli_adversarial_training_reports_robust_test_metrics(guarded_cli):
+    run, state = guarded_cli
+    meta = run("--epochs", "1", "--adversarial", "--adv-steps", "2", "--adv-eps", "8")
+    rob = meta["test"]["robust"]
+    assert state["trained"] and rob["num_examples"] == 20 and rob["eps_255"] == 8
+    assert rob["robust_accuracy"] <= rob["clean_accuracy"] == meta["test"]["accuracy"]
+    assert 0 <= rob["balanced_robust_accuracy"] <= 1 and "auc_under_attack" in rob
