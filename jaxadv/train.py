@@ -471,7 +471,7 @@ def train(
         points the loss is computed on: adversarial ones under adversarial training), ``seconds``,
         and with ``val`` every metric as ``val_<name>`` (``val_accuracy``,
         ``val_majority_baseline``, ``val_balanced_accuracy``, ``val_recall_per_class``,
-        ``val_auc`` / ``val_macro_auc``, ``val_loss``, ...) and ``best`` (the epoch is the best so
+        ``val_auc`` / ``val_macro_auc``, ``val_loss`` (plain mean cross-entropy, unweighted), ...) and ``best`` (the epoch is the best so
         far).
     """
     if not isinstance(module, nnx.Module):

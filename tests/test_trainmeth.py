@@ -321,3 +321,24 @@ def test_cli_adversarial_training_reports_robust_test_metrics(guarded_cli):
     assert state["trained"] and rob["num_examples"] == 20 and rob["eps_255"] == 8
     assert rob["robust_accuracy"] <= rob["clean_accuracy"] == meta["test"]["accuracy"]
     assert 0 <= rob["balanced_robust_accuracy"] <= 1 and "auc_under_attack" in rob
+
+
+def test_tfds_uses_validation_else_a_holdout(monkeypatch):
+    import jaxadv.vocab
+    from jaxadv.vocab import SpecError
+
+    have = {"train": 40, "test": 10}
+
+    def load(name, split="test", size=None, channels=None):
+        if split not in have:
+            raise SpecError(f"no split {split}")
+        x, y = _synthetic(have[split], 0, size=4)
+        return from_arrays(x, y, split=split)
+
+    monkeypatch.setattr(jaxadv.vocab, "load_dataset", load)
+    s = training_splits("tfds:fake", seed=3)
+    assert (len(s.train), len(s.val), len(s.test)) == (34, 6, 10)
+    assert s.val_source.startswith("hold-out") and s.test_source == "split"
+    have["validation"] = 8
+    s = training_splits("tfds:fake", seed=3)
+    assert (len(s.train), len(s.val), s.val_source) == (40, 8, "split")
