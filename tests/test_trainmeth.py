@@ -342,3 +342,24 @@ def test_tfds_uses_validation_else_a_holdout(monkeypatch):
     have["validation"] = 8
     s = training_splits("tfds:fake", seed=3)
     assert (len(s.train), len(s.val), s.val_source) == (40, 8, "split")
+
+
+def test_folder_with_split_subfolders_keeps_them(tmp_path):
+    from PIL import Image
+
+    img = np.zeros((6, 6), np.uint8)
+    for split, n in (("train", 10), ("test", 3)):
+        for c in ("benign", "melanoma"):
+            (tmp_path / split / c).mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(img + i).save(tmp_path / split / c / f"{i}.png")
+    s = training_splits(str(tmp_path), size=6, seed=0)
+    assert (len(s.train), len(s.val), len(s.test)) == (16, 4, 6)
+    assert s.val_source.startswith("hold-out") and s.test_source == "split"
+    assert s.test.label_names == ("benign", "melanoma") and s.test.split == "test"
+    (tmp_path / "val" / "melanoma").mkdir(parents=True)  # an empty class folder is allowed
+    Image.fromarray(img).save(tmp_path / "val" / "melanoma" / "0.png")
+    (tmp_path / "val" / "benign").mkdir()
+    s = training_splits(str(tmp_path), size=6, seed=0)
+    assert (len(s.train), len(s.val), s.val_source) == (20, 1, "split")
+    assert s.val.labels().tolist() == [1]
