@@ -118,6 +118,11 @@ def _out_file(path: str, flag: str = "--out") -> pathlib.Path:
     return p
 
 
+# public names for the sub-command modules (jaxadv/cli_*.py)
+positive_int = _positive
+output_file = _out_file
+
+
 def _names(v: Any) -> list[str]:
     """A comma-separated string or a list of names."""
     items = v.split(",") if isinstance(v, str) else list(v)
@@ -285,85 +290,6 @@ def _cmd_attack(args: argparse.Namespace) -> int:
     if norm != "linf":
         cols[4] = "norm_mean"
     print(report.format_table(rows, tuple(cols + ["queries_median"])))
-    return 0
-
-
-def _cmd_train(args: argparse.Namespace) -> int:
-    import numpy as np
-    from flax import nnx
-
-    import jaxadv
-    from jaxadv import checkpoint, train
-
-    _positive(args.batch_size, "--batch-size")
-    _positive(args.num_examples, "--num-examples")
-    _positive(args.epochs, "--epochs")
-    out = _out_file(args.out)
-    arch = str(args.arch).strip().lower()
-    if arch not in checkpoint.ARCHITECTURES:
-        raise CLIError(
-            f"unknown --arch {args.arch!r}; choose from {sorted(checkpoint.ARCHITECTURES)}"
-        )
-    if str(args.data).strip().lower() == "default":
-        raise CLIError(
-            "the embedded default holds only the 624 test images; train on a MedMNIST file, "
-            "e.g. --data pneumoniamnist.npz"
-        )
-    ds = _dataset(args.data, "train", args.image_size, args.channels)
-    is_folder = pathlib.Path(args.data).is_dir()
-    val = None if is_folder else _dataset(args.data, "test", args.image_size, args.channels)
-    if args.num_examples:
-        # a fixed random subset: stored splits can be sorted by label
-        rng = np.random.default_rng(args.seed)
-        pick = np.sort(rng.permutation(len(ds))[: args.num_examples])
-        x, y = ds.get(pick)
-    else:
-        x, y = ds.arrays()
-    kwargs = {"num_classes": ds.num_classes, "in_channels": x.shape[-1]}
-    if arch == "small_cnn":
-        kwargs["input_size"] = x.shape[1]
-    module = checkpoint.ARCHITECTURES[arch](**kwargs, rngs=nnx.Rngs(args.seed))
-    mean = [float(np.mean(x[..., c])) for c in range(x.shape[-1])]
-    std = [float(np.std(x[..., c])) + 1e-6 for c in range(x.shape[-1])]
-    adversarial = None
-    if args.adversarial:
-        adversarial = train.AdversarialTraining(
-            attack=jaxadv.PGD(
-                threat=jaxadv.LinfBall(eps=args.adv_eps / 255), num_steps=args.adv_steps
-            )
-        )
-    history = train.train(
-        module,
-        x,
-        y,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        learning_rate=args.lr,
-        key=args.seed,
-        adversarial=adversarial,
-        val=None if val is None else val.arrays(),
-        mean=mean,
-        std=std,
-    )
-    acc = None
-    if val is not None:
-        xv, yv = val.arrays()
-        acc = float(train.evaluate(module, xv, yv, mean=mean, std=std))
-    meta = {
-        "architecture": arch,
-        "kwargs": kwargs,
-        "seed": args.seed,
-        "test_accuracy": acc,
-        "epochs": args.epochs,
-        "adversarial": bool(args.adversarial),
-        "mean": mean,
-        "std": std,
-    }
-    checkpoint.save(out, module, meta)
-    print(
-        f"saved {out}; final {json.dumps(history[-1] if history else {}, default=str)}"
-        + ("" if acc is None else f"; test accuracy {acc:.4f}")
-    )
     return 0
 
 
@@ -589,27 +515,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--quiet", action="store_true")
     a.set_defaults(func=_cmd_attack)
 
-    t = sub.add_parser(
-        "train", help="train a model (optionally adversarially) and save a checkpoint"
-    )
-    t.add_argument("--config", help="YAML/JSON file with these options")
-    t.add_argument(
-        "--data", default="default", help="a MedMNIST .npz, an image folder or tfds:NAME"
-    )
-    t.add_argument("--image-size", type=int, default=None)
-    t.add_argument("--channels", type=int, default=None)
-    t.add_argument("--arch", default="small_cnn", help="small_cnn, resnet18 or resnet50")
-    t.add_argument("--epochs", type=int, default=5)
-    t.add_argument("--batch-size", type=int, default=128)
-    t.add_argument("--lr", type=float, default=1e-3)
-    t.add_argument("--num-examples", type=int, default=None)
-    t.add_argument("--adversarial", action="store_true", help="PGD adversarial training (Madry)")
-    t.add_argument("--adv-eps", type=float, default=2.0, help="L∞ eps in 1/255 units")
-    t.add_argument("--adv-steps", type=int, default=7)
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--out", required=True, help="checkpoint path (.msgpack)")
-    t.add_argument("--quiet", action="store_true")
-    t.set_defaults(func=_cmd_train)
+    from jaxadv.cli_train import add_train_parser
+
+    add_train_parser(sub)
 
     from jaxadv.sweep.config import builtin_names
 

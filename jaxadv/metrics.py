@@ -584,7 +584,7 @@ def summarize(
         [0.0],
         per,
         np.asarray(jnp.argmax(logits, axis=1)) == yv,
-        labels=yv if binary else None,
+        labels=yv,
         clean_score=clean_score if binary else None,
         positive_class=positive_class,
     )[0]

@@ -44,6 +44,7 @@ from jaxadv import losses as L
 from jaxadv._struct import is_concrete, pytree_dataclass, static
 from jaxadv.attacks.base import example_keys
 from jaxadv.models import Model, from_apply
+from jaxadv.train_options import class_weight_vector, epoch_order, weighted_ce
 
 Array = jax.Array
 logger = logging.getLogger(__name__)
@@ -196,8 +197,9 @@ def _normalise(x: Array, mean, std) -> Array:
     return x
 
 
-def _objective(gd_train, gd_eval, mean, std, params, rest, adversarial, x, y, key):
-    """Batch loss in train mode. Returns ``(loss, (new_rest, logits_for_accuracy, x_adv))``."""
+def _objective(gd_train, gd_eval, mean, std, params, rest, adversarial, x, y, key, cw=None):
+    """Batch loss in train mode. Returns ``(loss, (new_rest, logits_for_accuracy, x_adv))``.
+    ``cw``: optional class weights ``[C]`` for every cross-entropy term."""
     if adversarial is not None:
         target = from_apply(_EvalApply(gd_eval, mean, std), (params, rest))
         res = adversarial.attack.run(example_keys(key, x.shape[0]), target, x, y)
@@ -209,23 +211,23 @@ def _objective(gd_train, gd_eval, mean, std, params, rest, adversarial, x, y, ke
     b = x.shape[0]
     if adversarial is None:
         logits = module(_normalise(x, mean, std))
-        loss = jnp.mean(L.ce(logits, y))
+        loss = weighted_ce(logits, y, cw)
         logits_acc = logits
     elif adversarial.objective == "madry" or (
         adversarial.objective == "penalty" and adversarial.penalty_on == "inputs"
     ):
         logits_acc = module(_normalise(x_adv, mean, std))
-        loss = jnp.mean(L.ce(logits_acc, y))
+        loss = weighted_ce(logits_acc, y, cw)
         if adversarial.objective == "penalty":
             d = pairwise_distance(adversarial.distance, x, x_adv)
             loss = loss + jnp.asarray(adversarial.lam, loss.dtype) * jnp.mean(d)
     else:
         both = module(_normalise(jnp.concatenate([x, x_adv], axis=0), mean, std))
         logits_clean, logits_acc = both[:b], both[b:]
-        loss_adv = jnp.mean(L.ce(logits_acc, y))
+        loss_adv = weighted_ce(logits_acc, y, cw)
         if adversarial.objective == "mix":
             alpha = jnp.asarray(adversarial.alpha, loss_adv.dtype)
-            loss = alpha * jnp.mean(L.ce(logits_clean, y)) + (1 - alpha) * loss_adv
+            loss = alpha * weighted_ce(logits_clean, y, cw) + (1 - alpha) * loss_adv
         else:
             d = pairwise_distance(adversarial.distance, logits_clean, logits_acc)
             loss = loss_adv + jnp.asarray(adversarial.lam, loss_adv.dtype) * jnp.mean(d)
@@ -234,7 +236,7 @@ def _objective(gd_train, gd_eval, mean, std, params, rest, adversarial, x, y, ke
 
 
 def _train_step(
-    gd_train, gd_eval, tx, mean, std, augment, params, rest, opt_state, adversarial, x, y, key
+    gd_train, gd_eval, tx, mean, std, augment, params, rest, opt_state, adversarial, x, y, key, cw
 ):
     if augment is not None:
         k_aug, key = jax.random.split(key)
@@ -242,7 +244,7 @@ def _train_step(
     grad_fn = jax.value_and_grad(
         functools.partial(_objective, gd_train, gd_eval, mean, std), has_aux=True
     )
-    (loss, (rest, logits, _)), grads = grad_fn(params, rest, adversarial, x, y, key)
+    (loss, (rest, logits, _)), grads = grad_fn(params, rest, adversarial, x, y, key, cw)
     # optax mixes Python floats with int32 step counts (e.g. Adam's bias correction ``b1 ** count``),
     # which fails under ``jax_numpy_dtype_promotion='strict'``; standard promotion is scoped to the
     # optimiser only, so our own code stays checked.
@@ -310,6 +312,7 @@ def batch_loss(
     adversarial: AdversarialTraining | None = None,
     mean: Sequence[float] | float | None = None,
     std: Sequence[float] | float | None = None,
+    class_weights: Sequence[float] | str | None = None,
 ) -> tuple[Array, dict[str, Array]]:
     """The training loss of one batch, in train mode, without updating anything.
 
@@ -322,6 +325,7 @@ def batch_loss(
         key: key (or int seed) of the attack's random start.
         adversarial: the adversarial objective, or ``None`` for the clean loss.
         mean, std: normalisation applied before the module (pixel units).
+        class_weights: as in :func:`train` (``'balanced'`` weights come from this batch's labels).
 
     Returns:
         ``(loss, {'logits': logits[B, C], 'x_adv': x_adv[B, H, W, K]})`` (``x_adv`` is ``x`` when
@@ -344,8 +348,48 @@ def batch_loss(
         jnp.asarray(x),
         jnp.asarray(y, jnp.int32),
         _as_key(key),
+        class_weight_vector(class_weights, np.asarray(y)),
     )
     return loss, {"logits": logits, "x_adv": x_adv}
+
+
+_MONITORS = {"balanced_accuracy": 1.0, "auc": 1.0, "macro_auc": 1.0, "accuracy": 1.0, "loss": -1.0}
+
+
+def predict_logits(
+    module: nnx.Module,
+    x: Any,
+    *,
+    batch_size: int = 256,
+    mean: Sequence[float] | float | None = None,
+    std: Sequence[float] | float | None = None,
+) -> np.ndarray:
+    """Logits ``f32[N, C]`` of an NNX classifier in eval mode (on a copy), after ``(x-mean)/std``.
+
+    Fixed-size batches (the engine's padding rule: the last batch repeats its last row), so one
+    program is compiled.
+    """
+    from jaxadv.engine.layout import chunks, pad_rows
+
+    x = np.asarray(x)
+    work = nnx.clone(module)
+    work.eval()
+    gd, params, rest = nnx.split(work, nnx.Param, ...)
+    apply = jax.jit(_EvalApply(gd, _norm_arg(mean), _norm_arg(std)))
+    bs = min(batch_size, x.shape[0])
+    out = []
+    for idx in chunks(x.shape[0], bs):
+        out.append(np.asarray(apply((params, rest), jnp.asarray(pad_rows(x[idx], bs))))[: len(idx)])
+    return np.concatenate(out).astype(np.float32)
+
+
+def _val_metrics(module, val, mean, std) -> dict[str, Any]:
+    from jaxadv.classmetrics import classification_metrics
+
+    logits = predict_logits(module, val[0], mean=mean, std=std)
+    m = classification_metrics(logits, val[1])
+    m["loss"] = float(np.mean(np.asarray(L.ce(jnp.asarray(logits), jnp.asarray(val[1])))))
+    return m
 
 
 def train(
@@ -364,6 +408,11 @@ def train(
     std: Sequence[float] | float | None = None,
     augment: Callable[[Array, Array], Array] | None = None,
     callback: Callable[[nnx.Module, dict[str, Any]], bool | None] | None = None,
+    class_weights: Sequence[float] | str | None = None,
+    balanced_sampling: bool = False,
+    monitor: str = "balanced_accuracy",
+    patience: int | None = None,
+    restore_best: bool = True,
 ) -> list[dict[str, Any]]:
     """Train an NNX classifier in place with optax; optionally adversarially.
 
@@ -372,35 +421,58 @@ def train(
     mode. With ``adversarial``, the inner attack is run in eval mode on the current weights (see
     :class:`AdversarialTraining`).
 
-    Deterministic: the key fixes the shuffling, the dropout masks (every RNG stream of the module is
-    re-seeded from it) and the attack's random starts, so the same key and data give bit-identical
-    weights on CPU. Batches of exactly ``batch_size`` are used (the remainder of each shuffled epoch
-    is dropped, so one program is compiled); if ``N < batch_size`` the batch is the whole set.
+    Model selection uses ``val`` only (a validation split, or a hold-out of the training data:
+    :func:`jaxadv.splits.training_splits`); never pass the test split here. After each epoch the
+    imbalance-aware metrics of :func:`jaxadv.classmetrics.classification_metrics` are computed on
+    ``val``; the epoch with the best ``monitor`` value is kept (``restore_best``), training stops
+    after ``patience`` epochs without improvement, and a warning is logged when the kept model
+    does not beat the majority baseline on ``val``.
+
+    Deterministic: the key fixes the shuffling (or balanced sampling), the augmentation, the dropout
+    masks (every RNG stream of the module is re-seeded from it) and the attack's random starts, so
+    the same key and data give bit-identical weights on CPU. Batches of exactly ``batch_size`` are
+    used (the remainder of each shuffled epoch is dropped, so one program is compiled); if
+    ``N < batch_size`` the batch is the whole set.
 
     Args:
         module: the NNX classifier (pixel input after normalisation), updated in place. Its RNG
             streams are left as they were; its Param and BatchStat state is replaced after each
-            epoch.
+            epoch (and by the best epoch's at the end when ``restore_best``).
         x: training images ``[N, H, W, K]`` float in ``[0, 1]`` (numpy or jax); y: labels ``int[N]``
             (``[N, 1]`` is accepted).
         epochs: passes over the data.
         batch_size: examples per step.
-        optimizer: an optax transformation; default ``optax.adam(learning_rate)``.
+        optimizer: an optax transformation; default ``optax.adam(learning_rate)`` (see
+            :func:`jaxadv.train_options.make_optimizer` for warm-up, cosine decay and weight decay).
         learning_rate: used only when ``optimizer`` is ``None``.
         key: ``jax.random.key`` or int seed.
         adversarial: an :class:`AdversarialTraining`, or ``None`` for standard training.
-        val: optional ``(x_val, y_val)``: clean accuracy logged after each epoch.
+        val: optional ``(x_val, y_val)`` validation data for per-epoch metrics and selection.
         mean, std: normalisation ``(x - mean) / std`` applied before the module; use the same values
             in ``jaxadv.from_nnx(module, mean=..., std=...)`` afterwards.
         augment: optional jittable data augmentation ``augment(key, x[B, H, W, K]) -> x`` applied
-            to each batch inside the step, before the attack (e.g. :func:`random_shift`).
+            to each batch inside the step, before the attack (e.g. :class:`jaxadv.train_options.Augment`,
+            :func:`random_shift`).
         callback: ``callback(module, metrics)`` after each epoch (the module already holds the
             epoch's weights); return ``True`` to stop early.
+        class_weights: ``None``, ``'balanced'`` or ``[C]`` weights of the cross-entropy
+            (:func:`jaxadv.train_options.weighted_ce`).
+        balanced_sampling: draw each epoch's ``N`` examples with replacement, every class equally
+            likely, instead of a permutation.
+        monitor: the ``val`` metric that selects the epoch: ``'balanced_accuracy'`` (default),
+            ``'auc'`` (binary), ``'macro_auc'``, ``'accuracy'`` (all maximised) or ``'loss'``
+            (minimised).
+        patience: stop after this many epochs without a strict improvement of ``monitor``
+            (``None``: run every epoch). Needs ``val``.
+        restore_best: leave the best epoch's weights in ``module`` (needs ``val``).
 
     Returns:
         One dict per epoch: ``epoch``, ``loss`` (mean training objective), ``train_accuracy`` (on the
         points the loss is computed on: adversarial ones under adversarial training), ``seconds``,
-        and ``val_accuracy`` when ``val`` is given.
+        and with ``val`` every metric as ``val_<name>`` (``val_accuracy``,
+        ``val_majority_baseline``, ``val_balanced_accuracy``, ``val_recall_per_class``,
+        ``val_auc`` / ``val_macro_auc``, ``val_loss`` (plain mean cross-entropy, unweighted), ...) and ``best`` (the epoch is the best so
+        far).
     """
     if not isinstance(module, nnx.Module):
         raise TypeError(f"train needs a flax.nnx.Module, got {type(module).__name__}")
@@ -411,9 +483,15 @@ def train(
             "adversarial must be a jaxadv.train.AdversarialTraining (e.g. "
             "AdversarialTraining(attack=jaxadv.PGD(threat=jaxadv.LinfBall(eps=4/255))))"
         )
+    if monitor not in _MONITORS:
+        raise ValueError(f"monitor must be one of {sorted(_MONITORS)}, got {monitor!r}")
+    if patience is not None and (val is None or patience < 1):
+        raise ValueError("patience needs val data and must be >= 1 (or None)")
     x, y = _check_xy(x, y)
     if val is not None:
         val = _check_xy(*val, name="val x")
+    cw = class_weight_vector(class_weights, y)
+    cw = None if cw is None else jnp.asarray(cw)
     n = x.shape[0]
     if n == 0:
         raise ValueError("empty training set")
@@ -443,16 +521,18 @@ def train(
         "" if adversarial is None else f", adversarial objective {adversarial.objective!r}",
     )
     history: list[dict[str, Any]] = []
+    best: tuple[float, int, Any, dict[str, Any]] | None = None  # (score, epoch, state, metrics)
+    sign = _MONITORS[monitor]
     for epoch in range(epochs):
         t0 = time.perf_counter()
-        perm = np.asarray(jax.random.permutation(jax.random.fold_in(k_shuffle, epoch), n))
+        order = epoch_order(jax.random.fold_in(k_shuffle, epoch), y, balanced_sampling)
         loss_sum = jnp.zeros((), jnp.float32)
         correct = jnp.zeros((), jnp.int32)
         for s in range(steps):
-            idx = perm[s * bs : (s + 1) * bs]
+            idx = order[s * bs : (s + 1) * bs]
             skey = jax.random.fold_in(k_step, epoch * steps + s)
             params, rest, opt_state, loss, c = step_fn(
-                params, rest, opt_state, adversarial, x[idx], y[idx], skey
+                params, rest, opt_state, adversarial, x[idx], y[idx], skey, cw
             )
             loss_sum = loss_sum + loss
             correct = correct + c
@@ -463,7 +543,17 @@ def train(
             "train_accuracy": int(correct) / max(steps * bs, 1),
         }
         if val is not None:
-            metrics["val_accuracy"] = evaluate(module, *val, mean=mean, std=std)
+            vm = _val_metrics(module, val, mean, std)
+            if monitor not in vm:
+                raise ValueError(
+                    f"monitor {monitor!r} is not defined for this task (val metrics: "
+                    f"{sorted(k for k in vm if k != 'recall_per_class')})"
+                )
+            metrics.update({f"val_{k}": v for k, v in vm.items()})
+            score = sign * vm[monitor]
+            metrics["best"] = best is None or score > best[0]
+            if metrics["best"]:
+                best = (score, epoch + 1, (params, rest), vm)
         metrics["seconds"] = time.perf_counter() - t0
         history.append(metrics)
         logger.info(
@@ -472,12 +562,30 @@ def train(
             epochs,
             metrics["loss"],
             metrics["train_accuracy"],
-            f"  val acc {metrics['val_accuracy']:.4f}" if val is not None else "",
+            ""
+            if val is None
+            else f"  val acc {metrics['val_accuracy']:.4f} (majority "
+            f"{metrics['val_majority_baseline']:.4f})  val bal acc "
+            f"{metrics['val_balanced_accuracy']:.4f}  val {monitor} {vm[monitor]:.4f}",
             metrics["seconds"],
         )
         if callback is not None and callback(module, metrics):
             logger.info("callback asked to stop after epoch %d", epoch + 1)
             break
+        if patience is not None and best is not None and epoch + 1 - best[1] >= patience:
+            logger.info("early stop: val %s has not improved for %d epochs", monitor, patience)
+            break
+    if best is not None:
+        if restore_best:
+            state = nnx.state(nnx.merge(gd_train, *best[2]), nnx.Not(nnx.RngState))
+            nnx.update(module, state)
+            logger.info("kept epoch %d (best val %s %.4f)", best[1], monitor, sign * best[0])
+        from jaxadv.classmetrics import warn_if_trivial
+
+        chosen = best[3] if restore_best else history[-1]
+        if not restore_best:
+            chosen = {k[4:]: v for k, v in chosen.items() if k.startswith("val_")}
+        warn_if_trivial(chosen, "val")
     return history
 
 
@@ -562,6 +670,7 @@ __all__ = [
     "batch_loss",
     "evaluate",
     "pairwise_distance",
+    "predict_logits",
     "random_shift",
     "train",
 ]

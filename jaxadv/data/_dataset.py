@@ -132,6 +132,11 @@ class Dataset(abc.ABC):
             )
         return self._get(idx)
 
+    def labels(self) -> np.ndarray:
+        """All labels ``int32[N]`` (``[N, L]`` multi-hot), without decoding images where the
+        subclass keeps them in memory (the default decodes every example once)."""
+        return self.get(np.arange(len(self)))[1]
+
     def batches(
         self,
         batch_size: int,
@@ -241,6 +246,9 @@ class ArrayDataset(Dataset):
     def storage(self) -> np.ndarray:
         """The images as stored (e.g. uint8 ``[N, H, W]``); a read-only ``np.memmap`` when mapped."""
         return self._images
+
+    def labels(self) -> np.ndarray:
+        return self._labels
 
     def _get(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         raw = _gather(self._images, indices)

@@ -49,6 +49,9 @@ class ImageFolderDataset(Dataset):
             x[row] = img
         return x, self._labels[indices]
 
+    def labels(self) -> np.ndarray:
+        return self._labels
+
 
 def _decode(path: pathlib.Path, channels: int, size: tuple[int, int] | None) -> np.ndarray:
     from PIL import Image, ImageOps, UnidentifiedImageError

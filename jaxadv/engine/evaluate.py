@@ -115,7 +115,7 @@ class Evaluation:
             self.per_eps,
             self.clean_correct,
             norm=self.norm,
-            labels=self.labels if binary else None,
+            labels=self.labels,  # balanced accuracies for any class count; AUCs need scores
             clean_score=self.clean_score if binary else None,
             positive_class=positive_class,
         )

@@ -58,6 +58,17 @@ def _auc(scores: np.ndarray, labels: np.ndarray) -> float:
     return auc(scores, labels)
 
 
+def _balanced(y: np.ndarray, clean_ok: np.ndarray, robust_ok: np.ndarray) -> dict[str, float]:
+    classes, counts = np.unique(y, return_counts=True)
+    if classes.size == 0:
+        return {}
+    return {
+        "majority_baseline": float(counts.max() / y.size),
+        "balanced_clean_accuracy": float(np.mean([clean_ok[y == c].mean() for c in classes])),
+        "balanced_robust_accuracy": float(np.mean([robust_ok[y == c].mean() for c in classes])),
+    }
+
+
 def summary_rows(
     eps: Sequence[float],
     per_eps: Mapping[str, np.ndarray],
@@ -76,8 +87,9 @@ def summary_rows(
             :data:`SIZE_FIELDS`, and ``score`` (positive-class log-odds on ``adv``).
         clean_correct: ``bool[N]``.
         norm: the threat's norm name, for ``eps_label`` and ``eps_255``.
-        labels: ``int[N]``, with ``clean_score`` and ``per_eps['score']`` gives ``auc`` and
-            ``auc_under_attack`` (binary tasks: pass them only for a two-class model).
+        labels: ``int[N]``: the balanced accuracies; with ``clean_score`` and
+            ``per_eps['score']`` also ``auc`` and ``auc_under_attack`` (pass scores only for a
+            two-class model).
         clean_score: positive-class log-odds on the clean images ``[N]``.
         positive_class: the class counted as positive for the AUCs.
 
@@ -85,13 +97,16 @@ def summary_rows(
         Rows of ``eps``, ``eps_label``, ``eps_255`` (not for L0), ``num_examples``,
         ``num_clean_correct``, ``num_successful``, ``num_robust``, ``clean_accuracy``,
         ``robust_accuracy``, ``attack_success_rate``, ``<size>_mean`` and ``<size>_median`` for each
-        size field present, and ``auc`` / ``auc_under_attack`` when scores are given.
+        size field present, and ``auc`` / ``auc_under_attack`` when scores are given; with
+        ``labels`` also ``majority_baseline`` (accuracy of always answering the commonest class),
+        ``balanced_clean_accuracy`` and ``balanced_robust_accuracy`` (mean over the classes
+        present of the per-class clean / robust accuracy).
     """
     cc = np.asarray(clean_correct, bool)
     n = int(cc.size)
     auc_clean = None
     pos = None
-    if labels is not None and clean_score is not None and "score" in per_eps:
+    if labels is not None and clean_score is not None and "score" in per_eps:  # binary
         pos = np.asarray(labels) == positive_class
         auc_clean = _auc(np.asarray(clean_score, np.float64), pos)
     rows = []
@@ -114,6 +129,8 @@ def summary_rows(
             if name in per_eps:
                 v = np.asarray(per_eps[name][j], np.float64)[att]
                 row[f"{name}_mean"], row[f"{name}_median"] = _mean_median(v)
+        if labels is not None:
+            row.update(_balanced(np.asarray(labels).reshape(-1), cc, ~succ))
         if pos is not None:
             row["auc"] = auc_clean
             row["auc_under_attack"] = _auc(np.asarray(per_eps["score"][j], np.float64), pos)

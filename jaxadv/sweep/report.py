@@ -84,7 +84,7 @@ def decode(rec: Mapping[str, Any]) -> CellData:
         per_eps,
         cc,
         norm=c["attack"]["norm"],
-        labels=labels if binary else None,
+        labels=labels if labels.ndim == 1 else None,  # balanced accuracies for any class count
         clean_score=decode_array(r["clean_score"], np.float32) if binary else None,
     )
     rule = str(rec.get("rule") or "")
