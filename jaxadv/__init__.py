@@ -7,8 +7,9 @@ Attacks maximise their loss; success means misclassified (or classified as the t
 
 from jaxadv import checkpoint, data, losses, metrics, multilabel
 from jaxadv.attacks import APGD, APGDT, FGSM, FMN, PGD, REGISTRY, AbstractAttack, AutoAttack
-from jaxadv.attacks.autoattack import EOT, RandomizedModel
+from jaxadv.attacks.autoattack import EOTLogits, RandomizedModel
 from jaxadv.attacks.dgde import DGDE, DGDEOptions
+from jaxadv.attacks.eot import EOT, RandomAffine
 from jaxadv.attacks.fab import FAB
 from jaxadv.attacks.hopskipjump import HopSkipJump
 from jaxadv.attacks.minnorm import CW, DDN, DeepFool
@@ -47,6 +48,8 @@ __all__ = [
     "DGDE",
     "DGDEOptions",
     "EOT",
+    "EOTLogits",
+    "RandomAffine",
     "EpsCurve",
     "Evaluation",
     "FAB",
