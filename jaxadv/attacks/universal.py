@@ -81,8 +81,12 @@ def fit_step(attack, params, opt_state, key, model, x, y):
     Returns ``(params, opt_state, loss)``; ``params`` are projected into the attack's constraint.
     """
     loss, g = jax.value_and_grad(attack.fit_loss)(params, key, model, x, y)
-    updates, opt_state = attack.optimizer().update(g, opt_state, params)
-    params = attack.project_params(optax.apply_updates(params, updates))
+    # optax's bias correction mixes a Python float with an int32 count, which strict dtype
+    # promotion rejects (as in jaxadv.train); standard promotion is scoped to the update
+    with jax.numpy_dtype_promotion("standard"):
+        updates, opt_state = attack.optimizer().update(g, opt_state, params)
+        params = optax.apply_updates(params, updates)
+    params = attack.project_params(params)
     return params, opt_state, loss
 
 
