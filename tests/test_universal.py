@@ -176,6 +176,13 @@ def test_patch_is_deterministic_by_key_and_saves(trigger_fit, tmp_path):
     a = fitted(3, model, x[:8], y[:8])
     b = fitted(3, model, x[:8], y[:8])
     np.testing.assert_array_equal(np.asarray(a.adv), np.asarray(b.adv))
+    # an ordinary attack: sharded over the 8 fake devices (batch 13 pads) equals unsharded
+    from jaxadv.sharding import attack_sharded
+
+    c = attack_sharded(fitted, jax.random.key(3), model, jnp.asarray(x[:13]), jnp.asarray(y[:13]))
+    np.testing.assert_allclose(np.asarray(c.adv), np.asarray(fitted(3, model, x[:13], y[:13]).adv))
+    fixed = fitted(3, model, x[:8], y[:8], scale=0.25)
+    np.testing.assert_allclose(np.asarray(fixed.info["scale"]), 0.25)
     fitted.save(tmp_path / "patch")
     assert (tmp_path / "patch.png").exists()
     back = load_fitted(tmp_path / "patch.npz")

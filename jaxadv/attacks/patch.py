@@ -25,8 +25,8 @@ import numpy as np
 import optax
 
 from jaxadv import losses as L
-from jaxadv._struct import float32_fields, pytree_dataclass, static
-from jaxadv.attacks.base import example_keys
+from jaxadv._struct import float32_fields, pytree_dataclass, replace, static
+from jaxadv.attacks.base import AbstractAttack, example_keys
 from jaxadv.attacks.universal import FITTED, AbstractUniversal, _check_int, save_fitted
 from jaxadv.models import as_model
 from jaxadv.result import AttackResult, finalize
@@ -235,11 +235,22 @@ class AdversarialPatch(AbstractUniversal):
 
 
 @pytree_dataclass
-class FittedPatch:
-    """A fitted patch ``patch[P, P, K]`` and its attack's settings; call it to attack a batch."""
+class FittedPatch(AbstractAttack):
+    """A fitted patch ``patch[P, P, K]`` and its attack's settings: an ordinary attack
+    ``fitted(key, model, x, y) -> AttackResult`` (so :func:`jaxadv.sharding.attack_sharded` and
+    per-example keys work as for every attack).
+
+    Each image gets the patch at a random rotation, location and scale from the fit's ranges
+    (``eval_scale``, or ``scale=`` in the call, fixes the scale, e.g. Finlayson's 0.4).
+    ``success`` = classified as the target, recomputed by the library on the rendered ``adv``;
+    ``norm`` = pixels changed. ``info``: the per-example transform ``angle`` (radians), ``scale``,
+    ``center[B, 2]``, ``area`` (patch area / image area) and ``eligible`` (label is not the target:
+    Finlayson's ``winp`` is the success rate there).
+    """
 
     attack: AdversarialPatch
     patch: Array
+    eval_scale: float | Array | None = None
 
     @staticmethod
     def attack_from_settings(s: Mapping[str, Any]) -> AdversarialPatch:
@@ -249,6 +260,14 @@ class FittedPatch:
     def mask(self) -> Array:
         return self.attack.mask(self.patch.shape[0])
 
+    @property
+    def threat(self) -> L0Pixels:
+        """The check ``finalize`` applies: the box (``norm`` counts the changed pixels)."""
+        return L0Pixels(eps=np.inf, lo=self.attack.lo, hi=self.attack.hi)
+
+    def with_eps(self, eps: float | Array) -> FittedPatch:
+        return self  # the patch has no norm budget (its size is the scale)
+
     def __call__(
         self,
         key: Array | int,
@@ -256,29 +275,42 @@ class FittedPatch:
         x: Array,
         y: Array,
         *,
+        target: Array | None = None,
         scale: float | None = None,
+        validate: bool = True,
         index_offset: int = 0,
     ) -> AttackResult:
-        """Paste the patch on every image of ``x[B, H, W, K]`` at a random rotation, location and
-        scale (``scale`` fixes it, e.g. Finlayson's evaluation scale 0.4) and judge the model.
-
-        ``success`` = classified as the target (recomputed by the library on the rendered
-        ``adv``); ``norm`` = pixels changed. ``info``: the per-example transform ``angle``
-        (radians), ``scale``, ``center[B, 2]``, ``area`` (patch area / image area) and
-        ``eligible`` (label is not the target: Finlayson's ``winp`` is the success rate there).
-        """
+        """Attack ``x[B, H, W, K]`` with labels ``y[B]`` (see the class docstring)."""
+        if target is not None:
+            raise ValueError(f"the patch's target is fixed at fit time ({self.attack.target})")
         model = as_model(model)
-        if not isinstance(key, jax.Array):
-            key = jax.random.key(int(key))
-        x = jnp.asarray(x, jnp.float32)
-        y = jnp.asarray(y, jnp.int32)
-        n_cls = int(jax.eval_shape(model, jax.ShapeDtypeStruct(x.shape, x.dtype)).shape[-1])
+        x = jnp.asarray(x)
+        n_cls = int(jax.eval_shape(model, jax.ShapeDtypeStruct(x.shape, jnp.float32)).shape[-1])
         self.attack.check_data(_Shape(x.shape[1:]), n_cls)
-        if scale is not None and not 0 < scale <= 1:
-            raise ValueError(f"scale must lie in (0, 1], got {scale}")
-        fixed = jnp.float32(-1.0 if scale is None else scale)
-        keys = example_keys(key, x.shape[0], index_offset)
-        return _apply_patch(self, model, x, y, keys, fixed)
+        fitted = self
+        if scale is not None:
+            if not 0 < scale <= 1:
+                raise ValueError(f"scale must lie in (0, 1], got {scale}")
+            fitted = replace(self, eval_scale=np.float32(scale))
+        return AbstractAttack.__call__(
+            fitted, key, model, x, y, validate=validate, index_offset=index_offset
+        )
+
+    def run(self, keys, model, x, y, *, target=None) -> AttackResult:
+        a = self.attack
+        t = a.draw(keys, x.shape[1:])
+        if self.eval_scale is not None:
+            t["scale"] = jnp.full_like(t["scale"], self.eval_scale)
+        adv = render_patch(
+            x, self.patch, self.mask, t["angle"], t["scale"], t["center"], a.lo, a.hi
+        )
+        tgt = jnp.full((x.shape[0],), a.target, jnp.int32)
+        res = finalize(self.threat, model, x, adv, y, target=tgt)
+        h, w = x.shape[1], x.shape[2]
+        frac = float(np.mean(patch_mask(self.patch.shape[0], a.shape)))
+        area = frac * (t["scale"] * min(h, w)) ** 2 / (h * w)
+        info = {**res.info, **t, "area": area, "eligible": y != a.target}
+        return replace(res, info=info)
 
     def save(self, path: str | os.PathLike) -> None:
         """``path`` (.npz) and a PNG of the patch (mask as the alpha channel)."""
@@ -291,28 +323,3 @@ FITTED["FittedPatch"] = FittedPatch
 class _Shape:
     def __init__(self, shape):
         self.image_shape = tuple(shape)
-
-
-@jax.jit
-def _apply_patch(fitted, model, x, y, keys, fixed_scale):
-    a = fitted.attack
-    t = a.draw(keys, x.shape[1:])
-    t["scale"] = jnp.where(fixed_scale > 0, fixed_scale, t["scale"])
-    adv = render_patch(
-        x, fitted.patch, fitted.mask, t["angle"], t["scale"], t["center"], a.lo, a.hi
-    )
-    tgt = jnp.full((x.shape[0],), a.target, jnp.int32)
-    threat = L0Pixels(eps=jnp.inf, lo=a.lo, hi=a.hi)
-    res = finalize(threat, model, x, adv, y, target=tgt)
-    h, w = x.shape[1], x.shape[2]
-    frac = float(np.mean(patch_mask(fitted.patch.shape[0], a.shape)))
-    area = frac * (t["scale"] * min(h, w)) ** 2 / (h * w)
-    info = {**res.info, **t, "area": area, "eligible": y != a.target}
-    return AttackResult(
-        adv=res.adv,
-        success=res.success,
-        loss=res.loss,
-        norm=res.norm,
-        queries=res.queries,
-        info=info,
-    )

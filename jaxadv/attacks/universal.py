@@ -34,7 +34,8 @@ import numpy as np
 import optax
 
 from jaxadv import losses as L
-from jaxadv._struct import float32_fields, pytree_dataclass, static
+from jaxadv._struct import float32_fields, pytree_dataclass, replace, static
+from jaxadv.attacks.base import AbstractAttack
 from jaxadv.engine.layout import data_mesh, shard_batch
 from jaxadv.models import as_model
 from jaxadv.result import AttackResult, finalize
@@ -226,7 +227,7 @@ def save_fitted(fitted: Any, path: str | os.PathLike, image: np.ndarray, alpha=N
     leaves = {
         f.name: np.asarray(getattr(fitted, f.name))
         for f in fitted.__dataclass_fields__.values()
-        if f.name != "attack"
+        if f.name != "attack" and getattr(fitted, f.name) is not None
     }
     settings = fitted.attack.settings_dict()
     np.savez(
@@ -332,11 +333,24 @@ class UniversalPerturbation(AbstractUniversal):
 
 
 @pytree_dataclass
-class FittedPerturbation:
-    """A fitted universal perturbation ``delta[H, W, K]``; call it to attack a batch."""
+class FittedPerturbation(AbstractAttack):
+    """A fitted universal perturbation ``delta[H, W, K]``: an ordinary attack
+    ``fitted(key, model, x, y) -> AttackResult`` (deterministic: the key is not used).
+
+    ``adv = x + delta`` projected into the threat set (the library's :func:`finalize`), success =
+    misclassified; ``info["fooled"]`` (``bool[B]``) marks a changed prediction (the fooling rate of
+    Moosavi-Dezfooli et al. is its mean). ``with_eps`` re-projects ``delta`` into a smaller ball.
+    """
 
     attack: UniversalPerturbation
     delta: Array
+
+    @property
+    def threat(self) -> Any:
+        return self.attack.threat
+
+    def with_eps(self, eps: float | Array) -> FittedPerturbation:
+        return replace(self, attack=replace(self.attack, threat=replace(self.threat, eps=eps)))
 
     @staticmethod
     def attack_from_settings(s: Mapping[str, Any]) -> UniversalPerturbation:
@@ -349,13 +363,11 @@ class FittedPerturbation:
             num_epochs=s["num_epochs"],
         )
 
-    def __call__(self, key: Array | int, model: Any, x: Array, y: Array) -> AttackResult:
-        """``adv = x + delta`` projected into the threat set, success recomputed.
-
-        ``info["fooled"]`` (``bool[B]``) marks a changed prediction (the fooling rate of
-        Moosavi-Dezfooli et al. is its mean); ``success`` is the library's usual misclassification.
-        """
-        return _apply_uap(self, as_model(model), jnp.asarray(x), jnp.asarray(y, jnp.int32))
+    def run(self, keys, model, x, y, *, target=None) -> AttackResult:
+        res = finalize(self.threat, model, x, x + self.delta[None], y, target=target)
+        clean = jnp.argmax(model(x), axis=-1)
+        fooled = jnp.argmax(model(res.adv), axis=-1) != clean
+        return replace(res, queries=res.queries + 1, info={**res.info, "fooled": fooled})
 
     def save(self, path: str | os.PathLike) -> None:
         """``path`` (.npz) and a PNG of ``delta`` scaled to ``[0, 1]`` (0.5 = no change)."""
@@ -365,19 +377,3 @@ class FittedPerturbation:
 
 
 FITTED["FittedPerturbation"] = FittedPerturbation
-
-
-@jax.jit
-def _apply_uap(fitted, model, x, y):
-    threat = fitted.attack.threat
-    res = finalize(threat, model, x, x + fitted.delta[None], y)
-    clean = jnp.argmax(model(x), axis=-1)
-    fooled = jnp.argmax(model(res.adv), axis=-1) != clean
-    return AttackResult(
-        adv=res.adv,
-        success=res.success,
-        loss=res.loss,
-        norm=res.norm,
-        queries=res.queries + 1,
-        info={**res.info, "fooled": fooled},
-    )
