@@ -119,12 +119,31 @@ def bias_table(models, test, num_steps):
     return rows
 
 
+def uap_table(models, train, test):
+    xt, yt = test
+    rows = []
+    for src in MODELS:
+        for e in (2, 4, 8):
+            uap = jaxadv.UniversalPerturbation(
+                threat=jaxadv.LinfBall(eps=e / 255), batch_size=32, num_epochs=2
+            )
+            fitted = uap.fit(jax.random.key(0), models[src], train)
+            row = {"model": src, "eps": f"{e}/255"}
+            for dst in MODELS:
+                res = fitted(jax.random.key(1), models[dst], xt, yt)
+                row[dst] = float(np.mean(np.asarray(res.info["fooled"])))
+            rows.append(row)
+            print(row, flush=True)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--train", type=int, default=512)
     ap.add_argument("--test", type=int, default=200)
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--sections", default="patch,bias,uap", help="comma list: patch, bias, uap")
     args = ap.parse_args()
     if not DATA.exists():
         raise SystemExit(f"{DATA} is absent: this benchmark needs the shared PneumoniaMNIST file")
@@ -134,21 +153,30 @@ def main() -> None:
     test = (jnp.asarray(test_all[0]), jnp.asarray(test_all[1]))
     sub = (test[0][: args.test], test[1][: args.test])
     t0 = time.perf_counter()
-    patch = patch_table(models, train, test, args.epochs)
-    bias = bias_table(models, sub, args.steps)
+    sections = set(args.sections.split(","))
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE
     ).stdout.strip()
-    out = {
+    path = HERE / "medical.json"
+    out = json.loads(path.read_text()) if path.exists() else {}
+    run = {
         "device": f"CPU ({jax.devices()[0].platform}), 2 cores shared with other jobs",
         "jax": jax.__version__,
         "commit": commit,
         "settings": vars(args),
-        "wall_s": round(time.perf_counter() - t0, 1),
-        "patch": patch,
-        "bias": bias,
     }
-    (HERE / "medical.json").write_text(json.dumps(out, indent=1) + "\n")
+    patch = patch_table(models, train, test, args.epochs) if "patch" in sections else []
+    bias = bias_table(models, sub, args.steps) if "bias" in sections else []
+    uap = uap_table(models, train, test) if "uap" in sections else []
+    for name, rows in (("patch", patch), ("bias", bias), ("uap", uap)):
+        if name in sections:
+            out[name] = {**run, "wall_s": round(time.perf_counter() - t0, 1), "rows": rows}
+    path.write_text(json.dumps(out, indent=1) + "\n")
+    print("\n| fitted on | L∞ eps | fooling rate (white-box) | fooling rate (transferred) |")
+    print("|---|---|---|---|")
+    for r in uap:
+        other = [m for m in MODELS if m != r["model"]][0]
+        print(f"| {r['model']} | {r['eps']} | {r[r['model']]:.3f} | {r[other]:.3f} ({other}) |")
     print(
         "\n| fitted on | patch area | white-box winp | random patch | transferred winp | fit (s) |"
     )

@@ -209,9 +209,17 @@ def test_patch_disguise_bound_holds():
     x, y = _smooth_images(16, 2), np.zeros(16, np.int32)
     p0 = jnp.full((6, 6, 1), 0.5)
     attack = AdversarialPatch(
-        target=1, disguise=p0, disguise_eps=0.1, batch_size=8, num_epochs=1, scale_max=0.5
+        target=1,
+        disguise=p0,
+        disguise_eps=0.1,
+        batch_size=8,
+        num_epochs=1,
+        scale_max=0.5,
+        eot_samples=2,
     )
-    fitted = attack.fit(0, model, (x, y))
+    seen = []
+    fitted = attack.fit(0, model, (x, y), progress=lambda d, t: seen.append((d, t)))
+    assert seen == [(1, 2), (2, 2)]
     assert float(jnp.max(jnp.abs(fitted.patch - p0))) <= 0.1 + 1e-6
 
 

@@ -84,6 +84,8 @@ class AdversarialPatch(AbstractUniversal):
             ``||p - p0||_inf <= disguise_eps`` (Brown et al.'s disguised patch).
         disguise_eps: the disguise bound (``inf``: the patch only starts at ``p0``).
         lo, hi: the pixel box.
+        eot_samples: transforms per image per step (static): each minibatch image is tiled
+            ``eot_samples`` times, each copy with its own rotation, scale and place.
         batch_size, num_epochs: minibatch size and passes over the data (static).
 
     Success on held-out images is "classified as ``target``"; Finlayson's ``winp`` is its rate
@@ -101,6 +103,7 @@ class AdversarialPatch(AbstractUniversal):
     disguise_eps: float | Array = math.inf
     lo: float | Array = 0.0
     hi: float | Array = 1.0
+    eot_samples: int = static(default=1)
     batch_size: int = static(default=16)
     num_epochs: int = static(default=5)
 
@@ -112,6 +115,7 @@ class AdversarialPatch(AbstractUniversal):
         _check_int("target", self.target, 0)
         _check_int("batch_size", self.batch_size, 1)
         _check_int("num_epochs", self.num_epochs, 1)
+        _check_int("eot_samples", self.eot_samples, 1)
         if self.patch_size is not None:
             _check_int("patch_size", self.patch_size, 2)
         if self.shape not in SHAPES:
@@ -199,6 +203,8 @@ class AdversarialPatch(AbstractUniversal):
         return jnp.clip(patch, self.lo, self.hi)
 
     def fit_loss(self, patch: Array, key: Array, model: Any, x: Array, y: Array) -> Array:
+        if self.eot_samples > 1:
+            x = jnp.repeat(x, self.eot_samples, axis=0)
         keys = example_keys(key, x.shape[0])
         t = self.draw(keys, x.shape[1:])
         adv = render_patch(
@@ -229,6 +235,7 @@ class AdversarialPatch(AbstractUniversal):
             "disguise_eps": float(self.disguise_eps),
             "lo": float(self.lo),
             "hi": float(self.hi),
+            "eot_samples": self.eot_samples,
             "batch_size": self.batch_size,
             "num_epochs": self.num_epochs,
         }

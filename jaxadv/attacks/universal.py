@@ -25,7 +25,7 @@ import json
 import logging
 import os
 import pathlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 import jax
@@ -112,6 +112,7 @@ class AbstractUniversal:
         *,
         checkpoint: str | os.PathLike | None = None,
         mesh: jax.sharding.Mesh | None = None,
+        progress: Callable[[int, int], None] | None = None,
     ):
         """Fit the universal perturbation on ``data`` (``num_epochs`` shuffled passes in
         minibatches of ``batch_size``; the last, smaller minibatch of each pass is dropped so one
@@ -125,6 +126,8 @@ class AbstractUniversal:
                 after its last completed epoch.
             mesh: device mesh for the batch axis (default: all local devices, used when
                 ``batch_size`` divides evenly over them).
+            progress: called as ``progress(steps_done, total_steps)`` after every step (host
+                code: a progress bar, a log line).
 
         Returns:
             The fitted perturbation (a pytree; call it to attack a batch).
@@ -155,7 +158,9 @@ class AbstractUniversal:
         if ckpt is not None and ckpt.exists():
             params, opt_state, start = _load_state(ckpt, params, opt_state)
             log.info("resuming the fit from %s after epoch %d", ckpt, start)
-        step = start * (len(ds) // self.batch_size)
+        per_epoch = len(ds) // self.batch_size
+        step = start * per_epoch
+        total = self.num_epochs * per_epoch
         for epoch in range(start, self.num_epochs):
             seed = int(jax.random.randint(jax.random.fold_in(key, 1 + epoch), (), 0, 2**31 - 1))
             losses = []
@@ -167,6 +172,8 @@ class AbstractUniversal:
                 params, opt_state, loss = fit_step(self, params, opt_state, skey, model, xb, yb)
                 losses.append(loss)
                 step += 1
+                if progress is not None:
+                    progress(step, total)
             log.info(
                 "%s epoch %d/%d: mean loss %.4f",
                 type(self).__name__,
