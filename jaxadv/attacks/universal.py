@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxadv import _validate
 from jaxadv import losses as L
 from jaxadv._struct import float32_fields, pytree_dataclass, replace, static
 from jaxadv.attacks.base import AbstractAttack
@@ -143,11 +144,16 @@ class AbstractUniversal:
                 f"the data set has {len(ds)} examples, fewer than batch_size={self.batch_size}; "
                 "lower batch_size"
             )
+        if ds.multi_label:
+            raise ValueError(
+                f"{type(self).__name__} needs single-label data; {ds.name} is multi-label "
+                "(select one finding with jaxadv.data.select_finding)"
+            )
         h, w, k = ds.image_shape
-        probe = ds.take(1)[0]
-        num_classes = int(
-            jax.eval_shape(model, jax.ShapeDtypeStruct(probe.shape, jnp.float32)).shape[-1]
-        )
+        # the first minibatch through the library's input checks (box, labels, model, logits)
+        x1, y1 = ds.take(self.batch_size)
+        box = getattr(self, "threat", self)
+        num_classes = _validate.check_attack_inputs(box, model, jnp.asarray(x1), y1)
         self.check_data(ds, num_classes)
         mesh = mesh or data_mesh()
         shard = mesh.devices.size > 1 and self.batch_size % mesh.devices.size == 0
