@@ -92,6 +92,41 @@ def test_eot_attacks_the_expectation_over_a_random_flip():
     np.testing.assert_allclose(np.asarray(res.adv[:, :, 3]), 0.3, atol=1e-6)
 
 
+def test_eot_gradient_is_the_mean_of_the_sampled_gradients():
+    """EOTModel's gradient equals the average of per-draw gradients computed by hand, for a
+    transform and for a RandomizedModel's own noise."""
+    from jaxadv import losses as L
+    from jaxadv._batch import input_hash
+    from jaxadv.attacks.autoattack import RandomizedModel
+    from jaxadv.attacks.base import example_keys, fold_keys
+    from jaxadv.attacks.eot import EOTModel
+    from jaxadv.attacks.gradient import loss_grad
+
+    def apply(w, z, keys):
+        noise = jax.vmap(lambda k: jax.random.normal(k, (3,)))(keys)
+        return z.reshape(z.shape[0], -1) @ w + noise
+
+    w = jax.random.normal(jax.random.key(4), (16, 3))
+    rnd = RandomizedModel(apply=apply, params=w, key=jax.random.key(7))
+    x = jax.random.uniform(jax.random.key(1), (3, 4, 4, 1))
+    y = jnp.array([0, 1, 2])
+    keys = example_keys(jax.random.key(2), 3)
+    shift = lambda k, z: z + jax.vmap(lambda kk: jax.random.uniform(kk))(k)[:, None, None, None]
+    m = EOTModel(
+        model=rnd, transform=jaxadv.attacks.eot.as_transform(shift), keys=keys, num_samples=5
+    )
+    g, per, _ = loss_grad(m, L.ce, x, y)
+    h = input_hash(x)
+    grads = []
+    for s in range(5):
+        k = jax.vmap(lambda kk, v, s=s: jax.random.fold_in(jax.random.fold_in(kk, s), v))(keys, h)
+        f = lambda z, k=k: jnp.sum(L.ce(rnd.sample(shift(k, z), fold_keys(k, 1)), y))
+        grads.append(jax.grad(f)(x))
+    np.testing.assert_allclose(np.asarray(g), np.asarray(sum(grads) / 5), rtol=1e-5, atol=1e-6)
+    # the draws differ (else averaging would be a no-op)
+    assert float(jnp.max(jnp.abs(grads[0] - grads[1]))) > 1e-4
+
+
 def test_eot_rejects_bad_settings():
     pgd = jaxadv.PGD(threat=jaxadv.LinfBall(eps=0.1))
     with pytest.raises(ValueError, match="num_samples"):
