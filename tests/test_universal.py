@@ -382,3 +382,27 @@ def test_bias_field_bad_settings():
         BiasField(threat=jaxadv.LinfBall(eps=0.1))
     with pytest.raises(ValueError, match="num_steps"):
         BiasField(threat=BiasFieldThreat(), num_steps=0)
+
+
+# ---------------------------------------------------------------------------------- command line
+@pytest.mark.slow
+def test_cli_attack_bias_field(tmp_path, capsys):
+    import json
+
+    from jaxadv.cli import main
+
+    base = ["attack", "--attack", "bias-field", "--num-examples", "32", "--batch-size", "32"]
+    out = tmp_path / "run"
+    argv = [*base, "--num-steps", "5", "--eps", "0,0.4", "--option", "degree=2", "--out", str(out)]
+    assert main([*argv, "--quiet"]) == 0
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert [r["eps"] for r in rows] == [0.0, 0.4]
+    assert rows[1]["robust_accuracy"] < rows[0]["robust_accuracy"]  # the field breaks some
+    assert rows[1]["norm_mean"] <= 0.4 + 1e-6 and rows[1]["ssim_mean"] < 1.0
+    for bad, msg in [
+        (["--eps", "0,8"], "log-amplitudes"),
+        (["--option", "degree=-1"], "degree"),
+        (["--restarts", "2"], "no random restarts"),
+    ]:
+        assert main([*base, *bad, "--quiet", "--out", str(tmp_path / "x")]) == 2
+        assert msg in capsys.readouterr().err
