@@ -320,7 +320,8 @@ class FittedPatch(AbstractAttack):
         return replace(res, info=info)
 
     def save(self, path: str | os.PathLike) -> None:
-        """``path`` (.npz) and a PNG of the patch (mask as the alpha channel)."""
+        """``path`` (.npz) and a PNG of the patch (mask as the alpha channel). The settings are
+        saved, the ``disguise`` start image is not (the fitted patch already satisfies it)."""
         save_fitted(self, path, np.asarray(self.patch), np.asarray(self.mask))
 
 
