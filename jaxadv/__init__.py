@@ -7,17 +7,21 @@ Attacks maximise their loss; success means misclassified (or classified as the t
 
 from jaxadv import checkpoint, data, losses, metrics, multilabel, segmentation
 from jaxadv.attacks import APGD, APGDT, FGSM, FMN, PGD, REGISTRY, AbstractAttack, AutoAttack
-from jaxadv.attacks.autoattack import EOT, RandomizedModel
+from jaxadv.attacks.autoattack import EOTLogits, RandomizedModel
+from jaxadv.attacks.bias import BiasField, BiasFieldThreat
 from jaxadv.attacks.dense import ASMA, DAG, SegPGD
 from jaxadv.attacks.dgde import DGDE, DGDEOptions
+from jaxadv.attacks.eot import EOT, RandomAffine
 from jaxadv.attacks.fab import FAB
 from jaxadv.attacks.hopskipjump import HopSkipJump
 from jaxadv.attacks.minnorm import CW, DDN, DeepFool
 from jaxadv.attacks.nes import NES
 from jaxadv.attacks.onepixel import OnePixel
+from jaxadv.attacks.patch import AdversarialPatch, FittedPatch
 from jaxadv.attacks.simba import SimBA
 from jaxadv.attacks.sparse_rs import SparseRS
 from jaxadv.attacks.square import Square
+from jaxadv.attacks.universal import FittedPerturbation, UniversalPerturbation, load_fitted
 from jaxadv.attacks.zoo import ZOO
 from jaxadv.engine import Evaluation, evaluate
 from jaxadv.eps_sweep import EpsCurve, sweep_eps
@@ -40,6 +44,13 @@ from jaxadv.threats import L0Pixels, L1Ball, L2Ball, LinfBall, Patch
 __version__ = "0.1.0"
 
 __all__ = [
+    "AdversarialPatch",
+    "BiasField",
+    "BiasFieldThreat",
+    "FittedPatch",
+    "FittedPerturbation",
+    "UniversalPerturbation",
+    "load_fitted",
     "APGD",
     "APGDT",
     "AutoAttack",
@@ -49,6 +60,8 @@ __all__ = [
     "DGDE",
     "DGDEOptions",
     "EOT",
+    "EOTLogits",
+    "RandomAffine",
     "EpsCurve",
     "Evaluation",
     "FAB",

@@ -207,7 +207,7 @@ def _cmd_attack(args: argparse.Namespace) -> int:
     import jax
 
     import jaxadv
-    from jaxadv import report
+    from jaxadv import cli_medical, report
     from jaxadv._progress import Progress
     from jaxadv.vocab import (
         attack_config,
@@ -220,25 +220,35 @@ def _cmd_attack(args: argparse.Namespace) -> int:
 
     norm = _spec(check_norm, args.norm)
     _spec(check_rule_spec, args.multilabel, args.finding, args.target_set)
-    eps = _eps_list(args.eps, norm, args.eps_scale)
     _positive(args.batch_size, "--batch-size")
     _positive(args.num_examples, "--num-examples")
     from jaxadv import cli_segmentation as seg
 
     if seg.is_segmentation_model(args.model):  # per-pixel logits: jaxadv/cli_segmentation.py
+        eps = _eps_list(args.eps, norm, args.eps_scale)
         rows = seg.run_attack(args, eps=eps, out=_out_dir(args.out), options=_options(args.option))
         print(report.format_table(rows, seg.TABLE_COLUMNS))
         return 0
-    attack = _spec(
-        make_attack,
-        args.attack,
-        norm=norm,
-        eps_max=max(eps),
-        num_steps=args.num_steps,
-        restarts=args.restarts,
-        options=_options(args.option),
-        default_num_steps=20,
-    )
+    if str(args.attack).lower() in cli_medical.NAMES:  # a parametric threat: its own eps units
+        norm, eps = "bias", _spec(cli_medical.amplitudes, args.eps)
+        attack = _spec(
+            cli_medical.make_bias_field,
+            options=_options(args.option),
+            num_steps=args.num_steps,
+            restarts=args.restarts,
+        )
+    else:
+        eps = _eps_list(args.eps, norm, args.eps_scale)
+        attack = _spec(
+            make_attack,
+            args.attack,
+            norm=norm,
+            eps_max=max(eps),
+            num_steps=args.num_steps,
+            restarts=args.restarts,
+            options=_options(args.option),
+            default_num_steps=20,
+        )
     if args.multilabel is not None:
         from jaxadv.multilabel import check_attack
 
@@ -448,7 +458,8 @@ def build_parser() -> argparse.ArgumentParser:
         default="pgd",
         help="fgsm, pgd, apgd, apgd-dlr, apgdt, fmn, autoattack, or any registered attack class "
         "(Square, NES, ZOO, HopSkipJump, OnePixel, DGDE, SimBA, SparseRS; see "
-        "jaxadv.attacks.REGISTRY)",
+        "jaxadv.attacks.REGISTRY); bias-field (--eps: field log-amplitudes, e.g. 0,0.2,0.4; "
+        "--option degree=3)",
     )
     a.add_argument(
         "--norm",

@@ -16,7 +16,7 @@ import pytest
 import jaxadv
 from jaxadv._struct import pytree_dataclass, static
 from jaxadv.attacks.autoattack import (
-    EOT,
+    EOTLogits,
     RandomizedModel,
     build_stages,
     reference_settings,
@@ -317,7 +317,7 @@ def test_randomized_model_and_eot():
     # a plain call is one draw (pure: the same input, the same draw); EOT averages 20 draws
     np.testing.assert_array_equal(model(z), model(z))
     assert not np.allclose(model(z), model(z + 1e-3), atol=1e-4)
-    eot = EOT(model=model, num_draws=20)
+    eot = EOTLogits(model=model, num_draws=20)
     clean = _flag_model()(z)
     assert float(jnp.max(jnp.abs(eot(z) - clean))) < float(jnp.max(jnp.abs(model(z) - clean)))
     other = _scripted_autoattack(("apgd-ce", "fab"))  # any version but 'rand' runs the check

@@ -1,9 +1,10 @@
 """Attacks. Every public attack is registered in :data:`REGISTRY`."""
 
 from jaxadv.attacks.apgd import APGD, APGDT
-from jaxadv.attacks.autoattack import EOT, AutoAttack, RandomizedModel
+from jaxadv.attacks.autoattack import AutoAttack, EOTLogits, RandomizedModel
 from jaxadv.attacks.base import REGISTRY, AbstractAttack, example_keys, register
 from jaxadv.attacks.dgde import DGDE, DGDEOptions
+from jaxadv.attacks.eot import EOT, RandomAffine
 from jaxadv.attacks.fab import FAB
 from jaxadv.attacks.fmn import FMN
 from jaxadv.attacks.gradient import FGSM, PGD
@@ -24,6 +25,8 @@ __all__ = [
     "DeepFool",
     "DGDE",
     "EOT",
+    "EOTLogits",
+    "RandomAffine",
     "DGDEOptions",
     "FAB",
     "FGSM",

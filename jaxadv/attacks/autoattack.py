@@ -23,7 +23,7 @@ import numpy as np
 from jaxadv import _validate
 from jaxadv import _validate as V
 from jaxadv import losses as L
-from jaxadv._batch import bsel
+from jaxadv._batch import bsel, input_hash
 from jaxadv._struct import pytree_dataclass, replace, static
 from jaxadv.attacks.apgd import APGD, APGDT
 from jaxadv.attacks.base import (
@@ -233,16 +233,6 @@ def build_stages(
 
 
 # ------------------------------------------------------------------------- randomised models
-def _input_hash(x: Array) -> Array:
-    """``uint32[B]``: a per-example fingerprint of the input, so that a randomised model draws new
-    noise at every new point (as the reference's fresh draws per call) while staying a pure
-    function (the same point, the same draws)."""
-    bits = jax.lax.bitcast_convert_type(
-        jax.lax.stop_gradient(x).astype(jnp.float32).reshape(x.shape[0], -1), jnp.uint32
-    )
-    return jnp.sum(bits * jnp.uint32(2654435761), axis=1, dtype=jnp.uint32)
-
-
 @pytree_dataclass
 class RandomizedModel:
     """A model with randomness at inference (``version='rand'``): ``apply(params, x, keys)`` with
@@ -263,21 +253,21 @@ class RandomizedModel:
         return self.apply(self.params, x, keys)
 
     def __call__(self, x: Array) -> Array:
-        h = _input_hash(x)
+        h = input_hash(x)
         keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(self.key, h)
         return self.sample(x, keys)
 
 
 @pytree_dataclass
-class EOT:
-    """Expectation over transformation: the mean logits of ``num_draws`` draws of a
+class EOTLogits:
+    """Expectation over transformation by mean logits (AutoAttack ``'rand'``): the mean logits of ``num_draws`` draws of a
     :class:`RandomizedModel` (draw ``d`` of example ``i`` keyed by ``key``, ``d`` and the input)."""
 
     model: RandomizedModel
     num_draws: int = static(default=20)
 
     def __call__(self, x: Array) -> Array:
-        h = _input_hash(x)
+        h = input_hash(x)
 
         def draw(d):
             keys = jax.vmap(lambda v: jax.random.fold_in(jax.random.fold_in(self.model.key, d), v))(
@@ -380,7 +370,7 @@ class AutoAttack(AbstractAttack):
     * ``'plus'``: APGD-CE and APGD-DLR (5 restarts each), FAB (5 restarts), Square, APGD-T and
       FAB-T (9 targets, 1 restart).
     * ``'rand'``: APGD-CE and APGD-DLR, 1 restart, each gradient an expectation over 20 draws of a
-      randomised model (pass a :class:`RandomizedModel`; the stages see :class:`EOT` of it,
+      randomised model (pass a :class:`RandomizedModel`; the stages see :class:`EOTLogits` of it,
       the mean logits of 20 draws, and every stage's result is judged by one draw, as the
       reference judges by one forward pass). A deterministic model runs the same stages plainly.
     * ``'custom'``: ``attacks=`` reference stage names, ``'fmn'`` or attack objects.
@@ -473,7 +463,7 @@ class AutoAttack(AbstractAttack):
 
     def _stage_model(self, model):
         if self.eot_draws > 1 and isinstance(model, RandomizedModel):
-            return EOT(model=model, num_draws=self.eot_draws)
+            return EOTLogits(model=model, num_draws=self.eot_draws)
         return model
 
     def _few_classes(self, n_cls: int) -> bool:

@@ -21,7 +21,15 @@ Array = jax.Array
 
 
 def loss_grad(model, loss_fn, x_adv, lbl):
-    """Per-example loss ``[B]``, its input gradient and the logits, from one forward+backward."""
+    """Per-example loss ``[B]``, its input gradient and the logits, from one forward+backward.
+
+    The one place the gradient attacks take their gradient: a model with an
+    ``expected_loss_grad`` method (:class:`jaxadv.attacks.eot.EOTModel`) supplies its own
+    (averaged over random transforms), with the same signature.
+    """
+    expected = getattr(model, "expected_loss_grad", None)
+    if expected is not None:
+        return expected(loss_fn, x_adv, lbl)
 
     def total(xa, lbl):
         logits = model(xa)
