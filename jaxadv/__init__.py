@@ -12,6 +12,7 @@ from jaxadv.attacks.dgde import DGDE, DGDEOptions
 from jaxadv.attacks.fab import FAB
 from jaxadv.attacks.hopskipjump import HopSkipJump
 from jaxadv.attacks.minnorm import CW, DDN, DeepFool
+from jaxadv.attacks.momentum import MIFGSM
 from jaxadv.attacks.nes import NES
 from jaxadv.attacks.onepixel import OnePixel
 from jaxadv.attacks.simba import SimBA
@@ -53,6 +54,7 @@ __all__ = [
     "FMN",
     "FGSM",
     "HopSkipJump",
+    "MIFGSM",
     "NES",
     "PGD",
     "REGISTRY",
