@@ -5,7 +5,7 @@ integer labels; ``res.adv`` always lies in the threat set and ``res.success`` is
 Attacks maximise their loss; success means misclassified (or classified as the target).
 """
 
-from jaxadv import checkpoint, data, losses, metrics, multilabel
+from jaxadv import checkpoint, data, defences, losses, metrics, multilabel
 from jaxadv.attacks import APGD, APGDT, FGSM, FMN, PGD, REGISTRY, AbstractAttack, AutoAttack
 from jaxadv.attacks.autoattack import EOT, RandomizedModel
 from jaxadv.attacks.dgde import DGDE, DGDEOptions
@@ -34,6 +34,7 @@ from jaxadv.models import Model, from_apply, from_linen, from_nnx
 from jaxadv.multilabel import MultiLabel
 from jaxadv.result import AttackResult
 from jaxadv.sanity import SanityWarning, check_model
+from jaxadv.surrogate import Ensemble, transfer
 from jaxadv.threats import L0Pixels, L1Ball, L2Ball, LinfBall, Patch
 
 __version__ = "0.1.0"
@@ -48,6 +49,7 @@ __all__ = [
     "DGDE",
     "DGDEOptions",
     "EOT",
+    "Ensemble",
     "EpsCurve",
     "Evaluation",
     "FAB",
@@ -81,6 +83,7 @@ __all__ = [
     "accuracy",
     "checkpoint",
     "data",
+    "defences",
     "evaluate",
     "attack_success_rate",
     "auc",
@@ -91,5 +94,6 @@ __all__ = [
     "multilabel",
     "robust_accuracy",
     "ssim",
+    "transfer",
     "sweep_eps",
 ]

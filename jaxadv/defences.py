@@ -177,6 +177,7 @@ _LUMA = np.array(
     ],
     np.float64,
 )
+_LEVEL_SHIFT = np.array([0.0, 128.0, 128.0], np.float32).reshape(1, 1, 1, 3)
 _CHROMA = np.full((8, 8), 99.0)
 _CHROMA[:4, :4] = [[17, 18, 24, 47], [18, 21, 26, 66], [24, 26, 56, 99], [47, 66, 99, 99]]
 
@@ -224,7 +225,7 @@ def jpeg_jax(x: Array, quality: int, *, rounding: Callable[[Array], Array] = jnp
             x.dtype,
         )
         # libjpeg stores 8-bit YCbCr samples (and decodes to them before the colour inverse)
-        u = rounding(jnp.clip(u @ m.T + jnp.asarray([0.0, 128.0, 128.0], x.dtype), 0.0, 255.0))
+        u = rounding(jnp.clip(u @ m.T + _LEVEL_SHIFT.astype(x.dtype), 0.0, 255.0))
     ph, pw = -h % 8, -w % 8
     u = jnp.pad(u, ((0, 0), (0, ph), (0, pw), (0, 0)), mode="edge") - 128.0
     hh, ww = h + ph, w + pw
@@ -237,8 +238,10 @@ def jpeg_jax(x: Array, quality: int, *, rounding: Callable[[Array], Array] = jnp
     u = jnp.einsum("ui,bhuwvc,vj->bhiwjc", d, coef, d).reshape(b, hh, ww, k)[:, :h, :w] + 128.0
     if k == 3:
         u = rounding(jnp.clip(u, 0.0, 255.0))
-        m = jnp.asarray([[1.0, 0.0, 1.402], [1.0, -0.344136, -0.714136], [1.0, 1.772, 0.0]], x.dtype)
-        u = (u - jnp.asarray([0.0, 128.0, 128.0], x.dtype)) @ m.T
+        m = jnp.asarray(
+            [[1.0, 0.0, 1.402], [1.0, -0.344136, -0.714136], [1.0, 1.772, 0.0]], x.dtype
+        )
+        u = (u - _LEVEL_SHIFT.astype(x.dtype)) @ m.T
     return rounding(jnp.clip(u, 0.0, 255.0)) / 255.0
 
 

@@ -131,8 +131,10 @@ class MIFGSM(AbstractAttack):
                 return xg
             ks = fold_keys(keys, i)
             pick = jax.vmap(
-                lambda k: jax.random.uniform(jax.random.fold_in(k, 1), (), x.dtype)
-                < jnp.asarray(self.diversity, x.dtype)
+                lambda k: (
+                    jax.random.uniform(jax.random.fold_in(k, 1), (), x.dtype)
+                    < jnp.asarray(self.diversity, x.dtype)
+                )
             )(ks)
             moved = T.random_resize_pad(ks, xg, self.diversity_ratio)
             return jnp.where(bcast(pick, xg), moved, xg)
