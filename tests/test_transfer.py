@@ -49,8 +49,9 @@ def _assert_same(a, b, *, atol=0.0):
 
 
 # ------------------------------------------------------------------------------- MI-FGSM
-@pytest.mark.parametrize("threat", [jaxadv.LinfBall(eps=0.1), jaxadv.L2Ball(eps=0.6)])
-@pytest.mark.parametrize("targeted", [False, True])
+@pytest.mark.parametrize(
+    ("threat", "targeted"), [(jaxadv.LinfBall(eps=0.1), False), (jaxadv.L2Ball(eps=0.6), True)]
+)
 def test_mifgsm_without_momentum_is_ifgsm(threat, targeted):
     """decay=0: the momentum is the normalised gradient, whose ascent step is I-FGSM's; the
     attack then equals PGD without a random start and with the same step, point for point."""
