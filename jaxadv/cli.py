@@ -16,6 +16,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from jaxadv import cli_defence
+
 log = logging.getLogger("jaxadv")
 
 
@@ -218,6 +220,7 @@ def _cmd_attack(args: argparse.Namespace) -> int:
     eps = _eps_list(args.eps, norm, args.eps_scale)
     _positive(args.batch_size, "--batch-size")
     _positive(args.num_examples, "--num-examples")
+    cli_defence.check(args)
     attack = _spec(
         make_attack,
         args.attack,
@@ -237,6 +240,7 @@ def _cmd_attack(args: argparse.Namespace) -> int:
     rule = _spec(make_rule, args.multilabel, args.finding, args.target_set, ds)
     model = _model(args.model)
     _spec(check_model_fits, model, ds, rule, f"model {args.model!r}")
+    model = cli_defence.apply(args, model)
     n = len(ds) if args.num_examples is None else min(args.num_examples, len(ds))
     label = f"{args.attack} on {n} images"
     ui = Progress(_progress_enabled(args.quiet), _say(args.quiet))
@@ -511,6 +515,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument(
         "--model", default="small_cnn_clean", help="reference model name or checkpoint path"
     )
+    cli_defence.add_arguments(a)
     a.add_argument(
         "--attack",
         default="pgd",

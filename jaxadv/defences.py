@@ -422,7 +422,65 @@ class RandomResizePad(AbstractDefence):
         return RandomizedModel(apply=_random_stage_apply, params=(self, as_model(model)), key=key)
 
 
+# --------------------------------------------------------------------------- by name (CLI)
+#: name -> (constructor from one number, what the number is)
+DEFENCE_NAMES: dict[str, tuple[Callable[[float], Any], str]] = {
+    "jpeg": (lambda v: JPEG(quality=int(v)), "quality 1..100"),
+    "jpeg-diff": (lambda v: JPEG(quality=int(v), differentiable=True), "quality 1..100"),
+    "bitdepth": (lambda v: BitDepth(bits=int(v)), "bits 1..16"),
+    "median": (lambda v: MedianFilter(size=int(v)), "odd window size"),
+    "blur": (lambda v: GaussianBlur(sigma=float(v)), "sigma in pixels"),
+    "resize-pad": (lambda v: RandomResizePad(ratio=float(v)), "canvas ratio >= 1"),
+}
+
+
+def from_spec(spec: str) -> Any:
+    """A stage from ``NAME:VALUE`` (``jpeg:75``, ``jpeg-diff:75``, ``bitdepth:3``, ``median:3``,
+    ``blur:1.0``, ``resize-pad:1.2``); ``ValueError`` naming the choices otherwise."""
+    name, _, val = str(spec).strip().lower().partition(":")
+    if name not in DEFENCE_NAMES or not val:
+        choices = ", ".join(f"{n}:<{d}>" for n, (_, d) in DEFENCE_NAMES.items())
+        raise ValueError(f"unknown defence {spec!r}; choose one of {choices}")
+    make, what = DEFENCE_NAMES[name]
+    try:
+        v = float(val)
+    except ValueError:
+        raise ValueError(f"defence {spec!r}: {val!r} is not a number ({what})") from None
+    return make(v)
+
+
+def defend(model: Any, spec: str, *, bpda: bool = False, eot_draws: int = 0, key: Any = 0) -> Any:
+    """``model`` behind the defence ``spec`` (see :func:`from_spec`), as the attacker should see it.
+
+    Args:
+        model: the classifier.
+        spec: ``NAME:VALUE``.
+        bpda: wrap a deterministic stage in :class:`BPDA` (identity backward). The forward pass is
+            unchanged, so results are still judged on the real defence.
+        eot_draws: for a randomised stage, attack the mean logits of this many draws
+            (:class:`jaxadv.EOT`; 0 or 1: a single draw per call).
+        key: seed or key of a randomised stage's draws.
+
+    Returns:
+        A pytree model ``x -> logits``.
+    """
+    from jaxadv.attacks.autoattack import EOT
+
+    stage = from_spec(spec)
+    if stage.randomised:
+        if bpda:
+            raise ValueError(f"--bpda does not apply to the randomised defence {spec!r}; use EOT")
+        rnd = stage.wrap(model, jax.random.key(key) if isinstance(key, int) else key)
+        return EOT(model=rnd, num_draws=eot_draws) if eot_draws > 1 else rnd
+    if eot_draws > 1:
+        raise ValueError(f"EOT needs a randomised defence; {spec!r} is deterministic (use BPDA)")
+    return (BPDA(stage=stage) if bpda else stage).wrap(model)
+
+
 __all__ = [
+    "DEFENCE_NAMES",
+    "defend",
+    "from_spec",
     "BPDA",
     "AbstractDefence",
     "BitDepth",
