@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxadv import transforms as T
+from jaxadv import image_ops as T
 from jaxadv._struct import float32_fields, pytree_dataclass, static
 from jaxadv.attacks.autoattack import RandomizedModel
 from jaxadv.models import as_model
@@ -386,7 +386,7 @@ def _random_stage_apply(params: Any, x: Array, keys: Array) -> Array:
 class RandomResizePad(AbstractDefence):
     """Random resize-and-pad (Xie et al., 2018): each image is shrunk to a random size and
     pasted at a random position on a canvas ``ratio`` times its size, resized back to the input
-    size (see :func:`jaxadv.transforms.random_resize_pad`).
+    size (see :func:`jaxadv.image_ops.random_resize_pad`).
 
     ``wrap(model, key)`` returns a :class:`jaxadv.RandomizedModel` (one draw per call, keyed by
     ``key`` and the input); attack ``jaxadv.EOT(model=defended, num_draws=n)``, the mean logits of

@@ -17,7 +17,7 @@ from scipy import stats
 
 import jaxadv
 from jaxadv import defences as D
-from jaxadv import transforms as T
+from jaxadv import image_ops as T
 from jaxadv.losses import ce
 
 SHAPE = (8, 8, 1)

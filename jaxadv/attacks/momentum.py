@@ -10,8 +10,8 @@ import jax
 import jax.numpy as jnp
 
 from jaxadv import _validate as V
+from jaxadv import image_ops as T
 from jaxadv import losses as L
-from jaxadv import transforms as T
 from jaxadv._batch import bcast
 from jaxadv._struct import float32_fields, pytree_dataclass, static
 from jaxadv.attacks.base import AbstractAttack, fold_keys, register
@@ -34,7 +34,7 @@ class MIFGSM(AbstractAttack):
       ``x_t + decay * ascent_step(g_t, step_size)``;
     * ``diversity`` (DI, Xie et al., 2019): with probability ``diversity`` per example and step the
       gradient is taken through a random resize-and-pad of the input
-      (:func:`jaxadv.transforms.random_resize_pad`, canvas ``diversity_ratio`` times the image);
+      (:func:`jaxadv.image_ops.random_resize_pad`, canvas ``diversity_ratio`` times the image);
     * ``translation`` (TI, Dong et al., 2019): the gradient is smoothed by a ``translation x
       translation`` Gaussian kernel (``translation_nsig`` standard deviations across it, as the
       reference ``norm.pdf(linspace(-nsig, nsig, size))``; zero borders); ``1`` is the delta kernel.
