@@ -5,7 +5,7 @@ integer labels; ``res.adv`` always lies in the threat set and ``res.success`` is
 Attacks maximise their loss; success means misclassified (or classified as the target).
 """
 
-from jaxadv import checkpoint, data, losses, metrics, multilabel, segmentation
+from jaxadv import checkpoint, data, defences, losses, metrics, multilabel, segmentation
 from jaxadv.attacks import APGD, APGDT, FGSM, FMN, PGD, REGISTRY, AbstractAttack, AutoAttack
 from jaxadv.attacks.autoattack import EOTLogits, RandomizedModel
 from jaxadv.attacks.bias import BiasField, BiasFieldThreat
@@ -15,6 +15,7 @@ from jaxadv.attacks.eot import EOT, RandomAffine
 from jaxadv.attacks.fab import FAB
 from jaxadv.attacks.hopskipjump import HopSkipJump
 from jaxadv.attacks.minnorm import CW, DDN, DeepFool
+from jaxadv.attacks.momentum import MIFGSM
 from jaxadv.attacks.nes import NES
 from jaxadv.attacks.onepixel import OnePixel
 from jaxadv.attacks.patch import AdversarialPatch, FittedPatch
@@ -39,6 +40,7 @@ from jaxadv.multilabel import MultiLabel
 from jaxadv.result import AttackResult
 from jaxadv.sanity import SanityWarning, check_model
 from jaxadv.segmentation import dice, iou, pixel_accuracy
+from jaxadv.surrogate import Ensemble, transfer
 from jaxadv.threats import L0Pixels, L1Ball, L2Ball, LinfBall, Patch
 
 __version__ = "0.1.0"
@@ -62,12 +64,14 @@ __all__ = [
     "EOT",
     "EOTLogits",
     "RandomAffine",
+    "Ensemble",
     "EpsCurve",
     "Evaluation",
     "FAB",
     "FMN",
     "FGSM",
     "HopSkipJump",
+    "MIFGSM",
     "NES",
     "PGD",
     "REGISTRY",
@@ -94,6 +98,7 @@ __all__ = [
     "accuracy",
     "checkpoint",
     "data",
+    "defences",
     "evaluate",
     "attack_success_rate",
     "auc",
@@ -104,6 +109,7 @@ __all__ = [
     "multilabel",
     "robust_accuracy",
     "ssim",
+    "transfer",
     "sweep_eps",
     # segmentation (dense targets)
     "ASMA",

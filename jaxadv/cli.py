@@ -16,6 +16,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from jaxadv import cli_defence
+
 log = logging.getLogger("jaxadv")
 
 
@@ -222,9 +224,12 @@ def _cmd_attack(args: argparse.Namespace) -> int:
     _spec(check_rule_spec, args.multilabel, args.finding, args.target_set)
     _positive(args.batch_size, "--batch-size")
     _positive(args.num_examples, "--num-examples")
+    cli_defence.check(args)
     from jaxadv import cli_segmentation as seg
 
     if seg.is_segmentation_model(args.model):  # per-pixel logits: jaxadv/cli_segmentation.py
+        if args.defence is not None:
+            raise CLIError("--defence is not supported for segmentation models yet; leave it out")
         eps = _eps_list(args.eps, norm, args.eps_scale)
         rows = seg.run_attack(args, eps=eps, out=_out_dir(args.out), options=_options(args.option))
         print(report.format_table(rows, seg.TABLE_COLUMNS))
@@ -258,6 +263,7 @@ def _cmd_attack(args: argparse.Namespace) -> int:
     rule = _spec(make_rule, args.multilabel, args.finding, args.target_set, ds)
     model = _model(args.model)
     _spec(check_model_fits, model, ds, rule, f"model {args.model!r}")
+    model = cli_defence.apply(args, model)
     n = len(ds) if args.num_examples is None else min(args.num_examples, len(ds))
     label = f"{args.attack} on {n} images"
     ui = Progress(_progress_enabled(args.quiet), _say(args.quiet))
@@ -453,6 +459,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument(
         "--model", default="small_cnn_clean", help="reference model name or checkpoint path"
     )
+    cli_defence.add_arguments(a)
     a.add_argument(
         "--attack",
         default="pgd",

@@ -222,8 +222,14 @@ class _CallableApply:
         return isinstance(other, _CallableApply) and self.fn is other.fn
 
 
+def call_pytree(model: Any, x: Array) -> Array:
+    """``model(x)``: the apply function of a callable pytree used as a :class:`Model`."""
+    return model(x)
+
+
 def as_model(model: Any) -> Any:
-    """Accept a :class:`Model`, an NNX module, or any callable ``x -> logits``."""
+    """Accept a :class:`Model`, an NNX module, or any callable ``x -> logits`` (a callable pytree,
+    such as a :class:`jaxadv.defences.Defended` model, keeps its leaves as parameters)."""
     if isinstance(model, Model):
         return model
     try:
@@ -233,6 +239,10 @@ def as_model(model: Any) -> Any:
             return from_nnx(model)
     except ImportError:  # pragma: no cover - flax is a core dependency
         pass
+    if callable(model) and not jax.tree_util.all_leaves([model]):
+        # A callable pytree (a defended model, an ensemble, jaxadv.EOT): its leaves are the
+        # parameters (jit arguments), the call itself the static apply function.
+        return Model(apply_fn=call_pytree, params=model)
     if callable(model):
         return Model(apply_fn=_CallableApply(model), params=None)
     raise TypeError(

@@ -27,6 +27,16 @@ class SanityWarning(UserWarning):
     """A model property that can make robustness numbers misleading."""
 
 
+def _randomised(model: Any) -> bool:
+    """A :class:`~jaxadv.RandomizedModel` inside ``model`` that no :class:`~jaxadv.EOTLogits` averages."""
+    from jaxadv.attacks.autoattack import EOTLogits, RandomizedModel
+
+    nodes = jax.tree_util.tree_leaves(
+        model, is_leaf=lambda n: isinstance(n, (EOTLogits, RandomizedModel))
+    )
+    return any(isinstance(n, RandomizedModel) for n in nodes)
+
+
 def check_model(model: Any, x: Any, y: Any, *, num_repeats: int = 2) -> list[str]:
     """Run the checks on a batch; warn for each problem found and return the messages.
 
@@ -71,7 +81,15 @@ def check_model(model: Any, x: Any, y: Any, *, num_repeats: int = 2) -> list[str
     if np.any(zero):
         problems.append(
             f"input gradients are exactly zero for {int(zero.sum())} of {x.shape[0]} examples "
-            "(gradient masking or non-differentiable preprocessing): use black-box attacks too"
+            "(gradient masking or non-differentiable preprocessing): wrap the non-differentiable "
+            "stage in jaxadv.defences.BPDA (identity or a differentiable approximation) and use "
+            "black-box attacks too"
+        )
+    if _randomised(model):
+        problems.append(
+            "the model draws randomness at inference (a jaxadv.RandomizedModel, e.g. "
+            "RandomResizePad): a single draw gives random gradients and over-rates it; attack "
+            "jaxadv.EOTLogits(model=..., num_draws=n) instead"
         )
     for p in problems:
         warnings.warn(p, SanityWarning, stacklevel=2)

@@ -12,6 +12,9 @@ from jaxadv import L2Ball, LinfBall
 SMALL: dict[str, Callable[[], Any]] = {
     "FGSM": lambda: jaxadv.FGSM(threat=LinfBall(eps=0.1)),
     "PGD": lambda: jaxadv.PGD(threat=LinfBall(eps=0.1), num_steps=3),
+    "MIFGSM": lambda: jaxadv.MIFGSM(
+        threat=LinfBall(eps=0.1), num_steps=3, nesterov=True, diversity=0.5, translation=3
+    ),
     "APGD": lambda: jaxadv.APGD(threat=LinfBall(eps=0.1), num_steps=3),
     "APGDT": lambda: jaxadv.APGDT(threat=LinfBall(eps=0.1), num_steps=3, num_target_classes=2),
     "FMN": lambda: jaxadv.FMN(threat=LinfBall(eps=0.1), num_steps=3),

@@ -51,7 +51,7 @@ FIELDS = ("adv", "success", "norm", "queries", "loss")
 # Attacks that choose their own targets (or are untargeted by definition).
 UNTARGETED_ONLY = {"APGDT", "AutoAttack", "DeepFool"}
 # Attacks written on the driver from the start: there is no pre-driver result to pin.
-BORN_ON_DRIVER = {"CW", "DDN", "DeepFool", "FAB", "SimBA", "SparseRS"}
+BORN_ON_DRIVER = {"CW", "DDN", "DeepFool", "FAB", "MIFGSM", "SimBA", "SparseRS"}
 
 
 def _linear_apply(p, x):

@@ -10,6 +10,7 @@ from jaxadv.attacks.fmn import FMN
 from jaxadv.attacks.gradient import FGSM, PGD
 from jaxadv.attacks.hopskipjump import HopSkipJump
 from jaxadv.attacks.minnorm import CW, DDN, DeepFool
+from jaxadv.attacks.momentum import MIFGSM
 from jaxadv.attacks.nes import NES
 from jaxadv.attacks.onepixel import OnePixel
 from jaxadv.attacks.simba import SimBA
@@ -32,6 +33,7 @@ __all__ = [
     "FGSM",
     "FMN",
     "HopSkipJump",
+    "MIFGSM",
     "NES",
     "OnePixel",
     "PGD",
