@@ -9,6 +9,7 @@ differentiable in ``x`` (the adaptive attack uses that). Definitions follow
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import jax
@@ -47,13 +48,17 @@ def lid_mle(h: Array, reference: Array, k: int) -> Array:
     return -1.0 / jnp.minimum(jnp.mean(jnp.log(r / r[:, -1:]), axis=1), -1e-12)
 
 
-def _features(model: Any, layers: tuple[str, ...]):
-    @jax.jit
-    def fn(x, m):
-        logits, feats = m.features(x)
-        return logits, {n: feats[n] for n in layers}
+@partial(jax.jit, static_argnums=2)
+def _features_jit(x: Array, model: Any, layers: tuple[str, ...]):
+    logits, feats = model.features(x)
+    return logits, {n: feats[n] for n in layers}
 
-    return lambda x, batch_size=256: batched(fn, x, model, batch_size=batch_size)
+
+def _features(model: Any, layers: tuple[str, ...]):
+    """Host helper: ``x[N, ...] -> (logits[N, C], {name: h[N, d]})`` as NumPy, in batches."""
+    return lambda x, batch_size=256: batched(
+        _features_jit, x, model, tuple(layers), batch_size=batch_size
+    )
 
 
 def _check_xy(x: Any, y: Any, name: str = "x_clean") -> tuple[np.ndarray, np.ndarray]:
@@ -317,9 +322,8 @@ class Mahalanobis(AbstractDetector):
             means[n] = jnp.asarray(mu, jnp.float32)
             precs[n] = jnp.asarray(np.linalg.pinv(cov, hermitian=True), jnp.float32)
         det = replace(self, layers=layers, means=means, precisions=precs)
-        score_layers = jax.jit(lambda xb, d: d._layer_scores(xb))
-        z_clean = batched(score_layers, x, det, batch_size=batch_size)
-        z_adv = batched(score_layers, x_adv, det, batch_size=batch_size)
+        z_clean = batched(_maha_layer_scores, x, det, batch_size=batch_size)
+        z_adv = batched(_maha_layer_scores, x_adv, det, batch_size=batch_size)
         z = np.concatenate([z_clean, z_adv])
         t = np.concatenate([np.zeros(len(z_clean)), np.ones(len(z_adv))])
         return replace(det, classifier=fit_logistic(z, t))
@@ -373,8 +377,6 @@ class DNNDetector(AbstractDetector):
 
     def fit(self, x_clean: Any, y_clean: Any, x_adv: Any, *, batch_size: int = 256, seed: int = 0):
         """Train on the features of clean (0) and ``x_adv`` (1) examples."""
-        import optax
-
         x, _ = _check_xy(x_clean, y_clean)
         x_adv = _adv(x_adv, "DNNDetector")
         layers = self._layers()
@@ -394,21 +396,33 @@ class DNNDetector(AbstractDetector):
             "w2": jax.random.normal(k2, (self.hidden,), jnp.float32) * np.float32(self.hidden**-0.5),
             "b2": jnp.zeros((), jnp.float32),
         }
-        opt = optax.adam(float(self.learning_rate))
+        lr = jnp.float32(self.learning_rate)
 
         def loss(p):
             logit = _mlp(p, zs)
-            return jnp.mean(optax.sigmoid_binary_cross_entropy(logit, t))
+            # binary cross-entropy on logits, written out (numerically stable form)
+            return jnp.mean(jax.nn.softplus(logit) - t * logit)
 
         @jax.jit
         def train(p):
-            def step(_, carry):
-                p, s = carry
-                g = jax.grad(loss)(p)
-                u, s = opt.update(g, s, p)
-                return optax.apply_updates(p, u), s
+            # Adam (Kingma & Ba), written out: optax's bias correction mixes int32 and float
+            # scalars, which jax_numpy_dtype_promotion='strict' refuses.
+            b1, b2 = jnp.float32(0.9), jnp.float32(0.999)
 
-            return jax.lax.fori_loop(0, self.num_steps, step, (p, opt.init(p)))[0]
+            def step(i, carry):
+                p, m, v = carry
+                g = jax.grad(loss)(p)
+                m = jax.tree.map(lambda a, b: b1 * a + (1 - b1) * b, m, g)
+                v = jax.tree.map(lambda a, b: b2 * a + (1 - b2) * b * b, v, g)
+                k = (i + 1).astype(jnp.float32)
+                c1, c2 = 1 - b1**k, 1 - b2**k
+                p = jax.tree.map(
+                    lambda q, a, b: q - lr * (a / c1) / (jnp.sqrt(b / c2) + 1e-8), p, m, v
+                )
+                return p, m, v
+
+            zero = jax.tree.map(jnp.zeros_like, p)
+            return jax.lax.fori_loop(0, self.num_steps, step, (p, zero, zero))[0]
 
         return replace(
             self,
@@ -426,6 +440,11 @@ class DNNDetector(AbstractDetector):
         check_fitted(self)
         logits, feats = self.model.features(x)
         return self.score_features(logits, feats)
+
+
+@jax.jit
+def _maha_layer_scores(x: Array, det: Mahalanobis) -> Array:
+    return det._layer_scores(x)
 
 
 def _mlp(p: dict, z: Array) -> Array:

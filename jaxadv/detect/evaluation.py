@@ -32,6 +32,11 @@ def tpr_at_tnr(clean_scores: Any, adv_scores: Any, tnr: float) -> float:
     return float(np.mean(a > t))
 
 
+@jax.jit
+def _score(x, det):
+    return det.score(x)
+
+
 def evaluate(
     detectors: Any,
     x_clean: Any,
@@ -68,11 +73,10 @@ def evaluate(
         raise ValueError("no successful adversarial example: detection rates are undefined")
     for det in detectors.values():
         check_fitted(det)
-    score = jax.jit(lambda x, d: d.score(x))
     out = {}
     for name, det in detectors.items():
-        sc = batched(score, x_clean, det, batch_size=batch_size)
-        sa = batched(score, x_adv[success], det, batch_size=batch_size)
+        sc = batched(_score, x_clean, det, batch_size=batch_size)
+        sa = batched(_score, x_adv[success], det, batch_size=batch_size)
         labels = np.concatenate([np.zeros(len(sc), bool), np.ones(len(sa), bool)])
         row = {"auc": auc(np.concatenate([sc, sa]), labels)}
         for tnr in TNRS:
