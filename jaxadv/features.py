@@ -241,9 +241,7 @@ def with_features(
         avail = ffn.available(model.params, x)
         missing = [n for n in layers if n not in avail]
         if missing:
-            raise ValueError(
-                f"the model has no layer(s) {missing}; available names: {avail}"
-            )
+            raise ValueError(f"the model has no layer(s) {missing}; available names: {avail}")
     return FeatureModel(
         apply_fn=model.apply_fn,
         params=model.params,

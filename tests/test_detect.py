@@ -10,7 +10,7 @@ from flax import nnx
 
 import jaxadv
 import jaxadv.detect as D
-from jaxadv.attacks.hfc import HFC, GMM, Adaptive, fit_gmm, hfc_prior
+from jaxadv.attacks.hfc import GMM, HFC, Adaptive, fit_gmm, hfc_prior
 from jaxadv.features import from_feature_fn, with_features
 
 SHAPE = (2, 2, 1)  # 4 pixels: features are the pixels themselves
@@ -44,7 +44,11 @@ def test_features_smallcnn_same_call_and_jittable():
     x = jax.random.uniform(jax.random.key(0), (2, 28, 28, 1))
     logits, feats = jax.jit(lambda m, x: m.features(x))(fm, x)
     np.testing.assert_allclose(logits, plain(x), rtol=1e-5, atol=1e-5)
-    assert {k: v.shape for k, v in feats.items()} == {"bn1": (2, 4), "bn2": (2, 8), "drop": (2, 128)}
+    assert {k: v.shape for k, v in feats.items()} == {
+        "bn1": (2, 4),
+        "bn2": (2, 8),
+        "drop": (2, 128),
+    }
     # MC dropout: a key changes the logits, no key gives the eval-mode logits
     l1, _ = fm.features(x, jax.random.key(1))
     assert not np.allclose(l1, logits)
@@ -69,12 +73,14 @@ def test_features_user_nnx_sow_and_layer_names():
 
 
 def test_features_unknown_layer_is_a_clear_error():
-    net = jaxadv.nn.SmallCNN(width=4, rngs=nnx.Rngs(0))
-    with pytest.raises(ValueError, match=r"no layer.*'nope'.*available names: .*conv1"):
-        with_features(net, ["nope"], example_input=jnp.zeros((1, 28, 28, 1)))
+    net = Sower(nnx.Rngs(0))
+    with pytest.raises(ValueError, match=r"no layer.*'nope'.*available names: .*lin"):
+        with_features(net, ["nope"], example_input=jnp.zeros((1, 2, 2, 1)))
     fm = with_features(net, ["nope"])  # unchecked until the first call
     with pytest.raises(ValueError, match="no layer 'nope'"):
-        fm.features(jnp.zeros((1, 28, 28, 1)))
+        fm.features(jnp.zeros((1, 2, 2, 1)))
+    with pytest.raises(ValueError, match="no default feature layers for Sower"):
+        with_features(net)
     with pytest.raises(TypeError, match="from_feature_fn"):
         with_features(lambda x: x)
 
@@ -225,13 +231,18 @@ def test_em_recovers_synthetic_mixture():
     rng = np.random.default_rng(0)
     mus = np.array([[-3.0, 0.0], [3.0, 1.0]])
     covs = np.array([[[1.0, 0.5], [0.5, 1.0]], [[0.5, 0.0], [0.0, 2.0]]])
-    n = [600, 1400]
+    n = [300, 700]
     h = np.concatenate([rng.multivariate_normal(mus[k], covs[k], n[k]) for k in range(2)])
     # extra rows with weight 0 must not matter (this is how one class is selected)
-    junk = rng.normal(50.0, 1.0, (300, 2))
-    w = np.concatenate([np.ones(2000), np.zeros(300)])
-    g = fit_gmm(jax.random.key(0), jnp.asarray(np.concatenate([h, junk]), jnp.float32),
-                jnp.asarray(w, jnp.float32), num_components=2, num_iters=50)
+    junk = rng.normal(50.0, 1.0, (100, 2))
+    w = np.concatenate([np.ones(1000), np.zeros(100)])
+    g = fit_gmm(
+        jax.random.key(0),
+        jnp.asarray(np.concatenate([h, junk]), jnp.float32),
+        jnp.asarray(w, jnp.float32),
+        num_components=2,
+        num_iters=40,
+    )
     order = np.argsort(np.asarray(g.means)[:, 0])
     means = np.asarray(g.means)[order]
     lc = np.asarray(g.prec_chol)[order]
@@ -242,7 +253,8 @@ def test_em_recovers_synthetic_mixture():
     # log_prob is the mixture density
     x = jnp.asarray([[0.0, 0.0]], jnp.float32)
     pdf = sum(
-        wk * np.exp(-0.5 * (np.zeros(2) - m) @ np.linalg.inv(c) @ (np.zeros(2) - m))
+        wk
+        * np.exp(-0.5 * (np.zeros(2) - m) @ np.linalg.inv(c) @ (np.zeros(2) - m))
         / (2 * np.pi * np.sqrt(np.linalg.det(c)))
         for wk, m, c in zip([0.3, 0.7], mus, covs, strict=True)
     )
@@ -273,19 +285,15 @@ def test_hfc_feature_term_decreases_and_result_is_honest():
         HFC(threat=threat, prior=prior)(jax.random.key(0), model, x, y)
 
 
-def test_adaptive_attack_lowers_detector_score():
-    model = tiny_model()
-    xc = blobs(0, 200, 0.0, 1.0)
-    yc = labels(model, xc)
-    pgd = jaxadv.PGD(threat=jaxadv.LinfBall(eps=0.3), num_steps=10)
-    xa = np.asarray(pgd(jax.random.key(0), model, xc, yc).adv)
-    det = D.Mahalanobis(model=model).fit(xc, yc, xa)
-    x = blobs(1, 32, 0.0, 1.0)
+def test_adaptive_attack_lowers_detector_score(separable):
+    model, _, _, fitted = separable
+    det = fitted["MAHA"]
+    x = blobs(7, 16, 0.0, 0.3)
     y = labels(model, x)
     kw = {"threat": jaxadv.LinfBall(eps=0.3), "detector": det, "num_steps": 10}
     plain = Adaptive(lam=0.0, **kw)(jax.random.key(1), model, x, y)
-    adaptive = Adaptive(lam=10.0, **kw)(jax.random.key(1), model, x, y)
-    s_plain = np.asarray(det.score(plain.adv))
-    s_adapt = np.asarray(det.score(adaptive.adv))
-    assert np.mean(s_adapt) < np.mean(s_plain)
+    adaptive = Adaptive(lam=10.0, **kw)(jax.random.key(1), model, x, y)  # lam is a leaf
+    assert np.mean(det.score(adaptive.adv)) < np.mean(det.score(plain.adv))
+    trace = np.asarray(adaptive.info["detector"])
+    assert trace.shape == (16, 10) and trace[:, -1].mean() < trace[:, 0].mean()
     np.testing.assert_array_equal(adaptive.success, labels(model, np.asarray(adaptive.adv)) != y)

@@ -292,11 +292,22 @@ class HFC(AbstractAttack):
             momentum=jnp.asarray(self.momentum, x.dtype),
             random_start=self.random_start,
         )
-        res = finalize(self.threat, model, x, adv, y, target=target,
-                       queries=jnp.full((x.shape[0],), self.num_steps, jnp.int32))
+        res = finalize(
+            self.threat,
+            model,
+            x,
+            adv,
+            y,
+            target=target,
+            queries=jnp.full((x.shape[0],), self.num_steps, jnp.int32),
+        )
         return AttackResult(
-            adv=res.adv, success=res.success, loss=res.loss, norm=res.norm,
-            queries=res.queries, info={**res.info, "hfc": trace},
+            adv=res.adv,
+            success=res.success,
+            loss=res.loss,
+            norm=res.norm,
+            queries=res.queries,
+            info={**res.info, "hfc": trace},
         )
 
 
@@ -356,9 +367,20 @@ class Adaptive(AbstractAttack):
             momentum=jnp.asarray(self.momentum, x.dtype),
             random_start=self.random_start,
         )
-        res = finalize(self.threat, model, x, adv, y, target=target,
-                       queries=jnp.full((x.shape[0],), self.num_steps, jnp.int32))
+        res = finalize(
+            self.threat,
+            model,
+            x,
+            adv,
+            y,
+            target=target,
+            queries=jnp.full((x.shape[0],), self.num_steps, jnp.int32),
+        )
         return AttackResult(
-            adv=res.adv, success=res.success, loss=res.loss, norm=res.norm,
-            queries=res.queries, info={**res.info, "detector": trace},
+            adv=res.adv,
+            success=res.success,
+            loss=res.loss,
+            norm=res.norm,
+            queries=res.queries,
+            info={**res.info, "detector": trace},
         )

@@ -8,10 +8,10 @@ Example:
 
 from jaxadv.detect.common import LogisticRegression, fit_logistic, load, save
 from jaxadv.detect.detectors import (
+    LID,
     BayesianUncertainty,
     DNNDetector,
     KernelDensity,
-    LID,
     Mahalanobis,
     lid_mle,
 )

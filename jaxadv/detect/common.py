@@ -41,7 +41,8 @@ def batched(fn: Callable[..., Any], x: Any, *args: Any, batch_size: int = 256) -
     parts = []
     for idx in chunks(n, size):
         out = fn(pad_rows(x[idx], size), *args)
-        parts.append(jax.tree.map(lambda a, m=len(idx): np.asarray(a)[:m], out))
+        m = len(idx)
+        parts.append(jax.tree.map(lambda a, m=m: np.asarray(a)[:m], out))
     return jax.tree.map(lambda *a: np.concatenate(a, axis=0), *parts)
 
 

@@ -30,11 +30,7 @@ Array = jax.Array
 
 def sq_dists(a: Array, b: Array) -> Array:
     """Squared Euclidean distances ``a[N, d], b[M, d] -> [N, M]`` (clipped at 0)."""
-    d2 = (
-        jnp.sum(a * a, axis=1)[:, None]
-        + jnp.sum(b * b, axis=1)[None, :]
-        - 2.0 * (a @ b.T)
-    )
+    d2 = jnp.sum(a * a, axis=1)[:, None] + jnp.sum(b * b, axis=1)[None, :] - 2.0 * (a @ b.T)
     return jnp.maximum(d2, 0.0)
 
 
@@ -393,7 +389,8 @@ class DNNDetector(AbstractDetector):
         params = {
             "w1": jax.random.normal(k1, (d, self.hidden), jnp.float32) * np.float32(d**-0.5),
             "b1": jnp.zeros((self.hidden,), jnp.float32),
-            "w2": jax.random.normal(k2, (self.hidden,), jnp.float32) * np.float32(self.hidden**-0.5),
+            "w2": jax.random.normal(k2, (self.hidden,), jnp.float32)
+            * np.float32(self.hidden**-0.5),
             "b2": jnp.zeros((), jnp.float32),
         }
         lr = jnp.float32(self.learning_rate)
