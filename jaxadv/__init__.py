@@ -5,11 +5,12 @@ integer labels; ``res.adv`` always lies in the threat set and ``res.success`` is
 Attacks maximise their loss; success means misclassified (or classified as the target).
 """
 
-from jaxadv import checkpoint, data, losses, metrics, multilabel
+from jaxadv import checkpoint, data, detect, losses, metrics, multilabel
 from jaxadv.attacks import APGD, APGDT, FGSM, FMN, PGD, REGISTRY, AbstractAttack, AutoAttack
 from jaxadv.attacks.autoattack import EOT, RandomizedModel
 from jaxadv.attacks.dgde import DGDE, DGDEOptions
 from jaxadv.attacks.fab import FAB
+from jaxadv.attacks.hfc import HFC, Adaptive
 from jaxadv.attacks.hopskipjump import HopSkipJump
 from jaxadv.attacks.minnorm import CW, DDN, DeepFool
 from jaxadv.attacks.nes import NES
@@ -20,6 +21,7 @@ from jaxadv.attacks.square import Square
 from jaxadv.attacks.zoo import ZOO
 from jaxadv.engine import Evaluation, evaluate
 from jaxadv.eps_sweep import EpsCurve, sweep_eps
+from jaxadv.features import FeatureModel, from_feature_fn, with_features
 from jaxadv.metrics import (
     accuracy,
     attack_success_rate,
@@ -40,6 +42,12 @@ __version__ = "0.1.0"
 __all__ = [
     "APGD",
     "APGDT",
+    "Adaptive",
+    "FeatureModel",
+    "HFC",
+    "detect",
+    "from_feature_fn",
+    "with_features",
     "AutoAttack",
     "CW",
     "DDN",

@@ -8,7 +8,7 @@ kept as it is). Parameters stay pytree leaves, so both calls are jittable and ne
 retrace.
 
 Layer names are dotted paths into a Flax NNX module: a submodule (``"conv2"``, ``"layer3.1"``)
-names its ``__call__`` output, a method (``"features"``) names that method's output, and a value a
+names its ``__call__`` output (a list of blocks, ``"layer3"``, its last block's), a method (``"features"``) names that method's output, and a value a
 user module stored with ``self.sow(nnx.Intermediate, "name", v)`` is found by its name. Collected
 with :func:`flax.nnx.capture` (``method_outputs``), so no change to the module is needed.
 """
@@ -57,6 +57,17 @@ def _captured(inter: Any) -> dict[str, Array]:
         if parts and parts[-1] == "__call__":
             parts.pop()
         out.setdefault(".".join(parts) or "logits", v)
+    # A container of blocks (an nnx.List stage such as ResNet's "layer3") is never called itself:
+    # its name stands for its last block's output.
+    for name in list(out):
+        head, _, tail = name.rpartition(".")
+        if head and tail.isdigit() and head not in out:
+            last = max(
+                int(n.rpartition(".")[2])
+                for n in out
+                if n.rpartition(".")[0] == head and n.rpartition(".")[2].isdigit()
+            )
+            out[head] = out[f"{head}.{last}"]
     return out
 
 

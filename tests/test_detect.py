@@ -54,6 +54,16 @@ def test_features_smallcnn_same_call_and_jittable():
     assert not np.allclose(l1, logits)
 
 
+def test_features_resnet18_default_layers():
+    net = jaxadv.nn.resnet18(num_classes=2, in_channels=1, rngs=nnx.Rngs(0))
+    fm = with_features(net)
+    x = jax.ShapeDtypeStruct((2, 16, 16, 1), jnp.float32)
+    logits, feats = jax.eval_shape(lambda m, x: m.features(x), fm, x)  # traced, not compiled
+    assert logits.shape == (2, 2)
+    want = {"layer1": 64, "layer2": 128, "layer3": 256, "layer4": 512, "features": 512}
+    assert {k: v.shape for k, v in feats.items()} == {k: (2, d) for k, d in want.items()}
+
+
 class Sower(nnx.Module):
     def __init__(self, rngs):
         self.lin = nnx.Linear(4, 3, rngs=rngs)
