@@ -1,7 +1,7 @@
 """Feature-space detectors against PGD and HFC on PneumoniaMNIST (issue 16, a small measured table).
 
 For each shipped reference SmallCNN and each eps: the detectors (KD, BU, LID, Mahalanobis, DNN)
-are fitted on ``--n-train`` training images and their PGD adversarial examples (the reference
+are fitted on ``--n-train`` training images (a seeded random subset) and their PGD adversarial examples (the reference
 attack, same eps); HFC's per-class GMMs are fitted on the same clean training images. Then, on the
 clean-correct test images, targeted PGD (target = the other class; on 2 classes this is the
 untargeted attack) and HFC (same steps, same step size) are run, and every detector is evaluated
@@ -45,7 +45,8 @@ def _images(d, split):
 def run(name: str, eps255: float, n_train: int, steps: int, data) -> dict:
     fm = with_features(reference_model(name))
     xtr, ytr = _images(data, "train")
-    xtr, ytr = xtr[:n_train], ytr[:n_train]
+    idx = np.random.default_rng(0).permutation(len(ytr))[:n_train]  # the split is sorted by class
+    xtr, ytr = xtr[idx], ytr[idx]
     xte, yte = _images(data, "test")
     correct = np.asarray(jax.numpy.argmax(fm(xte), 1)) == yte
     xte, yte = xte[correct], yte[correct]

@@ -54,6 +54,8 @@ def _captured(inter: Any) -> dict[str, Array]:
             if isinstance(k, jax.tree_util.GetAttrKey) and k.name == "value":
                 break  # the Variable holding the tuple of sown values
             parts.append(str(getattr(k, "key", getattr(k, "idx", k))))
+        if len(parts) >= 2 and parts[-2] == "__call__" and parts[-1].isdigit():
+            parts = parts[:-1]  # Linen: intermediates/<path>/__call__/(value,)
         if parts and parts[-1] == "__call__":
             parts.pop()
         out.setdefault(".".join(parts) or "logits", v)
@@ -121,6 +123,43 @@ class NNXFeatures:
             isinstance(other, NNXFeatures)
             and self.graphdef == other.graphdef
             and self.layers == other.layers
+        )
+
+
+class LinenFeatures:
+    """Static feature function of a Linen module (``capture_intermediates``): submodules by their
+    auto or given names (``"Conv_0"``, ``"Dense_1"``), ``sow``n values by name. Monte Carlo dropout
+    is not supported (``key`` must be ``None``)."""
+
+    def __init__(self, module: Any, kwargs: tuple, layers: tuple[str, ...]):
+        self.module, self.kwargs, self.layers = module, kwargs, layers
+
+    def _run(self, variables, x):
+        logits, state = self.module.apply(
+            variables, x, capture_intermediates=True, mutable=["intermediates"], **dict(self.kwargs)
+        )
+        return logits, _captured(state["intermediates"])
+
+    def __call__(self, variables: Any, x: Array, key: Array | None = None):
+        if key is not None:
+            raise ValueError("Monte Carlo dropout is not supported for Linen models")
+        logits, found = self._run(variables, x)
+        return logits, {name: pool(found[name]) for name in self.layers}
+
+    def available(self, variables: Any, x: Array) -> list[str]:
+        return sorted(jax.eval_shape(lambda v, x: self._run(v, x)[1], variables, x))
+
+    def has_dropout(self, variables: Any) -> bool:
+        return False
+
+    def __hash__(self):
+        return hash((self.module, self.kwargs, self.layers))
+
+    def __eq__(self, other):
+        return isinstance(other, LinenFeatures) and (self.module, self.kwargs, self.layers) == (
+            other.module,
+            other.kwargs,
+            other.layers,
         )
 
 
@@ -202,7 +241,8 @@ def with_features(
 
     Args:
         model: a :class:`jaxadv.Model` built by :func:`jaxadv.from_nnx` (or
-            :func:`~jaxadv.checkpoint.reference_model`), or a Flax NNX module (then ``mean``,
+            :func:`~jaxadv.checkpoint.reference_model`) or :func:`jaxadv.from_linen`, or a Flax
+            NNX module (then ``mean``,
             ``std``, ``grey_to_rgb`` apply as in :func:`jaxadv.from_nnx`).
         layers: dotted layer names (see the module docstring); ``None`` takes
             :data:`DEFAULT_LAYERS` of the shipped SmallCNN / ResNet.
@@ -229,14 +269,18 @@ def with_features(
 
     if isinstance(model, nnx.Module):
         model = from_nnx(model, mean=mean, std=std, grey_to_rgb=grey_to_rgb)
-    if not isinstance(model, Model) or not hasattr(model.apply_fn, "graphdef"):
+    is_nnx = isinstance(model, Model) and hasattr(model.apply_fn, "graphdef")
+    is_linen = isinstance(model, Model) and hasattr(model.apply_fn, "module")
+    if not (is_nnx or is_linen):
         raise TypeError(
-            "with_features needs a flax.nnx.Module or a jaxadv.Model from from_nnx, got "
-            f"{type(model).__name__}; for a plain function use from_feature_fn(fn, params)"
+            "with_features needs a flax.nnx.Module or a jaxadv.Model from from_nnx / from_linen, "
+            f"got {type(model).__name__}; for a plain function use from_feature_fn(fn, params)"
         )
-    graphdef = model.apply_fn.graphdef
     if layers is None:
-        arch = type(nnx.merge(graphdef, model.params)).__name__
+        if is_linen:
+            arch = type(model.apply_fn.module).__name__
+        else:
+            arch = type(nnx.merge(model.apply_fn.graphdef, model.params)).__name__
         if arch not in DEFAULT_LAYERS:
             raise ValueError(
                 f"no default feature layers for {arch}; pass layers=[...] (dotted submodule "
@@ -246,7 +290,10 @@ def with_features(
     layers = tuple(str(n) for n in layers)
     if not layers:
         raise ValueError("layers must name at least one layer")
-    ffn = NNXFeatures(graphdef, layers)
+    if is_linen:
+        ffn = LinenFeatures(model.apply_fn.module, model.apply_fn.kwargs, layers)
+    else:
+        ffn = NNXFeatures(model.apply_fn.graphdef, layers)
     if example_input is not None:
         x = jax.ShapeDtypeStruct(jnp.shape(example_input), jnp.float32)
         avail = ffn.available(model.params, x)
@@ -267,7 +314,7 @@ def with_features(
 class _CheckedFeatures:
     """Raises a clear ``ValueError`` (at trace time, before any compute) for a missing layer."""
 
-    def __init__(self, inner: NNXFeatures):
+    def __init__(self, inner: NNXFeatures | LinenFeatures):
         self.inner = inner
 
     def __call__(self, params, x, key=None):

@@ -82,6 +82,29 @@ def test_features_user_nnx_sow_and_layer_names():
     np.testing.assert_allclose(feats["lin"], logits)
 
 
+def test_features_linen_capture_intermediates():
+    from flax import linen as nn
+
+    class Net(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            z = x.reshape(x.shape[0], -1)
+            h = nn.Dense(3, name="hidden")(z)
+            self.sow("intermediates", "pixels", z)
+            return nn.Dense(2)(nn.relu(h))
+
+    x = jnp.arange(8.0, dtype=jnp.float32).reshape(2, 2, 2, 1)
+    net = Net()
+    variables = net.init(jax.random.key(0), x)
+    fm = with_features(jaxadv.from_linen(net, variables), ["hidden", "pixels"], example_input=x)
+    logits, feats = jax.jit(lambda m, x: m.features(x))(fm, x)
+    np.testing.assert_allclose(logits, net.apply(variables, x), rtol=1e-6)
+    np.testing.assert_array_equal(feats["pixels"], x.reshape(2, 4))
+    assert feats["hidden"].shape == (2, 3)
+    with pytest.raises(ValueError, match="available names"):
+        with_features(jaxadv.from_linen(net, variables), ["nope"], example_input=x)
+
+
 def test_features_unknown_layer_is_a_clear_error():
     net = Sower(nnx.Rngs(0))
     with pytest.raises(ValueError, match=r"no layer.*'nope'.*available names: .*lin"):
