@@ -330,3 +330,13 @@ def test_adaptive_attack_lowers_detector_score(separable):
     trace = np.asarray(adaptive.info["detector"])
     assert trace.shape == (16, 10) and trace[:, -1].mean() < trace[:, 0].mean()
     np.testing.assert_array_equal(adaptive.success, labels(model, np.asarray(adaptive.adv)) != y)
+
+
+def test_mahalanobis_input_preprocessing_raises_the_confidence_score(separable):
+    from jaxadv._struct import replace
+
+    maha = separable[3]["MAHA"]
+    x = jnp.asarray(blobs(2, 7, 0.0, 1.0))
+    plain = np.asarray(maha._layer_scores(x))
+    pre = np.asarray(replace(maha, noise=0.01)._layer_scores(x))
+    assert np.all(pre.sum(1) >= plain.sum(1) - 1e-4) and np.any(pre > plain + 1e-4)

@@ -282,12 +282,12 @@ class Mahalanobis(AbstractDetector):
         layers: layer names (static); empty = all of the model's layers.
         noise: input pre-processing magnitude ``ε``: the score is read at
             ``clip(x + ε·sign(∇_x Σ_l M_l(x)))`` (one gradient for all layers, where the paper
-            takes one per layer); 0 turns it off.
+            takes one per layer); 0 turns it off (static: 0 costs no gradient).
     """
 
     model: Any
     layers: tuple[str, ...] = static(default=())
-    noise: Array | float = 0.0
+    noise: float = static(default=0.0)
     means: dict | None = None
     precisions: dict | None = None
     classifier: LogisticRegression | None = None
@@ -336,11 +336,9 @@ class Mahalanobis(AbstractDetector):
         def total(xx):
             return jnp.sum(self._maha(self.model.features(xx)[1]))
 
-        eps = jnp.asarray(self.noise, x.dtype)
-        g = jax.grad(total)(x)
-        xp = jnp.clip(x + eps * jnp.sign(g), 0.0, 1.0)
-        xp = jnp.where(eps > 0, xp, x)
-        return self._maha(self.model.features(xp)[1])
+        if self.noise:
+            x = jnp.clip(x + jnp.float32(self.noise) * jnp.sign(jax.grad(total)(x)), 0.0, 1.0)
+        return self._maha(self.model.features(x)[1])
 
     def score(self, x: Array) -> Array:
         check_fitted(self)
