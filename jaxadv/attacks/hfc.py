@@ -246,6 +246,19 @@ class HFC(AbstractAttack):
         step_size: ``None`` means ``2·eps / num_steps`` (the reference's ``steps = 2·⌊ε/α⌋``).
         num_steps: static. momentum: 0 = BIM, 0.5 = the reference's MI-FGSM.
         random_start: symmetric uniform start in the ball (static; the reference's BIM has none).
+
+    Example:
+        >>> import jax, jax.numpy as jnp, jaxadv
+        >>> w = jnp.array([[1.0, -1.0], [1.0, -1.0], [-1.0, 1.0], [-1.0, 1.0]])
+        >>> fn = lambda w, x, key: (x.reshape(len(x), -1) @ w, {"pixels": x})
+        >>> fm = jaxadv.from_feature_fn(fn, w, ["pixels"])
+        >>> x = jax.random.uniform(jax.random.key(0), (64, 2, 2, 1))
+        >>> y = jnp.argmax(fm(x), axis=1)
+        >>> prior = hfc_prior(jax.random.key(1), fm, x, y, num_components=1)
+        >>> hfc = HFC(threat=jaxadv.LinfBall(eps=0.5), prior=prior, num_steps=10)
+        >>> res = hfc(jax.random.key(2), fm, x[:4], y[:4], target=1 - y[:4])
+        >>> res.info["hfc"].shape
+        (4, 10)
     """
 
     oracle: ClassVar[str] = "gradient"
