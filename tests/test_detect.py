@@ -314,6 +314,11 @@ def test_hfc_feature_term_decreases_and_result_is_honest():
     assert np.all(np.abs(adv - x) <= eps + 1e-6) and adv.min() >= 0.0 and adv.max() <= 1.0
     np.testing.assert_array_equal(res.success, labels(model, adv) == 1 - y)
     assert np.mean(res.success) > 0.5
+    # lam = 0 is targeted BIM: it must reach the target (guards the sign of the CE term)
+    res0 = HFC(threat=threat, prior=prior, lam=0.0, num_steps=15)(
+        jax.random.key(0), model, x, y, target=1 - y
+    )
+    assert np.mean(res0.success) > 0.9
     with pytest.raises(ValueError, match="targeted"):
         HFC(threat=threat, prior=prior)(jax.random.key(0), model, x, y)
 

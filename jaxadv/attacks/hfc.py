@@ -293,7 +293,8 @@ class HFC(AbstractAttack):
         def objective(xa):
             logits, feats = model.features(xa)
             j = hfc_term(self.prior, feats, target)
-            return -(L.ce_targeted(logits, target) + self.lam * j), j
+            # maximised: ce_targeted is -CE(f(x), t) (the library's ascent convention)
+            return L.ce_targeted(logits, target) - self.lam * j, j
 
         adv, trace = momentum_pgd(
             self.threat,
