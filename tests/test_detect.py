@@ -54,6 +54,7 @@ def test_features_smallcnn_same_call_and_jittable():
     assert not np.allclose(l1, logits)
 
 
+@pytest.mark.slow
 def test_features_resnet18_default_layers():
     net = jaxadv.nn.resnet18(num_classes=2, in_channels=1, rngs=nnx.Rngs(0))
     fm = with_features(net)
