@@ -29,7 +29,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))  # this 
 
 import jaxadv  # noqa: E402
 import jaxadv.detect as D  # noqa: E402
-from jaxadv.attacks.hfc import HFC, hfc_prior  # noqa: E402
+from jaxadv.attacks.hfc import HFC, Adaptive, hfc_prior  # noqa: E402
 from jaxadv.checkpoint import reference_model  # noqa: E402
 from jaxadv.features import with_features  # noqa: E402
 
@@ -42,7 +42,7 @@ def _images(d, split):
     return x, d[f"{split}_labels"][:, 0].astype(np.int32)
 
 
-def run(name: str, eps255: float, n_train: int, steps: int, data) -> dict:
+def run(name: str, eps255: float, n_train: int, steps: int, data, adaptive: bool) -> dict:
     fm = with_features(reference_model(name))
     xtr, ytr = _images(data, "train")
     idx = np.random.default_rng(0).permutation(len(ytr))[:n_train]  # the split is sorted by class
@@ -93,6 +93,22 @@ def run(name: str, eps255: float, n_train: int, steps: int, data) -> dict:
             row["detectors"] = D.evaluate(dets, xte, np.asarray(res.adv), succ)
             timings[f"evaluate_{a}_s"] = time.perf_counter() - t
         out["attacks"][a] = row
+    if adaptive:
+        # the attacker knows the detector: PGD on CE - lam * score (BU left out: 20 MC passes
+        # per step); evaluated against that detector only
+        out["adaptive"] = {}
+        for k in ("KD", "LID", "MAHA", "DNN"):
+            atk = Adaptive(
+                threat=threat, detector=dets[k], lam=1.0, num_steps=steps, step_size=step
+            )
+            t = time.perf_counter()
+            res = atk(jax.random.key(2), fm, xte, yte, target=1 - yte)
+            succ = np.asarray(res.success)
+            timings[f"attack_adaptive_{k}_s"] = time.perf_counter() - t
+            row = {"success": float(succ.mean()), "n_success": int(succ.sum())}
+            if succ.any():
+                row["detector"] = D.evaluate({k: dets[k]}, xte, np.asarray(res.adv), succ)[k]
+            out["adaptive"][k] = row
     out["timings_s"] = timings
     return out
 
@@ -103,6 +119,7 @@ def main() -> None:
     ap.add_argument("--eps", nargs="+", type=float, default=[2.0, 4.0], help="in /255")
     ap.add_argument("--n-train", type=int, default=1000)
     ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--adaptive", action="store_true", help="also the adaptive attack per detector")
     ap.add_argument("--out", default=str(HERE / "detection.json"))
     args = ap.parse_args()
     if not DATA.exists():
@@ -111,7 +128,11 @@ def main() -> None:
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE
     ).stdout.strip()
-    rows = [run(m, e, args.n_train, args.steps, data) for m in args.models for e in args.eps]
+    rows = [
+        run(m, e, args.n_train, args.steps, data, args.adaptive)
+        for m in args.models
+        for e in args.eps
+    ]
     meta = {"device": str(jax.devices()[0]), "jax": jax.__version__, "commit": commit}
     pathlib.Path(args.out).write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     print(f"device {meta['device']}, JAX {meta['jax']}, commit {commit}\n")
@@ -129,6 +150,14 @@ def main() -> None:
             ]
             print(
                 f"| {r['model']} | {r['eps_255']:g}/255 | {a} | {row['success']:.3f} "
+                f"({row['n_success']}/{r['n_test_correct']}) | " + " | ".join(cells) + " |"
+            )
+        for k, row in r.get("adaptive", {}).items():
+            det = row.get("detector")
+            cell = f"{det['auc']:.3f} / {det['tpr_at_tnr95']:.2f}" if det else "-"
+            cells = [cell if n == k else "" for n in names]
+            print(
+                f"| {r['model']} | {r['eps_255']:g}/255 | adaptive vs {k} | {row['success']:.3f} "
                 f"({row['n_success']}/{r['n_test_correct']}) | " + " | ".join(cells) + " |"
             )
 
