@@ -243,6 +243,9 @@ def test_clear_errors(tmp_path):
         D.Mahalanobis(model=model, layers=("conv9",)).fit(xc, yc, xc)
     with pytest.raises(ValueError, match="needs x_adv"):
         D.LID(model=model).fit(xc, yc, None)
+    (tmp_path / "odd.json").write_text('{"jaxadv_detector": 1, "detector": {"__class__": "os"}}')
+    with pytest.raises(ValueError, match="malformed or unknown"):
+        D.load(tmp_path / "odd.json", model)
     (tmp_path / "junk.json").write_text("[]")
     with pytest.raises(ValueError, match="not a jaxadv detector"):
         D.load(tmp_path / "junk.json", model)

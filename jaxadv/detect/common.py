@@ -162,7 +162,12 @@ def load(path: str | pathlib.Path, model: Any) -> Any:
         raise ValueError(f"cannot read a detector from {path}: {e}") from None
     if not isinstance(doc, dict) or doc.get("jaxadv_detector") != 1:
         raise ValueError(f"{path} is not a jaxadv detector file (written by jaxadv.detect.save)")
-    det = _from_plain(doc["detector"], model)
+    try:
+        det = _from_plain(doc.get("detector"), model)
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{path} holds a malformed or unknown detector ({e!r})") from None
+    if type(det).__name__ not in CLASSES or not hasattr(det, "score"):
+        raise ValueError(f"{path} does not hold a detector")
     layers = getattr(det, "layers", None)
     missing = [n for n in (layers or ()) if n not in model.layers]
     if missing:
