@@ -5,7 +5,7 @@ integer labels; ``res.adv`` always lies in the threat set and ``res.success`` is
 Attacks maximise their loss; success means misclassified (or classified as the target).
 """
 
-from jaxadv import checkpoint, data, defences, losses, metrics, multilabel, segmentation
+from jaxadv import checkpoint, data, defences, detect, losses, metrics, multilabel, segmentation
 from jaxadv.attacks import APGD, APGDT, FGSM, FMN, PGD, REGISTRY, AbstractAttack, AutoAttack
 from jaxadv.attacks.autoattack import EOTLogits, RandomizedModel
 from jaxadv.attacks.bias import BiasField, BiasFieldThreat
@@ -13,6 +13,7 @@ from jaxadv.attacks.dense import ASMA, DAG, SegPGD
 from jaxadv.attacks.dgde import DGDE, DGDEOptions
 from jaxadv.attacks.eot import EOT, RandomAffine
 from jaxadv.attacks.fab import FAB
+from jaxadv.attacks.hfc import HFC, Adaptive
 from jaxadv.attacks.hopskipjump import HopSkipJump
 from jaxadv.attacks.minnorm import CW, DDN, DeepFool
 from jaxadv.attacks.momentum import MIFGSM
@@ -26,6 +27,7 @@ from jaxadv.attacks.universal import FittedPerturbation, UniversalPerturbation, 
 from jaxadv.attacks.zoo import ZOO
 from jaxadv.engine import Evaluation, evaluate
 from jaxadv.eps_sweep import EpsCurve, sweep_eps
+from jaxadv.features import FeatureModel, from_feature_fn, with_features
 from jaxadv.metrics import (
     accuracy,
     attack_success_rate,
@@ -55,6 +57,12 @@ __all__ = [
     "load_fitted",
     "APGD",
     "APGDT",
+    "Adaptive",
+    "FeatureModel",
+    "HFC",
+    "detect",
+    "from_feature_fn",
+    "with_features",
     "AutoAttack",
     "CW",
     "DDN",

@@ -1,0 +1,187 @@
+"""Shared pieces of the detectors: batched host loops, logistic regression, save / load."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxadv._struct import pytree_dataclass
+from jaxadv.engine.layout import block_size, chunks, pad_rows
+
+Array = jax.Array
+
+#: class name -> detector / fitted-part class (filled by ``serializable``), used by :func:`load`.
+CLASSES: dict[str, type] = {}
+
+
+def serializable(cls: type) -> type:
+    """Register a pytree dataclass for :func:`save` / :func:`load`."""
+    CLASSES[cls.__name__] = cls
+    return cls
+
+
+def batched(fn: Callable[..., Any], x: Any, *args: Any, batch_size: int = 256) -> Any:
+    """Apply the jitted ``fn(x_batch, *args)`` over ``x`` in fixed-size blocks (the last one padded
+    by :func:`jaxadv.engine.layout.pad_rows`, so one compiled shape) and concatenate on the host.
+
+    Returns the same pytree as ``fn`` with NumPy leaves of leading size ``len(x)``.
+    """
+    x = np.asarray(x, np.float32)
+    n = x.shape[0]
+    if n == 0:
+        raise ValueError("no examples given (x has 0 rows)")
+    size = block_size(n, batch_size)
+    parts = []
+    for idx in chunks(n, size):
+        out = fn(pad_rows(x[idx], size), *args)
+        m = len(idx)
+        parts.append(jax.tree.map(lambda a, m=m: np.asarray(a)[:m], out))
+    return jax.tree.map(lambda *a: np.concatenate(a, axis=0), *parts)
+
+
+# -- logistic regression --------------------------------------------------------------------------
+@serializable
+@pytree_dataclass
+class LogisticRegression:
+    """``p(adversarial | z) = sigmoid(((z - mean) / scale) @ w + b)`` on features ``z[N, F]``."""
+
+    mean: Array
+    scale: Array
+    w: Array
+    b: Array
+
+    def decision(self, z: Array) -> Array:
+        """``z[N, F] -> [N]`` the log-odds of "adversarial"."""
+        zs = (z - self.mean[None, :]) / self.scale[None, :]
+        return zs @ self.w + self.b
+
+
+@jax.jit
+def _irls(zs: Array, t: Array, l2: Array) -> tuple[Array, Array]:
+    n, f = zs.shape
+    a = jnp.concatenate([zs, jnp.ones((n, 1), zs.dtype)], axis=1)
+    reg = l2 * jnp.diag(jnp.concatenate([jnp.ones((f,), zs.dtype), jnp.zeros((1,), zs.dtype)]))
+
+    def step(_, theta):
+        p = jax.nn.sigmoid(a @ theta)
+        grad = a.T @ (p - t) / n + reg @ theta
+        hess = (a.T * (p * (1.0 - p))[None, :]) @ a / n + reg
+        return theta - jnp.linalg.solve(hess + 1e-8 * jnp.eye(f + 1, dtype=zs.dtype), grad)
+
+    theta = jax.lax.fori_loop(0, 100, step, jnp.zeros((f + 1,), zs.dtype))
+    return theta[:f], theta[f]
+
+
+def fit_logistic(z: Any, labels: Any, *, l2: float = 1e-3) -> LogisticRegression:
+    """Ridge logistic regression by Newton's method (100 iterations, in JAX; no sklearn).
+
+    Args:
+        z: ``[N, F]`` features (standardised internally).
+        labels: ``[N]`` 0 (clean) / 1 (adversarial).
+        l2: ridge strength on the standardised weights (keeps separable data finite).
+    """
+    z = np.asarray(z, np.float64)
+    t = np.asarray(labels, np.float64)
+    if z.ndim != 2 or t.shape != (z.shape[0],):
+        raise ValueError(f"z must be [N, F] and labels [N], got {z.shape} and {t.shape}")
+    if not (np.any(t == 0) and np.any(t == 1)):
+        raise ValueError("logistic regression needs both clean (0) and adversarial (1) examples")
+    mean = z.mean(0)
+    scale = z.std(0)
+    scale = np.where(scale > 0, scale, 1.0)
+    zs = jnp.asarray((z - mean) / scale, jnp.float32)
+    w, b = _irls(zs, jnp.asarray(t, jnp.float32), jnp.float32(l2))
+    return LogisticRegression(
+        mean=jnp.asarray(mean, jnp.float32), scale=jnp.asarray(scale, jnp.float32), w=w, b=b
+    )
+
+
+# -- save / load ----------------------------------------------------------------------------------
+def _to_plain(v: Any) -> Any:
+    if dataclasses.is_dataclass(v) and not isinstance(v, type):
+        out = {"__class__": type(v).__name__}
+        for f in dataclasses.fields(v):
+            if f.name != "model":
+                out[f.name] = _to_plain(getattr(v, f.name))
+        return out
+    if isinstance(v, dict):
+        return {"__dict__": {str(k): _to_plain(x) for k, x in v.items()}}
+    if isinstance(v, (tuple, list)):
+        return {"__tuple__": [_to_plain(x) for x in v]}
+    if isinstance(v, (jax.Array, np.ndarray, np.generic)):
+        a = np.asarray(v)
+        return {"__array__": a.dtype.str, "shape": list(a.shape), "data": a.tobytes().hex()}
+    if v is None or isinstance(v, (bool, int, float, str)):
+        return v
+    raise TypeError(f"cannot save a value of type {type(v).__name__}")
+
+
+def _from_plain(v: Any, model: Any) -> Any:
+    if isinstance(v, dict):
+        if "__class__" in v:
+            cls = CLASSES[v["__class__"]]
+            kw = {k: _from_plain(x, model) for k, x in v.items() if k != "__class__"}
+            if any(f.name == "model" for f in dataclasses.fields(cls)):
+                kw["model"] = model
+            return cls(**kw)
+        if "__dict__" in v:
+            return {k: _from_plain(x, model) for k, x in v["__dict__"].items()}
+        if "__tuple__" in v:
+            return tuple(_from_plain(x, model) for x in v["__tuple__"])
+        if "__array__" in v:
+            a = np.frombuffer(bytes.fromhex(v["data"]), np.dtype(v["__array__"]))
+            return jnp.asarray(a.reshape(v["shape"]))
+    return v
+
+
+def save(detector: Any, path: str | pathlib.Path) -> pathlib.Path:
+    """Write a fitted detector (its settings and fitted arrays, not the model) to a JSON file.
+
+    Arrays are stored as their raw bytes, so :func:`load` restores them bit for bit.
+    """
+    check_fitted(detector)
+    path = pathlib.Path(path)
+    path.write_text(json.dumps({"jaxadv_detector": 1, "detector": _to_plain(detector)}))
+    return path
+
+
+def load(path: str | pathlib.Path, model: Any) -> Any:
+    """Read a detector written by :func:`save` and attach ``model`` (the
+    :class:`jaxadv.features.FeatureModel` it was fitted on; its layer names must match)."""
+    path = pathlib.Path(path)
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"cannot read a detector from {path}: {e}") from None
+    if not isinstance(doc, dict) or doc.get("jaxadv_detector") != 1:
+        raise ValueError(f"{path} is not a jaxadv detector file (written by jaxadv.detect.save)")
+    try:
+        det = _from_plain(doc.get("detector"), model)
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{path} holds a malformed or unknown detector ({e!r})") from None
+    if type(det).__name__ not in CLASSES or not hasattr(det, "score"):
+        raise ValueError(f"{path} does not hold a detector")
+    layers = getattr(det, "layers", None)
+    missing = [n for n in (layers or ()) if n not in model.layers]
+    if missing:
+        raise ValueError(
+            f"the detector reads layers {missing} that the model does not expose "
+            f"(model.layers = {model.layers}); build it with with_features(..., layers=...)"
+        )
+    return det
+
+
+def check_fitted(detector: Any) -> None:
+    """Raise ``ValueError`` when ``detector`` has not been fitted yet."""
+    if not getattr(detector, "fitted", False):
+        raise ValueError(
+            f"{type(detector).__name__} is not fitted; call det = det.fit(x_clean, y_clean, "
+            "x_adv) first (fit returns the fitted detector)"
+        )
