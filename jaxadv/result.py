@@ -62,22 +62,34 @@ def finalize(threat, model, x, adv, y, *, target=None, queries=None) -> AttackRe
     * a row whose logits at the final ``adv`` are not all finite gets ``success=False``;
     * either case sets ``info["nonfinite"]`` (``bool[B]``) for that row.
 
+    Durable successes (both settings live on the threat model, so every attack obeys them):
+
+    * ``threat.grid`` set: after the projection ``adv`` is moved onto the storage grid inside the
+      threat set (:meth:`jaxadv.threats.AbstractThreat.snap`) and evaluated there;
+    * ``threat.success_margin`` κ > 0: success is ``margin > κ`` (and finite logits) instead of
+      the argmax rule. With κ = 0 the rule is exactly the argmax rule of
+      :func:`jaxadv.losses.is_adversarial`.
+
     ``res.loss`` is always the margin (see :class:`AttackResult`); an attack that wants to report
     its own loss puts it in ``info``.
     """
     margin = L.margin if target is None else L.margin_targeted
     adv = threat.project(x, adv)
     bad_adv = ~jnp.all(jnp.isfinite(adv.reshape(adv.shape[0], -1)), axis=1)
-    adv = jax.lax.stop_gradient(jnp.where(bcast(bad_adv, adv), x, adv))
+    adv = jnp.where(bcast(bad_adv, adv), x, adv)
+    adv = jax.lax.stop_gradient(threat.snap(x, adv))
     logits = model(adv)
     finite = jnp.all(jnp.isfinite(logits), axis=1)
     lbl = y if target is None else target
     b = x.shape[0]
     q = jnp.zeros((b,), jnp.int32) if queries is None else queries.astype(jnp.int32)
+    m = margin(logits, lbl).astype(jnp.float32)
+    kappa = threat.success_margin
+    won = L.is_adversarial(logits, y, target) if kappa == 0 else m > kappa
     return AttackResult(
         adv=adv,
-        success=L.is_adversarial(logits, y, target) & finite,
-        loss=margin(logits, lbl).astype(jnp.float32),
+        success=won & finite,
+        loss=m,
         norm=threat.norm(adv - x).astype(jnp.float32),
         queries=q + 1,
         info={"nonfinite": bad_adv | ~finite},
