@@ -164,15 +164,20 @@ class AbstractThreat:
         x_on = jnp.abs(kx - kx_r) < 1e-3
         kx = jnp.where(x_on, kx_r, kx)
 
-        def value(k):
-            return jnp.where(x_on & (k == kx), x, lo + span * (k / top).astype(x.dtype))
+        # grid values from a host table: XLA:CPU's float32 division is not correctly rounded,
+        # and the values must equal NumPy's ``code / 255`` (how the loaders read 8-bit files)
+        table = jnp.asarray(np.arange(top + 1, dtype=np.float32) / np.float32(top), x.dtype)
 
-        near = jnp.where(x_adv == x, x, value(jnp.clip(jnp.round(ka), 0.0, top)))
+        def value(k):
+            q = table[jnp.clip(k, 0.0, top).astype(jnp.int32)]
+            return jnp.where(x_on & (k == kx), x, lo + span * q)
+
+        near = jnp.where(x_adv == x, x, value(jnp.round(ka)))
         # towards x: the grid value between x and x_adv closest to x_adv (or x when none is)
         up = ka >= kx
         kt = jnp.where(up, jnp.floor(ka), jnp.ceil(ka))
         between = jnp.where(up, kt >= kx, kt <= kx)
-        toward = jnp.where((x_adv == x) | ~between, x, value(jnp.clip(kt, 0.0, top)))
+        toward = jnp.where((x_adv == x) | ~between, x, value(kt))
         if self.p == 0:  # pixel budgets: rounding never changes a pixel that was unchanged
             return near
         ok = self.norm(near - x) <= jnp.asarray(self.eps, x.dtype)

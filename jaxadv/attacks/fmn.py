@@ -60,7 +60,7 @@ class FMN(AbstractAttack):
         "alpha_final": V.positive(),
         "gamma_init": V.unit(lo_open=True),
         "gamma_final": V.unit(lo_open=True),
-        "overshoot": V.at_least(0.0),
+        "overshoot": V.Range(0.0, math.inf),
     }
 
     threat: Any
