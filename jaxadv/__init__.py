@@ -5,7 +5,7 @@ integer labels; ``res.adv`` always lies in the threat set and ``res.success`` is
 Attacks maximise their loss; success means misclassified (or classified as the target).
 """
 
-from jaxadv import checkpoint, data, losses, metrics, multilabel
+from jaxadv import checkpoint, data, durable, losses, metrics, multilabel
 from jaxadv.attacks import APGD, APGDT, FGSM, FMN, PGD, REGISTRY, AbstractAttack, AutoAttack
 from jaxadv.attacks.autoattack import EOT, RandomizedModel
 from jaxadv.attacks.dgde import DGDE, DGDEOptions
@@ -79,6 +79,7 @@ __all__ = [
     "accuracy",
     "checkpoint",
     "data",
+    "durable",
     "evaluate",
     "attack_success_rate",
     "auc",

@@ -16,6 +16,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from jaxadv import cli_durable
+
 log = logging.getLogger("jaxadv")
 
 
@@ -228,6 +230,7 @@ def _cmd_attack(args: argparse.Namespace) -> int:
         options=_options(args.option),
         default_num_steps=20,
     )
+    attack = cli_durable.apply(attack, args)
     if args.multilabel is not None:
         from jaxadv.multilabel import check_attack
 
@@ -259,10 +262,12 @@ def _cmd_attack(args: argparse.Namespace) -> int:
             indices=list(range(n)),
             progress=progress,
             rule=rule,
+            **cli_durable.evaluate_kwargs(args, n),
         )
     finally:
         ui.close()
     rows = [{"attack": args.attack, **r} for r in ev.summary()]
+    recheck = cli_durable.recheck_report(ev, model, args)
     report.write_json(
         out / "results.json",
         {
@@ -272,6 +277,7 @@ def _cmd_attack(args: argparse.Namespace) -> int:
                 attack_config=attack_config(attack, eps),
             ),
             "rows": rows,
+            **({"recheck": recheck} if recheck else {}),
         },
     )
     report.write_csv(out / "results.csv", rows)
@@ -279,6 +285,11 @@ def _cmd_attack(args: argparse.Namespace) -> int:
     if norm != "linf":
         cols[4] = "norm_mean"
     print(report.format_table(rows, tuple(cols + ["queries_median"])))
+    if recheck:
+        print(
+            f"recheck ({recheck['mode']}, eps {recheck['eps']:.6g}): "
+            f"{recheck['num_flipped']} of {recheck['num_success']} successes flip"
+        )
     return 0
 
 
@@ -581,6 +592,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--seed", type=int, default=0)
     a.add_argument("--out", default="jaxadv-attack")
     a.add_argument("--quiet", action="store_true")
+    cli_durable.add_arguments(a)
     a.set_defaults(func=_cmd_attack)
 
     t = sub.add_parser(

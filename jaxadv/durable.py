@@ -28,7 +28,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxadv import _io
-from jaxadv import losses as L
 from jaxadv.models import as_model
 
 Array = jax.Array
@@ -233,10 +232,9 @@ def recheck(
         raise ValueError(f"mode must be one of {RECHECK_MODES}, got {mode!r}")
     model = as_model(model)
     reported = np.asarray(success, bool)
-    y = jnp.asarray(y, jnp.int32)
-    t = None if target is None else jnp.asarray(target, jnp.int32)
+    y = np.asarray(y, np.int64)
+    t = None if target is None else np.asarray(target, np.int64)
     lbl = y if t is None else t
-    margin_fn = L.margin if t is None else L.margin_targeted
     if mode == "jit":
         logits = np.asarray(jax.jit(lambda m, a: m(a))(model, jnp.asarray(adv)))
     elif mode == "eager":
@@ -245,11 +243,17 @@ def recheck(
     else:
         with jax.enable_x64(True), jax.disable_jit():
             logits = np.asarray(_to_f64(model)(jnp.asarray(np.asarray(adv), jnp.float64)))
-    lg = jnp.asarray(logits)
-    m = np.asarray(margin_fn(lg, lbl))
+    # the rule in NumPy, at the logits' own precision (float64 logits stay float64)
+    yy, lab = np.asarray(y), np.asarray(lbl)
+    rows = np.arange(logits.shape[0])
+    others = logits.copy()
+    others[rows, lab] = -np.inf
+    m = others.max(axis=1) - logits[rows, lab]
+    m = m if t is None else -m
     finite = np.all(np.isfinite(logits), axis=1)
     if success_margin == 0:
-        won = np.asarray(L.is_adversarial(lg, y, t)) & finite
+        pred = np.argmax(logits, axis=1)
+        won = (pred != yy if t is None else pred == lab) & finite
     else:
         won = (m > success_margin) & finite
     flipped, gained = reported & ~won, ~reported & won

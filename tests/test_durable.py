@@ -133,7 +133,8 @@ def test_quantised_results_lie_on_the_grid_in_the_set(name, bits):
     assert adv.min() >= 0.0 and adv.max() <= 1.0
     # success is the verdict on the quantised image itself
     np.testing.assert_array_equal(
-        res.success, jaxadv.losses.is_adversarial(model(res.adv), y) & (res.loss > 0)
+        res.success,
+        jaxadv.losses.is_adversarial(model(res.adv), y) & (res.loss > 0)
         if attack.threat.success_margin == 0
         else res.loss > attack.threat.success_margin,
     )
@@ -190,7 +191,7 @@ def test_save_refuses_off_grid_images(tmp_path):
 def _ulp_apply(params, x):
     """A 2-class affine model whose jitted logits differ from its eager ones: traced, class 1
     gains one ulp (as if XLA's fusion rounded differently)."""
-    z = x.reshape(x.shape[0], -1) @ params["w"] + params["b"]
+    z = x.reshape(x.shape[0], -1) @ params["w"] + params["b"][None, :]
     if isinstance(x, jax.core.Tracer):
         z = z.at[:, 1].set(jnp.nextafter(z[:, 1], jnp.float32(jnp.inf)))
     return z

@@ -151,9 +151,7 @@ class FMN(AbstractAttack):
         delta = out.state.delta
         # Score the last iterate too.
         logits = model(x + delta)
-        last = Scored(
-            point=delta, success=adversarial(logits), score=-threat.norm(delta)
-        )
+        last = Scored(point=delta, success=adversarial(logits), score=-threat.norm(delta))
         best = keep_best(out.state.best, last)
         adv = x + jnp.where(best.success.reshape((b,) + (1,) * (x.ndim - 1)), best.point, delta)
         return finalize(threat, model, x, adv, y, target=target, queries=out.queries + 1)
