@@ -68,12 +68,18 @@ def test_success_margin_is_the_success_rule(targeted):
     assert bool(jnp.all(res.success <= res0.success))
 
 
-def test_fmn_aims_at_the_success_margin():
+_MINNORM = {
+    "fmn": lambda t: jaxadv.FMN(threat=t, num_steps=60),
+    "ddn": lambda t: jaxadv.DDN(threat=t, num_steps=60),
+    "deepfool": lambda t: jaxadv.DeepFool(threat=t, overshoot=0.0),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_MINNORM))
+def test_minimum_norm_attacks_aim_at_the_success_margin(name):
     model, x, y = _setup()
     kappa = 0.1
-    res = jaxadv.FMN(threat=jaxadv.L2Ball(eps=math.inf, success_margin=kappa), num_steps=60)(
-        0, model, x, y
-    )
+    res = _MINNORM[name](jaxadv.L2Ball(eps=math.inf, success_margin=kappa))(0, model, x, y)
     assert bool(jnp.all(res.success)) and float(jnp.min(res.loss)) > kappa
 
 
@@ -243,3 +249,23 @@ def test_recheck_reports_modes_and_refuses_unknown():
     np.testing.assert_array_equal(out["success"], res.success)
     with pytest.raises(ValueError, match="mode"):
         durable.recheck(model, res.adv, y, res.success, mode="xla")
+
+
+# ------------------------------------------------------------------ command line
+@pytest.mark.slow
+def test_cli_success_margin_grid_and_recheck(tmp_path, capsys):
+    import json
+
+    from jaxadv.cli import main
+
+    out = tmp_path / "run"
+    argv = ["attack", "--num-examples", "8", "--num-steps", "3", "--eps", "0,8", "--quiet"]
+    flags = ["--success-margin", "0.5", "--grid", "uint8", "--recheck", "jit"]
+    assert main([*argv, *flags, "--out", str(out)]) == 0
+    assert "successes flip" in capsys.readouterr().out
+    res = json.loads((out / "results.json").read_text())
+    threat = res["manifest"]["attack_config"]["threat"]
+    assert threat["success_margin"] == 0.5 and threat["grid"] == 8
+    assert res["recheck"]["mode"] == "jit" and res["recheck"]["num_flipped"] == 0
+    assert main([*argv, "--success-margin", "-1", "--out", str(out)]) == 2
+    assert "success_margin must be" in capsys.readouterr().err
