@@ -73,7 +73,14 @@ def encode(v: Any, bits: int, lo: float = 0.0, hi: float = 1.0, *, what: str = "
 def decode(code: Any, bits: int, lo: float = 0.0, hi: float = 1.0) -> np.ndarray:
     """Integer codes -> float32 images: ``lo + (hi - lo) * (code / (2**bits - 1))``, the values
     :meth:`jaxadv.threats.AbstractThreat.snap` produces (for ``[0, 1]`` and 8 bits,
-    ``code / 255``, as the data loaders read 8-bit files)."""
+    ``code / 255``, as the data loaders read 8-bit files).
+
+    Example:
+        >>> from jaxadv.durable import decode, encode
+        >>> v = decode([0, 3, 255], 8)  # float32 0, 3/255, 1
+        >>> encode(v, 8).tolist(), bool(v[1] == np.float32(3) / np.float32(255))
+        ([0, 3, 255], True)
+    """
     q = np.asarray(code).astype(np.float32) / np.float32(2**bits - 1)
     return np.float32(lo) + np.float32(hi - lo) * q
 

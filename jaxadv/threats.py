@@ -152,6 +152,13 @@ class AbstractThreat:
         ``x`` bit for bit; values of ``x`` that are off the grid (clean images not stored at this
         depth) are kept when no grid value lies between ``x`` and ``x_adv``. Without a grid,
         ``x_adv`` is returned as is.
+
+        Example:
+            >>> import jax.numpy as jnp, jaxadv
+            >>> t = jaxadv.LinfBall(eps=8 / 255, grid=8)
+            >>> x = jnp.zeros((1, 1, 1, 1))
+            >>> round(float(t.snap(x, x + 0.01)[0, 0, 0, 0]) * 255, 4)  # 2.55 / 255 -> 3 / 255
+            3.0
         """
         if self.grid is None:
             return x_adv
