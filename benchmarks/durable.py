@@ -63,6 +63,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--overshoot", type=float, default=1e-3)
     ap.add_argument("--out", default=str(HERE / "durable.json"))
+    ap.add_argument("--grid-only", action="store_true", help="only the 8-bit rows")
     a = ap.parse_args()
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE
@@ -70,7 +71,8 @@ def main() -> None:
     rows = []
     for model_name in ("small_cnn_clean", "small_cnn_pgdat"):
         for norm in ("l2", "linf"):
-            for over, grid in ((0.0, None), (a.overshoot, None), (a.overshoot, 8)):
+            todo = ((0.0, None), (a.overshoot, None), (a.overshoot, 8))
+            for over, grid in todo[2:] if a.grid_only else todo:
                 r = run(model_name, norm, a.n, a.steps, over, grid)
                 rows.append(r)
                 print(json.dumps(r), flush=True)

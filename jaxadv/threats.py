@@ -143,7 +143,7 @@ class AbstractThreat:
         delta = jax.vmap(lambda k: self.sample_ball(k, x.shape[1:], x.dtype))(keys)
         return self.project(x, x + delta)
 
-    def snap(self, x: Array, x_adv: Array) -> Array:
+    def snap(self, x: Array, x_adv: Array, *, away: bool = False) -> Array:
         """``x_adv[B, ...]`` (already in the set) moved onto the storage grid, still in the set.
 
         Per example: each value rounds to its nearest grid value when the result stays inside
@@ -152,6 +152,12 @@ class AbstractThreat:
         ``x`` bit for bit; values of ``x`` that are off the grid (clean images not stored at this
         depth) are kept when no grid value lies between ``x`` and ``x_adv``. Without a grid,
         ``x_adv`` is returned as is.
+
+        ``away=True``: every changed value rounds away from ``x`` instead (the perturbation's
+        direction, each ``|delta_i|`` up to the next grid value), for examples where that stays
+        in the set; the others get the default result. :func:`~jaxadv.result.finalize` tries it
+        where the default rounding lost the success (rounding a small perturbation to nearest
+        mostly undoes it).
 
         Example:
             >>> import jax.numpy as jnp, jaxadv
@@ -186,9 +192,17 @@ class AbstractThreat:
         between = jnp.where(up, kt >= kx, kt <= kx)
         toward = jnp.where((x_adv == x) | ~between, x, value(kt))
         if self.p == 0:  # pixel budgets: rounding never changes a pixel that was unchanged
-            return near
-        ok = self.norm(near - x) <= jnp.asarray(self.eps, x.dtype)
-        return jnp.where(bcast(ok, x), near, toward)
+            first = near
+        else:
+            ok = self.norm(near - x) <= jnp.asarray(self.eps, x.dtype)
+            first = jnp.where(bcast(ok, x), near, toward)
+        if not away:
+            return first
+        # away from x: every changed value to the grid value beyond it (|delta_i| only grows)
+        ka_away = jnp.where(up, jnp.ceil(ka), jnp.floor(ka))
+        far = jnp.where(x_adv == x, x, value(ka_away))
+        ok = self.norm(far - x) <= jnp.asarray(self.eps, x.dtype)
+        return jnp.where(bcast(ok, x), far, first)
 
     def diameter(self, shape: tuple[int, ...]) -> float:
         """The largest norm of a change inside the box for inputs of ``shape`` ``[B, ...]``

@@ -269,3 +269,23 @@ def test_cli_success_margin_grid_and_recheck(tmp_path, capsys):
     assert res["recheck"]["mode"] == "jit" and res["recheck"]["num_flipped"] == 0
     assert main([*argv, "--success-margin", "-1", "--out", str(out)]) == 2
     assert "success_margin must be" in capsys.readouterr().err
+
+
+def test_grid_rounds_away_from_x_when_nearest_loses_the_success():
+    """A perturbation below half a grid step rounds back to ``x``; finalize then keeps the
+    rounding away from ``x`` (the same direction, one grid step) where that is a success."""
+    w = jnp.zeros((16, 2), jnp.float32).at[:, 1].set(1.0 / 16)
+    model = _Wrap(params={"w": w, "b": jnp.array([0.4995, 0.0], jnp.float32)})
+    x = jnp.full((1, *SHAPE), np.float32(127) / np.float32(255))
+    y = jnp.zeros((1,), jnp.int32)
+    adv = x + 0.0019  # margin > 0, but every change is below half a step (1/510)
+    threat = jaxadv.LinfBall(eps=8 / 255, grid=8)
+    np.testing.assert_array_equal(threat.snap(x, adv), x)  # nearest: the attack is undone
+    res = jax.jit(finalize)(threat, model, x, adv, y)
+    assert bool(res.success[0]) and int(res.queries[0]) == 2
+    np.testing.assert_array_equal(res.adv, jnp.full_like(x, np.float32(128) / np.float32(255)))
+    # away from x would leave a ball smaller than one step: the nearest result is kept
+    small = jaxadv.LinfBall(eps=0.003, grid=8)
+    res = jax.jit(finalize)(small, model, x, adv, y)
+    assert not bool(res.success[0])
+    np.testing.assert_array_equal(res.adv, x)
