@@ -223,7 +223,9 @@ def recheck(
         success: the reported flags ``bool[B]`` (``res.success``).
         target: target labels ``[B]`` of a targeted attack.
         mode: ``'eager'`` (op by op, ``jax.disable_jit``), ``'jit'`` (the forward alone, compiled
-            separately from the attack) or ``'float64'`` (model and images cast to float64, eager).
+            separately from the attack) or ``'float64'`` (images and the model's float leaves
+            cast to float64, eager; weights a plain callable closes over are not leaves and stay
+            as they are).
         success_margin: κ of the re-check (default 0: the plain argmax rule, the question "is it
             still adversarial?").
 

@@ -199,7 +199,8 @@ def _ulp_apply(params, x):
     gains one ulp (as if XLA's fusion rounded differently)."""
     z = x.reshape(x.shape[0], -1) @ params["w"] + params["b"][None, :]
     if isinstance(x, jax.core.Tracer):
-        z = z.at[:, 1].set(jnp.nextafter(z[:, 1], jnp.float32(jnp.inf)))
+        z1 = jax.lax.stop_gradient(z[:, 1])  # nextafter has no derivative: add the ulp as data
+        z = z.at[:, 1].add(jnp.nextafter(z1, jnp.float32(jnp.inf)) - z1)
     return z
 
 
@@ -237,7 +238,7 @@ def test_with_margin_no_reported_success_is_rejected_eagerly(overshoot):
     threat = jaxadv.L2Ball(eps=math.inf, success_margin=1e-4)
     res = jaxadv.FMN(threat=threat, num_steps=40, overshoot=overshoot)(0, model, x, y)
     assert bool(jnp.all(res.success))
-    for mode in durable.RECHECK_MODES:
+    for mode in ("eager", "jit"):  # float64 casts model leaves; this wrapper is opaque to it
         assert durable.recheck(model, res.adv, y, res.success, mode=mode)["num_flipped"] == 0
 
 
