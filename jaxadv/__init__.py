@@ -5,7 +5,17 @@ integer labels; ``res.adv`` always lies in the threat set and ``res.success`` is
 Attacks maximise their loss; success means misclassified (or classified as the target).
 """
 
-from jaxadv import checkpoint, data, defences, detect, losses, metrics, multilabel, segmentation
+from jaxadv import (
+    checkpoint,
+    data,
+    defences,
+    detect,
+    durable,
+    losses,
+    metrics,
+    multilabel,
+    segmentation,
+)
 from jaxadv.attacks import APGD, APGDT, FGSM, FMN, PGD, REGISTRY, AbstractAttack, AutoAttack
 from jaxadv.attacks.autoattack import EOTLogits, RandomizedModel
 from jaxadv.attacks.bias import BiasField, BiasFieldThreat
@@ -107,6 +117,7 @@ __all__ = [
     "checkpoint",
     "data",
     "defences",
+    "durable",
     "evaluate",
     "attack_success_rate",
     "auc",

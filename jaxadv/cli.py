@@ -16,7 +16,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from jaxadv import cli_defence
+from jaxadv import cli_defence, cli_durable
 
 log = logging.getLogger("jaxadv")
 
@@ -80,6 +80,13 @@ def _spec(fn, *args, **kwargs):
         return fn(*args, **kwargs)
     except SpecError as e:
         raise CLIError(str(e)) from e
+
+
+def _durable_unsupported(args: argparse.Namespace, what: str) -> None:
+    if getattr(args, "success_margin", None) is not None or getattr(args, "grid", None) is not None:
+        raise CLIError(
+            f"--success-margin and --grid are not supported for {what} yet; leave them out"
+        )
 
 
 def _eps_list(v: Any, norm: str = "linf", scale: float | None = None) -> list[float]:
@@ -228,6 +235,7 @@ def _cmd_attack(args: argparse.Namespace) -> int:
     from jaxadv import cli_segmentation as seg
 
     if seg.is_segmentation_model(args.model):  # per-pixel logits: jaxadv/cli_segmentation.py
+        _durable_unsupported(args, "segmentation models")
         if args.defence is not None:
             raise CLIError("--defence is not supported for segmentation models yet; leave it out")
         eps = _eps_list(args.eps, norm, args.eps_scale)
@@ -235,6 +243,7 @@ def _cmd_attack(args: argparse.Namespace) -> int:
         print(report.format_table(rows, seg.TABLE_COLUMNS))
         return 0
     if str(args.attack).lower() in cli_medical.NAMES:  # a parametric threat: its own eps units
+        _durable_unsupported(args, "the bias-field attack")
         norm, eps = "bias", _spec(cli_medical.amplitudes, args.eps)
         attack = _spec(
             cli_medical.make_bias_field,
@@ -254,6 +263,7 @@ def _cmd_attack(args: argparse.Namespace) -> int:
             options=_options(args.option),
             default_num_steps=20,
         )
+        attack = cli_durable.apply(attack, args)
     if args.multilabel is not None:
         from jaxadv.multilabel import check_attack
 
@@ -286,10 +296,12 @@ def _cmd_attack(args: argparse.Namespace) -> int:
             indices=list(range(n)),
             progress=progress,
             rule=rule,
+            **cli_durable.evaluate_kwargs(args, n),
         )
     finally:
         ui.close()
     rows = [{"attack": args.attack, **r} for r in ev.summary()]
+    recheck = cli_durable.recheck_report(ev, model, args)
     report.write_json(
         out / "results.json",
         {
@@ -299,6 +311,7 @@ def _cmd_attack(args: argparse.Namespace) -> int:
                 attack_config=attack_config(attack, eps),
             ),
             "rows": rows,
+            **({"recheck": recheck} if recheck else {}),
         },
     )
     report.write_csv(out / "results.csv", rows)
@@ -306,6 +319,11 @@ def _cmd_attack(args: argparse.Namespace) -> int:
     if norm != "linf":
         cols[4] = "norm_mean"
     print(report.format_table(rows, tuple(cols + ["queries_median"])))
+    if recheck:
+        print(
+            f"recheck ({recheck['mode']}, eps {recheck['eps']:.6g}): "
+            f"{recheck['num_flipped']} of {recheck['num_success']} successes flip"
+        )
     return 0
 
 
@@ -531,6 +549,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--seed", type=int, default=0)
     a.add_argument("--out", default="jaxadv-attack")
     a.add_argument("--quiet", action="store_true")
+    cli_durable.add_arguments(a)
     a.set_defaults(func=_cmd_attack)
 
     from jaxadv.cli_train import add_train_parser

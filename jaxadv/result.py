@@ -62,6 +62,16 @@ def finalize(threat, model, x, adv, y, *, target=None, queries=None, rule=None) 
     * a row whose logits at the final ``adv`` are not all finite gets ``success=False``;
     * either case sets ``info["nonfinite"]`` (``bool[B]``) for that row.
 
+    Durable successes (both settings live on the threat model, so every attack obeys them):
+
+    * ``threat.grid`` set: after the projection ``adv`` is moved onto the storage grid inside the
+      threat set (:meth:`jaxadv.threats.AbstractThreat.snap`) and evaluated there; where the
+      nearest rounding is not a success, the rounding away from ``x`` is tried (one batched
+      forward of ``2B`` images: ``queries`` counts 2);
+    * ``threat.success_margin`` κ > 0: success is ``margin > κ`` (and finite logits) instead of
+      the argmax rule. With κ = 0 the rule is exactly the argmax rule of
+      :func:`jaxadv.losses.is_adversarial`.
+
     ``res.loss`` is always the margin (see :class:`AttackResult`); an attack that wants to report
     its own loss puts it in ``info``.
 
@@ -75,20 +85,52 @@ def finalize(threat, model, x, adv, y, *, target=None, queries=None, rule=None) 
     margin = L.margin if target is None else L.margin_targeted
     adv = threat.project(x, adv)
     bad_adv = ~jnp.all(jnp.isfinite(adv.reshape(adv.shape[0], -1)), axis=1)
-    adv = jax.lax.stop_gradient(jnp.where(bcast(bad_adv, adv), x, adv))
-    logits = model(adv)
     b = x.shape[0]
-    finite = jnp.all(jnp.isfinite(logits.reshape(b, -1)), axis=1)
     q = jnp.zeros((b,), jnp.int32) if queries is None else queries.astype(jnp.int32)
     if rule is not None:
+        if threat.grid is not None or threat.success_margin != 0:
+            raise ValueError(
+                "dense (segmentation) results take neither a storage grid nor a success margin "
+                "yet; leave grid and success_margin at their defaults"
+            )
+        adv = jax.lax.stop_gradient(jnp.where(bcast(bad_adv, adv), x, adv))
+        logits = model(adv)
+        finite = jnp.all(jnp.isfinite(logits.reshape(b, -1)), axis=1)
         return _finalize_dense(threat, model, x, adv, y, target, q, rule, logits, finite, bad_adv)
+    adv = jnp.where(bcast(bad_adv, adv), x, adv)
     lbl = y if target is None else target
+    kappa = threat.success_margin
+
+    def verdict(logits, reps=1):
+        yy, ll = jnp.tile(y, reps), jnp.tile(lbl, reps)
+        tt = None if target is None else jnp.tile(target, reps)
+        m = margin(logits, ll).astype(jnp.float32)
+        won = L.is_adversarial(logits, yy, tt) if kappa == 0 else m > kappa
+        return won & jnp.all(jnp.isfinite(logits), axis=1), m, logits
+
+    if threat.grid is None:
+        adv = jax.lax.stop_gradient(adv)
+        won, m, logits = verdict(model(adv))
+        extra = 1
+    else:
+        # two roundings in one batched forward: to nearest (or towards x), and away from x where
+        # the nearest lost the success (a small perturbation rounded to nearest mostly vanishes)
+        cand = jax.lax.stop_gradient(
+            jnp.concatenate([threat.snap(x, adv), threat.snap(x, adv, away=True)])
+        )
+        won2, m2, lg2 = verdict(model(cand), 2)
+        use = ~won2[:b] & won2[b:]
+        adv = jnp.where(bcast(use, x), cand[b:], cand[:b])
+        won, m = jnp.where(use, won2[b:], won2[:b]), jnp.where(use, m2[b:], m2[:b])
+        logits = jnp.where(use[:, None], lg2[b:], lg2[:b])
+        extra = 2
+    finite = jnp.all(jnp.isfinite(logits), axis=1)
     return AttackResult(
         adv=adv,
-        success=L.is_adversarial(logits, y, target) & finite,
-        loss=margin(logits, lbl).astype(jnp.float32),
+        success=won,
+        loss=m,
         norm=threat.norm(adv - x).astype(jnp.float32),
-        queries=q + 1,
+        queries=q + extra,
         info={"nonfinite": bad_adv | ~finite},
     )
 

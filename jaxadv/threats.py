@@ -35,15 +35,66 @@ def _step(step_size, g: Array) -> Array:
     return bcast(s, g) if s.ndim == 1 else s
 
 
+#: Storage dtypes accepted as ``grid`` names, with their bit depth.
+GRID_DTYPES = {"uint8": 8, "uint16": 16}
+
+
+def grid_bits(grid: int | str | None) -> int | None:
+    """The bit depth of a storage grid: ``None`` (no grid), an int in ``1..16`` (``12`` for
+    12-bit scanners) or a dtype name (``'uint8'``, ``'uint16'``).
+
+    Raises:
+        ValueError: anything else (floating dtypes have no uniform grid; quantise to 16 bits).
+    """
+    if grid is None:
+        return None
+    if isinstance(grid, str) and grid.strip().lower() in GRID_DTYPES:
+        return GRID_DTYPES[grid.strip().lower()]
+    if isinstance(grid, (int, np.integer)) and not isinstance(grid, bool) and 1 <= grid <= 16:
+        return int(grid)
+    raise ValueError(
+        f"grid must be None, a bit depth 1..16 (8, 12, 16) or one of {sorted(GRID_DTYPES)}, "
+        f"got {grid!r}"
+    )
+
+
 class AbstractThreat:
-    """Base of all threat models. Subclasses set ``p`` and implement the ball operations."""
+    """Base of all threat models. Subclasses set ``p`` and implement the ball operations.
+
+    Every threat model also carries two static settings that make a reported success durable
+    (both default to today's behaviour; :func:`jaxadv.result.finalize` reads them, so they reach
+    every attack):
+
+    * ``success_margin`` (κ, default ``0.0``): success means the logit margin of
+      :class:`jaxadv.AttackResult` is ``> κ`` (untargeted ``max_{j != y} z_j - z_y``, targeted
+      ``z_t - max_{j != t} z_j``). With ``κ = 0`` the rule is the plain argmax rule. A small
+      positive κ (e.g. ``1e-3``) rejects points that sit on the decision boundary, whose label can
+      flip under another compilation, another framework or a saved-and-reloaded image.
+    * ``grid`` (default ``None``): the storage grid the results are quantised to, a bit depth
+      (``8``, ``12``, ``16``) or a dtype name (``'uint8'``, ``'uint16'``): the values
+      ``lo + (hi - lo) * k / (2**bits - 1)``. The final ``adv`` lies on it and inside the threat
+      set (:meth:`snap`), and success is recomputed on the quantised image, so saving it as
+      8-bit PNG / 16-bit arrays and reloading gives the same image and the same success flag.
+      Clean images should lie on the grid (loaded from files of that depth).
+    """
 
     p: ClassVar[float]
     eps: float | Array
     lo: float | Array
     hi: float | Array
+    success_margin: float
+    grid: int | None
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "grid", grid_bits(self.grid))
+        m = self.success_margin
+        num = (int, float, np.integer, np.floating)
+        if isinstance(m, bool) or not isinstance(m, num) or not m >= 0 or m == math.inf:
+            raise ValueError(
+                f"{type(self).__name__}: success_margin must be a finite number >= 0 (logit "
+                f"units; 0 is the plain argmax rule), got {m!r}"
+            )
+        object.__setattr__(self, "success_margin", float(m))
         # Python numbers become float32 scalars: eps=0 (int) and eps=0.1 then share one trace.
         for name in ("eps", "lo", "hi"):
             v = getattr(self, name)
@@ -92,6 +143,67 @@ class AbstractThreat:
         delta = jax.vmap(lambda k: self.sample_ball(k, x.shape[1:], x.dtype))(keys)
         return self.project(x, x + delta)
 
+    def snap(self, x: Array, x_adv: Array, *, away: bool = False) -> Array:
+        """``x_adv[B, ...]`` (already in the set) moved onto the storage grid, still in the set.
+
+        Per example: each value rounds to its nearest grid value when the result stays inside
+        the ball; otherwise every changed value rounds towards ``x`` instead (``|delta_i|`` only
+        shrinks, so every norm, pixel count and patch extent does too). Unchanged values keep
+        ``x`` bit for bit; values of ``x`` that are off the grid (clean images not stored at this
+        depth) are kept when no grid value lies between ``x`` and ``x_adv``. Without a grid,
+        ``x_adv`` is returned as is.
+
+        ``away=True``: every changed value rounds away from ``x`` instead (the perturbation's
+        direction, each ``|delta_i|`` up to the next grid value), for examples where that stays
+        in the set; the others get the default result. :func:`~jaxadv.result.finalize` tries it
+        where the default rounding lost the success (rounding a small perturbation to nearest
+        mostly undoes it).
+
+        Example:
+            >>> import jax.numpy as jnp, jaxadv
+            >>> t = jaxadv.LinfBall(eps=8 / 255, grid=8)
+            >>> x = jnp.zeros((1, 1, 1, 1))
+            >>> round(float(t.snap(x, x + 0.01)[0, 0, 0, 0]) * 255, 4)  # 2.55 / 255 -> 3 / 255
+            3.0
+        """
+        if self.grid is None:
+            return x_adv
+        top = float(2**self.grid - 1)
+        lo = jnp.asarray(self.lo, x.dtype)
+        span = jnp.asarray(self.hi, x.dtype) - lo
+        ka = (x_adv - lo) / span * top
+        kx = (x - lo) / span * top
+        kx_r = jnp.round(kx)
+        x_on = jnp.abs(kx - kx_r) < 1e-3
+        kx = jnp.where(x_on, kx_r, kx)
+
+        # grid values from a host table: XLA:CPU's float32 division is not correctly rounded,
+        # and the values must equal NumPy's ``code / 255`` (how the loaders read 8-bit files)
+        table = jnp.asarray(np.arange(top + 1, dtype=np.float32) / np.float32(top), x.dtype)
+
+        def value(k):
+            q = table[jnp.clip(k, 0.0, top).astype(jnp.int32)]
+            return jnp.where(x_on & (k == kx), x, lo + span * q)
+
+        near = jnp.where(x_adv == x, x, value(jnp.round(ka)))
+        # towards x: the grid value between x and x_adv closest to x_adv (or x when none is)
+        up = ka >= kx
+        kt = jnp.where(up, jnp.floor(ka), jnp.ceil(ka))
+        between = jnp.where(up, kt >= kx, kt <= kx)
+        toward = jnp.where((x_adv == x) | ~between, x, value(kt))
+        if self.p == 0:  # pixel budgets: rounding never changes a pixel that was unchanged
+            first = near
+        else:
+            ok = self.norm(near - x) <= jnp.asarray(self.eps, x.dtype)
+            first = jnp.where(bcast(ok, x), near, toward)
+        if not away:
+            return first
+        # away from x: every changed value to the grid value beyond it (|delta_i| only grows)
+        ka_away = jnp.where(up, jnp.ceil(ka), jnp.floor(ka))
+        far = jnp.where(x_adv == x, x, value(ka_away))
+        ok = self.norm(far - x) <= jnp.asarray(self.eps, x.dtype)
+        return jnp.where(bcast(ok, x), far, first)
+
     def diameter(self, shape: tuple[int, ...]) -> float:
         """The largest norm of a change inside the box for inputs of ``shape`` ``[B, ...]``
         (host-side): a ball of this radius around any ``x`` in the box contains the whole box, so
@@ -124,6 +236,8 @@ class LinfBall(AbstractThreat):
     eps: float | Array
     lo: float | Array = 0.0
     hi: float | Array = 1.0
+    success_margin: float = static(default=0.0)
+    grid: int | None = static(default=None)
 
     def norm(self, delta):
         return jnp.max(jnp.abs(_flat(delta)), axis=1)
@@ -148,6 +262,8 @@ class L2Ball(AbstractThreat):
     eps: float | Array
     lo: float | Array = 0.0
     hi: float | Array = 1.0
+    success_margin: float = static(default=0.0)
+    grid: int | None = static(default=None)
 
     def norm(self, delta):
         return jnp.sqrt(jnp.sum(jnp.square(_flat(delta)), axis=1))
@@ -197,6 +313,8 @@ class L1Ball(AbstractThreat):
     eps: float | Array
     lo: float | Array = 0.0
     hi: float | Array = 1.0
+    success_margin: float = static(default=0.0)
+    grid: int | None = static(default=None)
     sparsity: float = static(default=0.01)
 
     def norm(self, delta):
@@ -293,6 +411,8 @@ class L0Pixels(AbstractThreat):
     eps: float | Array
     lo: float | Array = 0.0
     hi: float | Array = 1.0
+    success_margin: float = static(default=0.0)
+    grid: int | None = static(default=None)
     tol: float = static(default=0.0)
 
     def norm(self, delta: Array) -> Array:
@@ -381,6 +501,8 @@ class Patch(AbstractThreat):
     eps: float | Array
     lo: float | Array = 0.0
     hi: float | Array = 1.0
+    success_margin: float = static(default=0.0)
+    grid: int | None = static(default=None)
     tol: float = static(default=0.0)
 
     def side(self, shape: tuple[int, ...]) -> Array:

@@ -42,6 +42,12 @@ class FMN(AbstractAttack):
         alpha_init, alpha_final: cosine-annealed step length of the (L2-normalised) gradient step;
             ``alpha_final=None`` means ``alpha_init / 100``.
         gamma_init, gamma_final: cosine-annealed factor by which the radius grows or shrinks.
+        overshoot: logit headroom (a leaf, default ``0.0``): during the search a point counts as
+            adversarial only when its margin exceeds ``threat.success_margin + overshoot``, so the
+            returned point lies strictly past the boundary (by that margin) instead of on it, and
+            keeps its label under re-evaluation. ``0`` with ``success_margin=0`` is the paper's
+            argmax rule. The final success is still decided by :func:`~jaxadv.result.finalize`
+            against ``success_margin`` alone.
     """
 
     oracle: ClassVar[str] = "gradient"
@@ -54,6 +60,7 @@ class FMN(AbstractAttack):
         "alpha_final": V.positive(),
         "gamma_init": V.unit(lo_open=True),
         "gamma_final": V.unit(lo_open=True),
+        "overshoot": V.Range(0.0, math.inf),
     }
 
     threat: Any
@@ -62,6 +69,7 @@ class FMN(AbstractAttack):
     alpha_final: float | None = None
     gamma_init: float = 0.05
     gamma_final: float = 0.001
+    overshoot: float = 0.0
 
     def run(self, keys, model, x, y, *, target=None) -> AttackResult:
         threat = self.threat
@@ -79,12 +87,19 @@ class FMN(AbstractAttack):
         a0 = jnp.asarray(self.alpha_init, dt)
         a1 = a0 / 100 if self.alpha_final is None else jnp.asarray(self.alpha_final, dt)
         g0, g1 = jnp.asarray(self.gamma_init, dt), jnp.asarray(self.gamma_final, dt)
+        # the margin to clear: the argmax rule at 0 (bit for bit the paper's), else margin > thr
+        thr = jnp.asarray(threat.success_margin, jnp.float32) + jnp.asarray(self.overshoot)
+        thr = thr.astype(jnp.float32)
+
+        def adversarial(logits):
+            m_adv = -bnd(logits, lbl).astype(jnp.float32)
+            return jnp.where(thr > 0, m_adv > thr, L.is_adversarial(logits, y, target))
 
         def fmn_step(k, s):
             delta = s.delta
             xa = x + delta
             grad, m, logits = loss_grad(model, bnd, xa, lbl)
-            is_adv = L.is_adversarial(logits, y, target)
+            is_adv = adversarial(logits)
             n = threat.norm(delta)
             # The smallest adversarial delta so far (score -norm: a success beats a failure, then
             # the smaller norm). The radius update below reads it, so it lives in the state.
@@ -95,7 +110,7 @@ class FMN(AbstractAttack):
             gamma = _cosine(k, self.num_steps, g0, g1)
             gflat = grad.reshape(b, -1)
             gdual = jnp.linalg.norm(gflat, ord=dual, axis=1)
-            to_boundary = jnp.abs(m) / jnp.maximum(gdual, 1e-12)
+            to_boundary = jnp.abs(m + thr.astype(m.dtype)) / jnp.maximum(gdual, 1e-12)
             eps_new = jnp.where(
                 is_adv,
                 jnp.minimum(s.eps_k * (1 - gamma), best_norm),
@@ -136,9 +151,7 @@ class FMN(AbstractAttack):
         delta = out.state.delta
         # Score the last iterate too.
         logits = model(x + delta)
-        last = Scored(
-            point=delta, success=L.is_adversarial(logits, y, target), score=-threat.norm(delta)
-        )
+        last = Scored(point=delta, success=adversarial(logits), score=-threat.norm(delta))
         best = keep_best(out.state.best, last)
         adv = x + jnp.where(best.success.reshape((b,) + (1,) * (x.ndim - 1)), best.point, delta)
         return finalize(threat, model, x, adv, y, target=target, queries=out.queries + 1)

@@ -46,10 +46,12 @@ def _box(threat: Any, x: Array) -> tuple[Array, Array]:
     return lo, hi
 
 
-def _success(logits: Array, y: Array, target: Array | None = None) -> Array:
+def _success(logits: Array, y: Array, target: Array | None = None, kappa: float = 0.0) -> Array:
     """The library's success rule on finite logits only (a NaN row's argmax is 0: read naively it
-    could count as misclassified and steer the search)."""
-    return L.is_adversarial(logits, y, target) & jnp.all(jnp.isfinite(logits), axis=1)
+    could count as misclassified and steer the search). ``kappa``: the threat's
+    ``success_margin`` (static), so the search aims past the margin :func:`finalize` demands."""
+    ok = L.is_adversarial(logits, y, target) & jnp.all(jnp.isfinite(logits), axis=1)
+    return ok if kappa == 0 else ok & (_margin(logits, y, target) > kappa)
 
 
 def _margin(logits: Array, y: Array, target: Array | None) -> Array:
@@ -176,7 +178,7 @@ class CW(AbstractAttack):
 
             def adam_step(i, s: CWState):
                 g, (per, logits, xa, m, dist2) = grad_fn(s.w, consts)
-                succ = _success(logits, y, target) & (m >= kappa)
+                succ = _success(logits, y, target, self.threat.success_margin) & (m >= kappa)
                 t = (jnp.asarray(i, jnp.int32) + 1).astype(dt)
                 mom = b1 * s.m + (1 - b1) * g
                 vel = b2 * s.v + (1 - b2) * jnp.square(g)
@@ -310,7 +312,7 @@ class DDN(AbstractAttack):
         def ddn_step(i, s: DDNState):
             xa = x + s.delta
             g, _, logits = loss_grad(model, loss_fn, xa, lbl)
-            succ = _success(logits, y, target)
+            succ = _success(logits, y, target, self.threat.success_margin)
             noise = jax.vmap(lambda k: jax.random.normal(k, x.shape[1:], dt))(fold_keys(keys, i))
             g = bsel(_l2(g) == 0, noise, g)
             g = g / bcast(jnp.maximum(_l2(g), _TINY), g)
@@ -339,7 +341,11 @@ class DDN(AbstractAttack):
         logits = model(x + last)
         best = keep_best(
             out.best,
-            Scored(point=last, success=_success(logits, y, target), score=-_l2(last)),
+            Scored(
+                point=last,
+                success=_success(logits, y, target, self.threat.success_margin),
+                score=-_l2(last),
+            ),
         )
         adv = x + bsel(best.success, best.point, jnp.zeros_like(x))
         return finalize(self.threat, model, x, adv, y, target=target, queries=out.queries + 1)
@@ -444,7 +450,7 @@ class DeepFool(AbstractAttack):
 
         def df_step(_, s: DeepFoolState):
             logits, grads = diffs_fn(s.x_adv)  # grads [k - 1, B, ...]
-            succ = _success(logits, y)
+            succ = _success(logits, y, None, self.threat.success_margin)
             f = jnp.take_along_axis(logits, others, axis=1) - jnp.take_along_axis(
                 logits, y[:, None], axis=1
             )  # [B, k - 1]

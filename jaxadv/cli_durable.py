@@ -1,0 +1,78 @@
+"""``jaxadv attack`` options for durable successes (:mod:`jaxadv.durable`): ``--success-margin``,
+``--grid`` and ``--recheck``. Registered from :mod:`jaxadv.cli` with a few lines."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from jaxadv._struct import replace
+from jaxadv.durable import RECHECK_MODES
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the durable-success flags to the ``attack`` sub-command's ``parser``."""
+    parser.add_argument(
+        "--success-margin",
+        type=float,
+        default=None,
+        metavar="KAPPA",
+        help="count a success only when the logit margin exceeds KAPPA (default 0: the argmax "
+        "rule); e.g. 1e-3 rejects points on the decision boundary",
+    )
+    parser.add_argument(
+        "--grid",
+        default=None,
+        help="quantise adversarial images to this storage grid inside the attack (8, 12, 16, "
+        "uint8, uint16); success is decided on the quantised image",
+    )
+    parser.add_argument(
+        "--recheck",
+        default=None,
+        choices=RECHECK_MODES,
+        help="re-evaluate the successes at the largest eps outside the attack's program (eager, "
+        "a separately compiled forward, or float64) and report how many flip",
+    )
+
+
+def apply(attack: Any, args: argparse.Namespace) -> Any:
+    """``attack`` with ``--success-margin`` / ``--grid`` set on its threat model (raises
+    ``ValueError`` with the threat's message for a bad value, before any loading)."""
+    changes: dict[str, Any] = {}
+    if getattr(args, "success_margin", None) is not None:
+        changes["success_margin"] = args.success_margin
+    grid = getattr(args, "grid", None)
+    if grid is not None:
+        changes["grid"] = int(grid) if str(grid).strip().isdigit() else str(grid)
+    if not changes or attack is None:
+        return attack
+    return replace(attack, threat=replace(attack.threat, **changes))
+
+
+def evaluate_kwargs(args: argparse.Namespace, n: int) -> dict[str, Any]:
+    """Extra :func:`jaxadv.evaluate` keywords: keep every adversarial image when re-checking."""
+    return {"num_adv": n} if getattr(args, "recheck", None) else {}
+
+
+def recheck_report(ev: Any, model: Any, args: argparse.Namespace) -> dict[str, Any] | None:
+    """Re-check the successes of ``ev`` (at ``ev.eps[ev.adv_index]``) in ``--recheck`` mode.
+
+    Returns ``None`` without ``--recheck``, else ``{"mode", "eps", "num_success",
+    "num_flipped", "num_gained", "flipped_indices"}`` for ``results.json``.
+    """
+    mode = getattr(args, "recheck", None)
+    if mode is None or ev.adv is None or len(ev.adv) == 0:
+        return None
+    from jaxadv.durable import recheck
+
+    k = len(ev.adv)
+    reported = ev.per_eps["success"][ev.adv_index][:k]
+    out = recheck(model, ev.adv, ev.labels[:k], reported, mode=mode)
+    return {
+        "mode": mode,
+        "eps": float(ev.eps[ev.adv_index]),
+        "num_success": int(reported.sum()),
+        "num_flipped": out["num_flipped"],
+        "num_gained": out["num_gained"],
+        "flipped_indices": [int(i) for i in ev.indices[:k][out["flipped"]]],
+    }
