@@ -49,6 +49,26 @@ class AttackResult:
         return ~self.success
 
 
+def _judged(node) -> bool:
+    return hasattr(node, "judging_view")
+
+
+def judging_view(model):
+    """The model as the library judges results with it.
+
+    A randomised model (any node of the model's pytree with a ``judging_view()`` method, e.g.
+    :class:`jaxadv.RandomizedModel`) is judged on a draw the attack never queried, as a
+    randomised network in another framework draws afresh at every forward pass; judging on the
+    draw the attack saw would let it keep a lucky draw. Deterministic models come back as they
+    are.
+    """
+    if not any(_judged(n) for n in jax.tree_util.tree_leaves(model, is_leaf=_judged)):
+        return model
+    return jax.tree_util.tree_map(
+        lambda n: n.judging_view() if _judged(n) else n, model, is_leaf=_judged
+    )
+
+
 def finalize(threat, model, x, adv, y, *, target=None, queries=None, rule=None) -> AttackResult:
     """Enforce the threat model on ``adv`` and re-evaluate the model there (one forward pass).
 
@@ -61,6 +81,8 @@ def finalize(threat, model, x, adv, y, *, target=None, queries=None, rule=None) 
       falls back to ``x`` and is evaluated there;
     * a row whose logits at the final ``adv`` are not all finite gets ``success=False``;
     * either case sets ``info["nonfinite"]`` (``bool[B]``) for that row.
+
+    A randomised model is judged on a fresh draw (:func:`judging_view`).
 
     Durable successes (both settings live on the threat model, so every attack obeys them):
 
@@ -83,6 +105,7 @@ def finalize(threat, model, x, adv, y, *, target=None, queries=None, rule=None) 
     in ``queries``).
     """
     margin = L.margin if target is None else L.margin_targeted
+    model = judging_view(model)
     adv = threat.project(x, adv)
     bad_adv = ~jnp.all(jnp.isfinite(adv.reshape(adv.shape[0], -1)), axis=1)
     b = x.shape[0]

@@ -38,7 +38,7 @@ from jaxadv.attacks.fab import FAB
 from jaxadv.attacks.fmn import FMN
 from jaxadv.engine import layout
 from jaxadv.models import as_model
-from jaxadv.result import AttackResult, finalize
+from jaxadv.result import AttackResult, finalize, judging_view
 from jaxadv.threats import L1Ball, L2Ball, LinfBall
 
 log = logging.getLogger(__name__)
@@ -233,6 +233,11 @@ def build_stages(
 
 
 # ------------------------------------------------------------------------- randomised models
+#: Folded into a randomised model's key for the draws that judge results (never queried by an
+#: attack: EOTLogits folds in draw indices 0..num_draws-1).
+JUDGING_SALT = 0x4A554447
+
+
 @pytree_dataclass
 class RandomizedModel:
     """A model with randomness at inference (``version='rand'``): ``apply(params, x, keys)`` with
@@ -256,6 +261,10 @@ class RandomizedModel:
         h = input_hash(x)
         keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(self.key, h)
         return self.sample(x, keys)
+
+    def judging_view(self) -> RandomizedModel:
+        """The same model with draws no attack queries (:func:`jaxadv.result.judging_view`)."""
+        return replace(self, key=jax.random.fold_in(self.key, JUDGING_SALT))
 
 
 @pytree_dataclass
@@ -473,7 +482,8 @@ class AutoAttack(AbstractAttack):
         if target is not None:
             raise ValueError("AutoAttack is untargeted; pass target=None")
         smodel = self._stage_model(model)
-        clean_wrong = L.is_adversarial(model(x), y)
+        judge = judging_view(model)  # fresh draws of a randomised model, as finalize judges
+        clean_wrong = L.is_adversarial(judge(x), y)
         succ = clean_wrong
         adv = x
         q = jnp.ones((x.shape[0],), jnp.int32)
@@ -482,7 +492,7 @@ class AutoAttack(AbstractAttack):
             # Every stage draws from the same per-example keys, as the reference re-seeds before
             # each stage; so the APGD-CE stage equals a standalone APGD-CE with the same key.
             res = atk.run(keys, smodel, x, y)
-            won = res.success if smodel is model else L.is_adversarial(model(res.adv), y)
+            won = res.success if smodel is model else L.is_adversarial(judge(res.adv), y)
             q = q + jnp.where(succ, 0, res.queries)
             # The first stage's point is kept for examples no stage breaks (its highest-loss
             # point, better than x for margins and AUC); later stages replace it only on success.
@@ -510,7 +520,8 @@ class AutoAttack(AbstractAttack):
         keys = example_keys(key, b, index_offset)
         bounded = finite_budget(self, x)
         smodel = self._stage_model(model)
-        clean_wrong = np.asarray(_clean_success(model, x, y))
+        judge = judging_view(model)  # fresh draws of a randomised model, as finalize judges
+        clean_wrong = np.asarray(_clean_success(judge, x, y))
         succ = clean_wrong
         adv = x
         q = np.ones((b,), np.int32)
@@ -524,7 +535,7 @@ class AutoAttack(AbstractAttack):
                 if smodel is model:
                     s = np.asarray(res.success)[: idx.size]
                 else:
-                    s = np.asarray(_clean_success(model, res.adv, y[pad]))[: idx.size]
+                    s = np.asarray(_clean_success(judge, res.adv, y[pad]))[: idx.size]
                 won = idx[s]
                 keep = np.ones_like(s) if i == 0 else s
                 adv = adv.at[idx[keep]].set(res.adv[: idx.size][keep])
