@@ -24,7 +24,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--eot-draws",
         type=int,
         default=0,
-        help="randomised defence: attack (and judge) the mean logits of this many draws",
+        help="randomised defence: attack the mean logits of this many draws (results are judged "
+        "on one fresh draw, as the deployed defence answers)",
     )
 
 

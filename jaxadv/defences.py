@@ -458,7 +458,8 @@ def defend(model: Any, spec: str, *, bpda: bool = False, eot_draws: int = 0, key
         bpda: wrap a deterministic stage in :class:`BPDA` (identity backward). The forward pass is
             unchanged, so results are still judged on the real defence.
         eot_draws: for a randomised stage, attack the mean logits of this many draws
-            (:class:`jaxadv.EOTLogits`; 0 or 1: a single draw per call).
+            (:class:`jaxadv.EOTLogits`; 0 or 1: a single draw per call). Results are judged on
+            one fresh draw either way (:func:`jaxadv.result.judging_view`).
         key: seed or key of a randomised stage's draws.
 
     Returns:

@@ -346,6 +346,10 @@ def test_a_randomised_model_is_judged_on_a_draw_the_attack_never_queried():
     assert float(jnp.mean(res.success)) < 0.75 < float(jnp.mean(seen))
     det = jaxadv.from_apply(lambda w, z: z.reshape(z.shape[0], -1)[:, :2] * w, jnp.float32(1.0))
     assert judging_view(det) is det
+    # an EOT-averaged model is judged on one fresh draw, not on its mean logits
+    np.testing.assert_array_equal(
+        judging_view(EOTLogits(model=model, num_draws=4))(x), judging_view(model)(x)
+    )
 
 
 @pytest.mark.slow

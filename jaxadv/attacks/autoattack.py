@@ -286,6 +286,12 @@ class EOTLogits:
 
         return jnp.mean(jax.vmap(draw)(jnp.arange(self.num_draws, dtype=jnp.uint32)), axis=0)
 
+    def judging_view(self) -> RandomizedModel:
+        """Results are judged on one fresh draw of the randomised model, as the deployed system
+        (and the reference's ``'rand'`` evaluation) makes one draw per forward pass; the mean
+        logits are what the attack differentiates, not what it is judged by."""
+        return self.model.judging_view()
+
 
 # ------------------------------------------------------------------------- flags
 FLAG_MESSAGES = {
