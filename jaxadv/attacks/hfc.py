@@ -19,7 +19,7 @@ import numpy as np
 from jaxadv import _validate as V
 from jaxadv import losses as L
 from jaxadv._batch import bcast
-from jaxadv._struct import pytree_dataclass, static
+from jaxadv._struct import pytree_dataclass, replace, static
 from jaxadv.attacks.base import AbstractAttack
 from jaxadv.result import AttackResult, finalize
 from jaxadv.threats import L1Ball, L2Ball, LinfBall
@@ -228,6 +228,37 @@ def momentum_pgd(
     return xa, trace.T
 
 
+def _momentum_attack(attack, keys, model, x, y, target, objective, default_scale, info_key):
+    """``attack``'s momentum ascent on ``objective`` (:func:`momentum_pgd`) and the library's
+    exit (:func:`finalize`), with the objective's per-step ``aux`` as ``info[info_key]``.
+    ``step_size=None`` means ``default_scale·eps / num_steps``."""
+    step = (
+        jnp.asarray(attack.threat.eps, x.dtype) * (default_scale / attack.num_steps)
+        if attack.step_size is None
+        else jnp.asarray(attack.step_size, x.dtype)
+    )
+    adv, trace = momentum_pgd(
+        attack.threat,
+        keys,
+        x,
+        objective,
+        step_size=step,
+        num_steps=attack.num_steps,
+        momentum=jnp.asarray(attack.momentum, x.dtype),
+        random_start=attack.random_start,
+    )
+    res = finalize(
+        attack.threat,
+        model,
+        x,
+        adv,
+        y,
+        target=target,
+        queries=jnp.full((x.shape[0],), attack.num_steps, jnp.int32),
+    )
+    return replace(res, info={**res.info, info_key: trace})
+
+
 _SETTINGS = {"step_size": V.positive(), "num_steps": V.at_least(1)}
 
 
@@ -284,11 +315,6 @@ class HFC(AbstractAttack):
                 f"HFC's prior has layers {missing} that the model does not expose; attack a "
                 "with_features(...) model with those layers"
             )
-        step = (
-            jnp.asarray(self.threat.eps, x.dtype) * (2.0 / self.num_steps)
-            if self.step_size is None
-            else jnp.asarray(self.step_size, x.dtype)
-        )
 
         def objective(xa):
             logits, feats = model.features(xa)
@@ -296,33 +322,7 @@ class HFC(AbstractAttack):
             # maximised: ce_targeted is -CE(f(x), t) (the library's ascent convention)
             return L.ce_targeted(logits, target) - self.lam * j, j
 
-        adv, trace = momentum_pgd(
-            self.threat,
-            keys,
-            x,
-            objective,
-            step_size=step,
-            num_steps=self.num_steps,
-            momentum=jnp.asarray(self.momentum, x.dtype),
-            random_start=self.random_start,
-        )
-        res = finalize(
-            self.threat,
-            model,
-            x,
-            adv,
-            y,
-            target=target,
-            queries=jnp.full((x.shape[0],), self.num_steps, jnp.int32),
-        )
-        return AttackResult(
-            adv=res.adv,
-            success=res.success,
-            loss=res.loss,
-            norm=res.norm,
-            queries=res.queries,
-            info={**res.info, "hfc": trace},
-        )
+        return _momentum_attack(self, keys, model, x, y, target, objective, 2.0, "hfc")
 
 
 @pytree_dataclass
@@ -361,40 +361,9 @@ class Adaptive(AbstractAttack):
         check_fitted(self.detector)
         loss_fn = L.resolve(self.loss, target is not None)
         lbl = y if target is None else target
-        step = (
-            jnp.asarray(self.threat.eps, x.dtype) * (2.5 / self.num_steps)
-            if self.step_size is None
-            else jnp.asarray(self.step_size, x.dtype)
-        )
 
         def objective(xa):
             s = self.detector.score(xa)
             return loss_fn(model(xa), lbl) - self.lam * s, s
 
-        adv, trace = momentum_pgd(
-            self.threat,
-            keys,
-            x,
-            objective,
-            step_size=step,
-            num_steps=self.num_steps,
-            momentum=jnp.asarray(self.momentum, x.dtype),
-            random_start=self.random_start,
-        )
-        res = finalize(
-            self.threat,
-            model,
-            x,
-            adv,
-            y,
-            target=target,
-            queries=jnp.full((x.shape[0],), self.num_steps, jnp.int32),
-        )
-        return AttackResult(
-            adv=res.adv,
-            success=res.success,
-            loss=res.loss,
-            norm=res.norm,
-            queries=res.queries,
-            info={**res.info, "detector": trace},
-        )
+        return _momentum_attack(self, keys, model, x, y, target, objective, 2.5, "detector")
