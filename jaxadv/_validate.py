@@ -233,15 +233,31 @@ def check_labels(y: Any, batch: int, num_classes: int | None, *, name: str = "y"
         )
 
 
-def num_classes(model: Any, x: Any) -> int:
-    """Trace (no compile) the model on ``x``'s shape and check it returns logits ``[B, C]``."""
+def trace_output(
+    model: Any, x: Any, *, who: str = "the model", fails: str = "failed on input of", hint: str = ""
+) -> Any:
+    """Trace (no compile) ``model`` on ``x``'s shape and return its output's shape structure.
+
+    The one place a model's output shape is probed before an attack; each caller checks the rank
+    it needs. A model that cannot take such input raises ``ValueError``:
+    ``"{who} {fails} shape (B, H, W, K) (Error: message){hint}"``.
+    """
     try:
-        out = jax.eval_shape(model, jax.ShapeDtypeStruct(x.shape, x.dtype))
+        return jax.eval_shape(model, jax.ShapeDtypeStruct(x.shape, x.dtype))
     except Exception as e:  # noqa: BLE001 - we re-raise with context
         raise ValueError(
-            f"the model failed on input of shape {tuple(x.shape)} ({type(e).__name__}: {e}). "
-            "Check the image size, channels (grey_to_rgb=True for 3-channel models) and layout NHWC."
+            f"{who} {fails} shape {tuple(x.shape)} ({type(e).__name__}: {e}){hint}"
         ) from e
+
+
+def num_classes(model: Any, x: Any) -> int:
+    """Trace (no compile) the model on ``x``'s shape and check it returns logits ``[B, C]``."""
+    out = trace_output(
+        model,
+        x,
+        hint=". Check the image size, channels (grey_to_rgb=True for 3-channel models) and "
+        "layout NHWC.",
+    )
     if isinstance(out, (tuple, list)):
         out = out[0]
     if len(out.shape) != 2 or out.shape[0] != x.shape[0]:

@@ -238,12 +238,7 @@ def default_rule(targeted: bool) -> DenseRule:
 def num_classes(model: Any, x: Any) -> int:
     """Trace (no compile) ``model`` on ``x``'s shape: it must return per-pixel logits
     ``[B, H, W, C]`` matching the image size; returns ``C``."""
-    try:
-        out = jax.eval_shape(model, jax.ShapeDtypeStruct(x.shape, x.dtype))
-    except Exception as e:  # noqa: BLE001 - re-raised with context
-        raise ValueError(
-            f"the model failed on input of shape {tuple(x.shape)} ({type(e).__name__}: {e})"
-        ) from e
+    out = _validate.trace_output(model, x)
     if isinstance(out, (tuple, list)):
         out = out[0]
     if len(out.shape) == 2:

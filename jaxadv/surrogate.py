@@ -38,14 +38,14 @@ class Ensemble:
 
 
 def _out_shape(model: Any, x: Array, role: str) -> tuple[int, ...]:
-    try:
-        out = jax.eval_shape(model, jax.ShapeDtypeStruct(x.shape, x.dtype))
-    except Exception as e:  # any shape error of the user's model: say which model and why
-        raise ValueError(
-            f"transfer: the {role} cannot take inputs of shape {tuple(x.shape)} ({type(e).__name__}:"
-            f" {str(e).splitlines()[0] if str(e) else ''}); surrogate and target must accept the "
-            "same images (resize or convert the channels in a wrapper)"
-        ) from None
+    out = _validate.trace_output(
+        model,
+        x,
+        who=f"transfer: the {role}",
+        fails="cannot take inputs of",
+        hint="; surrogate and target must accept the same images (resize or convert the channels "
+        "in a wrapper)",
+    )
     shape = tuple(getattr(out, "shape", ()))
     if len(shape) != 2 or shape[0] != x.shape[0]:
         raise ValueError(
