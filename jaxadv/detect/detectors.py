@@ -84,7 +84,16 @@ class AbstractDetector:
         raise NotImplementedError
 
     def score(self, x: Array) -> Array:
-        """``x[B, H, W, K]`` pixels -> ``f32[B]``, higher = more likely adversarial."""
+        """``x[B, H, W, K]`` pixels -> ``f32[B]``, higher = more likely adversarial.
+
+        By default one call of the feature model, then :meth:`score_features`; detectors that
+        need more (MC-dropout passes, input pre-processing) override it."""
+        check_fitted(self)
+        logits, feats = self.model.features(x)
+        return self.score_features(logits, feats)
+
+    def score_features(self, logits: Array, feats: dict[str, Array]) -> Array:
+        """The score from the model's logits ``[B, C]`` and pooled features ``{layer: [B, d]}``."""
         raise NotImplementedError
 
     def _layers(self) -> tuple[str, ...]:
@@ -154,11 +163,6 @@ class KernelDensity(AbstractDetector):
         n = jnp.sum(same, axis=1).astype(jnp.float32)
         logdens = jax.nn.logsumexp(jnp.where(same, logk, -jnp.inf), axis=1) - jnp.log(n)
         return -logdens
-
-    def score(self, x: Array) -> Array:
-        check_fitted(self)
-        logits, feats = self.model.features(x)
-        return self.score_features(logits, feats)
 
 
 @serializable
@@ -265,11 +269,6 @@ class LID(AbstractDetector):
 
     def score_features(self, logits: Array, feats: dict[str, Array]) -> Array:
         return self.classifier.decision(self._lids(feats))
-
-    def score(self, x: Array) -> Array:
-        check_fitted(self)
-        logits, feats = self.model.features(x)
-        return self.score_features(logits, feats)
 
 
 @serializable
@@ -430,11 +429,6 @@ class DNNDetector(AbstractDetector):
     def score_features(self, logits: Array, feats: dict[str, Array]) -> Array:
         z = jnp.concatenate([feats[n] for n in self.layers], axis=1)
         return _mlp(self.params, (z - self.mean[None, :]) / self.scale[None, :])
-
-    def score(self, x: Array) -> Array:
-        check_fitted(self)
-        logits, feats = self.model.features(x)
-        return self.score_features(logits, feats)
 
 
 @jax.jit
