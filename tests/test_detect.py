@@ -263,6 +263,34 @@ def test_bayesian_uncertainty_mc_dropout():
     np.testing.assert_allclose(s, bu.score(x), rtol=1e-4, atol=1e-6)
 
 
+def test_bayesian_uncertainty_dropout_head_on_a_dropout_free_model(tmp_path):
+    model = tiny_model()  # linear, no dropout: logits = features["in"] @ w exactly
+    xc = blobs(0, 200, 0.0, 1.0)
+    bu = D.BayesianUncertainty(model=model, num_samples=16, head_layer="in").fit(xc)
+    # the head reproduces the linear model (ridge with a tiny penalty)
+    assert float(bu.head_agreement) >= 0.97
+    np.testing.assert_allclose(bu.head["w"], model.params["w"], atol=0.05)
+    x = jnp.asarray(blobs(1, 6, 0.0, 1.0))
+    s = jax.jit(lambda d, x: d.score(x))(bu, x)
+    assert s.shape == (6,) and np.all(np.asarray(s) >= -1e-6) and np.any(np.asarray(s) > 1e-4)
+    # one mask per pass for the whole batch: an example's score does not depend on its position
+    np.testing.assert_allclose(bu.score(x[::-1])[::-1], s, rtol=1e-5, atol=1e-7)
+    # differentiable in x (the adaptive attack needs it) and round-trips through save / load
+    g = jax.grad(lambda x: jnp.sum(bu.score(x)))(x)
+    assert np.all(np.isfinite(np.asarray(g))) and np.any(np.asarray(g) != 0)
+    back = D.load(D.save(bu, tmp_path / "bu.json"), model)
+    np.testing.assert_array_equal(back.score(x), bu.score(x))
+    # errors
+    with pytest.raises(ValueError, match="not exposed"):
+        D.BayesianUncertainty(model=model, head_layer="conv9").fit(xc)
+    with pytest.raises(ValueError, match="needs x_clean"):
+        D.BayesianUncertainty(model=model, head_layer="in").fit()
+    with pytest.raises(ValueError, match="dropout_rate"):
+        D.BayesianUncertainty(model=model, head_layer="in", dropout_rate=1.0).fit(xc)
+    with pytest.raises(ValueError, match="head_layer"):
+        D.BayesianUncertainty(model=model).fit()
+
+
 # -- EM and HFC -----------------------------------------------------------------------------------
 def test_em_recovers_synthetic_mixture():
     rng = np.random.default_rng(0)

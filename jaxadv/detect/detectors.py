@@ -171,41 +171,108 @@ class BayesianUncertainty(AbstractDetector):
     """Monte Carlo dropout predictive variance (Feinman et al. 2017):
     ``mean_t Σ_j p_tj² - Σ_j (mean_t p_tj)²`` over ``num_samples`` stochastic passes.
 
-    Needs a model with :class:`flax.nnx.Dropout` layers (the shipped SmallCNN has one).
+    A model with :class:`flax.nnx.Dropout` layers (the shipped SmallCNN has one) is run with its
+    own dropout. A model without dropout gets a *dropout head* (``head_layer``): ``fit`` regresses
+    the model's clean logits on that layer's pooled features (ridge least squares, bias not
+    penalised), and every stochastic pass applies inverted dropout at ``dropout_rate`` to the
+    features before the head. The head's fidelity, the fraction of clean fitting examples on which
+    its argmax equals the model's, is kept in ``head_agreement``.
 
     Attributes:
         num_samples: stochastic forward passes (static).
         key_data: raw PRNG key (``uint32``) of the dropout masks; the same masks for every call, so
             ``score`` is a deterministic function of ``x``.
+        head_layer: ``None`` (use the model's dropout) or a name in ``model.layers`` (static).
+        dropout_rate: the head's dropout probability, in (0, 1) (static; Feinman et al. use 0.5).
+        head: fitted ``{"w": [d, C], "b": [C]}``. head_agreement: fitted scalar.
     """
 
     model: Any
     num_samples: int = static(default=20)
     key_data: Array | None = None
     is_fitted: bool = static(default=False)
+    head_layer: str | None = static(default=None)
+    dropout_rate: float = static(default=0.5)
+    head: dict | None = None
+    head_agreement: Array | None = None
 
     @property
     def fitted(self) -> bool:
         return self.is_fitted
 
-    def fit(self, x_clean: Any = None, y_clean: Any = None, x_adv: Any = None, *, seed: int = 0):
-        """Check the model has dropout and fix the dropout key (nothing is learned)."""
-        has = getattr(self.model.feature_fn, "has_dropout", None)
-        if has is None or not has(self.model.params):
-            raise ValueError(
-                "BayesianUncertainty needs a model with nnx.Dropout layers (MC dropout); this "
-                "model has none: use KernelDensity, LID or Mahalanobis instead"
-            )
+    def fit(
+        self,
+        x_clean: Any = None,
+        y_clean: Any = None,
+        x_adv: Any = None,
+        *,
+        seed: int = 0,
+        l2: float = 1e-4,
+        batch_size: int = 256,
+    ):
+        """Fix the dropout key; with ``head_layer``, also fit the head on ``x_clean`` (labels and
+        ``x_adv`` are not used: the head imitates the model, whatever the true labels)."""
         if self.num_samples < 2:
             raise ValueError(f"num_samples must be at least 2, got {self.num_samples}")
         kd = jax.random.key_data(jax.random.key(seed))
-        return replace(self, key_data=kd, is_fitted=True)
+        if self.head_layer is None:
+            has = getattr(self.model.feature_fn, "has_dropout", None)
+            if has is None or not has(self.model.params):
+                raise ValueError(
+                    "BayesianUncertainty needs a model with nnx.Dropout layers (MC dropout); this "
+                    "model has none: pass head_layer=<one of model.layers> to fit a dropout head "
+                    "on that layer's features, or use KernelDensity, LID or Mahalanobis"
+                )
+            return replace(self, key_data=kd, is_fitted=True)
+        if self.head_layer not in self.model.layers:
+            raise ValueError(
+                f"head_layer {self.head_layer!r} is not exposed by the model "
+                f"(model.layers = {self.model.layers})"
+            )
+        if not 0.0 < float(self.dropout_rate) < 1.0:
+            raise ValueError(f"dropout_rate must be in (0, 1), got {self.dropout_rate}")
+        if x_clean is None:
+            raise ValueError("BayesianUncertainty with head_layer needs x_clean to fit its head")
+        x = np.asarray(x_clean, np.float32)
+        if x.ndim != 4 or x.shape[0] == 0:
+            raise ValueError(f"x_clean must be a non-empty [N, H, W, K] batch, got {x.shape}")
+        logits, feats = _features(self.model, (self.head_layer,))(x, batch_size)
+        z = np.asarray(logits, np.float64)
+        h = np.asarray(feats[self.head_layer], np.float64)
+        if not (np.all(np.isfinite(z)) and np.all(np.isfinite(h))):
+            raise ValueError("the model gives non-finite logits or features on x_clean")
+        a = np.concatenate([h, np.ones((len(h), 1))], axis=1)
+        reg = l2 * len(h) * np.eye(a.shape[1])
+        reg[-1, -1] = 0.0  # the bias is not penalised
+        wb = np.linalg.lstsq(a.T @ a + reg, a.T @ z, rcond=None)[0]
+        agree = np.mean(np.argmax(a @ wb, axis=1) == np.argmax(z, axis=1))
+        head = {"w": jnp.asarray(wb[:-1], jnp.float32), "b": jnp.asarray(wb[-1], jnp.float32)}
+        return replace(
+            self,
+            key_data=kd,
+            is_fitted=True,
+            head=head,
+            head_agreement=jnp.asarray(agree, jnp.float32),
+        )
 
     def score(self, x: Array) -> Array:
         check_fitted(self)
         key = jax.random.wrap_key_data(self.key_data)
         keys = jax.random.split(key, self.num_samples)
-        probs = jax.vmap(lambda k: jax.nn.softmax(self.model.features(x, k)[0], axis=-1))(keys)
+        if self.head is None:
+            probs = jax.vmap(lambda k: jax.nn.softmax(self.model.features(x, k)[0], axis=-1))(keys)
+        else:
+            h = self.model.features(x)[1][self.head_layer]
+            keep = 1.0 - self.dropout_rate
+
+            def one(k):
+                # one mask per pass, shared by the batch: an example's score does not depend on
+                # its position in the batch
+                m = jax.random.bernoulli(k, keep, (1, h.shape[-1])).astype(h.dtype) / keep
+                z = (h * m) @ self.head["w"] + self.head["b"][None, :]
+                return jax.nn.softmax(z, axis=-1)
+
+            probs = jax.vmap(one)(keys)
         return jnp.mean(jnp.sum(probs * probs, axis=2), axis=0) - jnp.sum(
             jnp.mean(probs, axis=0) ** 2, axis=1
         )
