@@ -24,6 +24,24 @@ import numpy as np
 
 HERE = pathlib.Path(__file__).resolve().parent
 
+#: Robust accuracies of two libraries "agree" within this many points (or 2 examples, if more).
+AGREE_TOL = 0.05
+
+
+def tol(batch: int) -> float:
+    """The agreement tolerance on a batch of ``batch`` examples."""
+    return max(AGREE_TOL, 2.0 / batch)
+
+
+def key() -> jax.Array:
+    """The one PRNG key of every benchmark run (results comparable across runs)."""
+    return jax.random.key(0)
+
+
+def run_attack(attack: Any, model: Any, x: Any, y: Any) -> Any:
+    return attack(key(), model, x, y, validate=False)
+
+
 #: Model name -> (input H = W, channels, classes).
 MODELS = {
     "small_cnn": (28, 1, 2),
