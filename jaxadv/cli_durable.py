@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from jaxadv._struct import replace
 from jaxadv.durable import RECHECK_MODES
 
 
@@ -36,17 +35,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def apply(attack: Any, args: argparse.Namespace) -> Any:
-    """``attack`` with ``--success-margin`` / ``--grid`` set on its threat model (raises
-    ``ValueError`` with the threat's message for a bad value, before any loading)."""
-    changes: dict[str, Any] = {}
-    if getattr(args, "success_margin", None) is not None:
-        changes["success_margin"] = args.success_margin
-    grid = getattr(args, "grid", None)
-    if grid is not None:
-        changes["grid"] = int(grid) if str(grid).strip().isdigit() else str(grid)
+    """``attack`` with ``--success-margin`` / ``--grid`` set on its threat model (the one parser,
+    :func:`jaxadv.vocab.parse_durable`; raises ``SpecError`` for a bad value, before any
+    loading)."""
+    from jaxadv.vocab import parse_durable, with_durable
+
+    changes = parse_durable(getattr(args, "success_margin", None), getattr(args, "grid", None))
     if not changes or attack is None:
         return attack
-    return replace(attack, threat=replace(attack.threat, **changes))
+    return with_durable(attack, changes)
 
 
 def evaluate_kwargs(args: argparse.Namespace, n: int) -> dict[str, Any]:

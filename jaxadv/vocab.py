@@ -392,6 +392,98 @@ def _budget_option(entry, what, given, default, field, opts) -> None:
     opts[what] = given
 
 
+# ----------------------------------------------------------------------------- durable successes
+#: ``grid`` value (sweep configs) meaning "the storage dtype of the data set's images".
+GRID_FROM_DATA = "dataset"
+
+
+def parse_durable(success_margin: Any = None, grid: Any = None, *, dataset_ok: bool = False):
+    """The durable-success threat settings of ``--success-margin`` / ``--grid`` or a config's
+    ``success_margin`` / ``grid``, checked by the threat's own rules
+    (:class:`jaxadv.threats.AbstractThreat`); ``None`` means not given.
+
+    ``success_margin``: a finite number >= 0 (logit units; strings such as ``'1e-3'`` are read as
+    numbers, since YAML leaves ``1e-3`` a string). ``grid``: a bit depth 1..16 (``8``, ``'12'``),
+    ``'uint8'`` / ``'uint16'``, or, with ``dataset_ok``, :data:`GRID_FROM_DATA` (resolved per data
+    set by :func:`dataset_grid`).
+
+    Returns:
+        ``{"success_margin": float, "grid": int | str}`` holding only the settings given.
+
+    Raises:
+        SpecError: a value the threat would refuse, with what to give instead.
+    """
+    from jaxadv.threats import grid_bits
+
+    out: dict[str, Any] = {}
+    if success_margin is not None:
+        m = success_margin
+        if isinstance(m, str):
+            try:
+                m = float(m.strip())
+            except ValueError:
+                m = success_margin
+        if isinstance(m, bool) or not isinstance(m, (int, float)) or not 0 <= m < math.inf:
+            raise SpecError(
+                f"success_margin must be a finite number >= 0 (logit units; 0 is the plain "
+                f"argmax rule, e.g. 1e-3 rejects points on the decision boundary), got "
+                f"{success_margin!r}"
+            )
+        out["success_margin"] = float(m)
+    if grid is not None:
+        g = grid.strip().lower() if isinstance(grid, str) else grid
+        if dataset_ok and g == GRID_FROM_DATA:
+            out["grid"] = GRID_FROM_DATA
+            return out
+        if isinstance(g, str) and g.isdigit():
+            g = int(g)
+        try:
+            out["grid"] = grid_bits(g)
+        except ValueError:
+            data = f", or {GRID_FROM_DATA!r} (the data set's storage dtype)" if dataset_ok else ""
+            raise SpecError(
+                f"grid must be a bit depth 1..16 (8, 12, 16) or 'uint8' / 'uint16'{data}, got "
+                f"{grid!r}"
+            ) from None
+    return out
+
+
+def dataset_grid(ds: Any) -> int:
+    """The bit depth of a data set's stored images (``uint8`` -> 8, ``uint16`` -> 16).
+
+    Raises:
+        SpecError: the images are stored as floats (no uniform grid) or not as an array.
+    """
+    from jaxadv.threats import GRID_DTYPES
+
+    dtype = getattr(getattr(ds, "storage", None), "dtype", None)
+    name = getattr(dtype, "name", str(dtype))
+    if name not in GRID_DTYPES:
+        raise SpecError(
+            f"grid {GRID_FROM_DATA!r}: data {getattr(ds, 'name', '?')!r} is not stored as "
+            f"uint8/uint16 images ({'no image array' if dtype is None else name}); give the bit "
+            "depth (8, 12, 16) instead"
+        )
+    return GRID_DTYPES[name]
+
+
+def with_durable(attack: Any, settings: Mapping[str, Any]) -> Any:
+    """``attack`` with the settings of :func:`parse_durable` set on its threat model."""
+    from jaxadv._struct import replace
+
+    if not settings:
+        return attack
+    if not dataclasses.is_dataclass(getattr(attack, "threat", None)):
+        raise SpecError(
+            f"attack {type(attack).__name__} has no threat model to set "
+            f"{' and '.join(sorted(settings))} on; leave them out"
+        )
+    try:
+        return replace(attack, threat=replace(attack.threat, **settings))
+    except ValueError as e:
+        raise SpecError(str(e)) from e
+
+
 # ----------------------------------------------------------------------------- multi-label rules
 #: ``--multilabel`` / a sweep attack's ``multilabel``: flip one finding, flip any, reach a set.
 MULTILABEL_RULES = ("one", "any", "set")

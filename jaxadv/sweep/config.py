@@ -27,6 +27,7 @@ from importlib import resources
 from typing import Any
 
 from jaxadv.vocab import (
+    GRID_FROM_DATA,
     NORMS,
     PIXEL_NORMS,
     SpecError,
@@ -35,7 +36,9 @@ from jaxadv.vocab import (
     check_rule_spec,
     lookup_attack,
     make_attack,
+    parse_durable,
     parse_eps,
+    with_durable,
 )
 
 FORMAT = "jaxadv-sweep/1"
@@ -58,6 +61,8 @@ _TOP = {
     "eps_scale": "eps numbers are divided by this (default 255: 1/255 units)",
     "num_steps": "default iterations of the attacks whose budget is num_steps (default 20)",
     "restarts": "default restarts of the attacks that have restarts (default 1)",
+    "success_margin": "default success margin kappa in logit units (default 0: argmax rule)",
+    "grid": "default storage grid of the results: 8, 12, 16, uint8, uint16 or dataset",
     "models": "list of models",
     "datasets": "list of data sets",
     "attacks": "list of attacks",
@@ -87,6 +92,8 @@ _ATTACK_KEYS = {
     "multilabel",
     "finding",
     "target_set",
+    "success_margin",
+    "grid",
 }
 
 
@@ -385,6 +392,10 @@ def validate(raw: Any, *, base_dir: str, source: str) -> SweepConfig:
     split = _str(raw.get("split", "test"), "split")
     num_steps = _int(raw.get("num_steps", 20), "num_steps", lo=1)
     restarts = _int(raw.get("restarts", 1), "restarts", lo=1)
+    try:
+        durable = parse_durable(raw.get("success_margin"), raw.get("grid"), dataset_ok=True)
+    except SpecError as e:
+        raise ConfigError(str(e)) from e
 
     models = []
     for i, m in enumerate(_as_list(raw.get("models"), "models")):
@@ -464,6 +475,7 @@ def validate(raw: Any, *, base_dir: str, source: str) -> SweepConfig:
             known = lookup_attack(name)
             eps = parse_eps(eps_raw, anorm, float(ascale))
             rule_kind = check_rule_spec(a.get("multilabel"), a.get("finding"), a.get("target_set"))
+            own = parse_durable(a.get("success_margin"), a.get("grid"), dataset_ok=True)
         except SpecError as e:
             raise ConfigError(f"{where}: {e}") from e
         # An explicit num_steps / restarts on the attack must apply to it (make_attack refuses it
@@ -487,10 +499,18 @@ def validate(raw: Any, *, base_dir: str, source: str) -> SweepConfig:
             for k in ("finding", "target_set"):
                 if a.get(k) is not None:
                     entry[k] = copy.deepcopy(a[k])
+        # only when they change the rule: entries without them keep their hash
+        for k, v in {**durable, **own}.items():
+            if v not in (None, 0.0):
+                entry[k] = v
         default_label = name if anorm == "linf" else f"{name}-{anorm}"
         if rule_kind is not None:
             tag = f"one{a['finding']}" if rule_kind == "one" else rule_kind
             default_label = f"{default_label}-{tag}"
+        if own.get("success_margin"):
+            default_label += f"-k{own['success_margin']:g}"
+        if own.get("grid") is not None:
+            default_label += f"-{own['grid']}" + ("bit" if isinstance(own["grid"], int) else "")
         entry["label"] = _label(_str(a.get("label", default_label), f"{where}.label"))
         try:  # build it once now: unknown names and bad options fail before anything runs
             built = make_attack(
@@ -501,6 +521,10 @@ def validate(raw: Any, *, base_dir: str, source: str) -> SweepConfig:
                 restarts=entry["restarts"],
                 options=entry["options"],
             )
+            durable_check = {k: entry[k] for k in ("success_margin", "grid") if k in entry}
+            if durable_check.get("grid") == GRID_FROM_DATA:
+                durable_check["grid"] = 8  # resolved per data set at run time
+            with_durable(built, durable_check)
             if rule_kind is not None:
                 from jaxadv.multilabel import check_attack
 

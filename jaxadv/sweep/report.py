@@ -70,6 +70,7 @@ class CellData:
     samples: dict[str, Any] | None
     run: dict[str, Any]
     rule: str = ""  # the multi-label rule ("" for integer labels)
+    durable: dict[str, Any] = dataclasses.field(default_factory=dict)  # success_margin, grid
 
 
 def decode(rec: Mapping[str, Any]) -> CellData:
@@ -120,7 +121,21 @@ def decode(rec: Mapping[str, Any]) -> CellData:
         samples=rec.get("samples"),
         run=dict(rec.get("run") or {}),
         rule=rule,
+        durable=_durable(rec),
     )
+
+
+def _durable(rec: Mapping[str, Any]) -> dict[str, Any]:
+    """The success margin and storage grid a cell ran with (as its threat recorded them; ``grid:
+    dataset`` appears resolved), only where they differ from the plain argmax rule."""
+    threat = (rec.get("attack_config") or {}).get("threat")
+    threat = threat if isinstance(threat, Mapping) else {}
+    out = {}
+    if threat.get("success_margin"):
+        out["success_margin"] = threat["success_margin"]
+    if threat.get("grid") is not None:
+        out["grid"] = threat["grid"]
+    return out
 
 
 def load_sweep(root: str | os.PathLike) -> tuple[dict[str, Any], list[CellData], list[str]]:
@@ -160,6 +175,7 @@ def cell_table_rows(cells: Sequence[CellData]) -> list[dict[str, Any]]:
                     "norm": c.norm,
                     "seed": c.seed,
                     "black_box": c.black_box,
+                    **c.durable,
                     **s,
                 }
             )
@@ -478,6 +494,8 @@ def _write_report(
         "clean_accuracy",
         "worst_case_robust_accuracy",
     ]
+    durable_cols = [k for k in ("success_margin", "grid") if any(k in r for r in rows)]
+    res_cols[3:3] = durable_cols
     wc_cols = [c for c in columns(wc_rows, wc_first) if c not in ("eps", "eps_255")]
     title = f"jaxadv sweep: {cfg.get('name')}"
     missing_note = (

@@ -38,13 +38,16 @@ from jaxadv.sweep.storage import (
     folder_lock,
 )
 from jaxadv.vocab import (
+    GRID_FROM_DATA,
     SpecError,
     check_model_fits,
+    dataset_grid,
     is_black_box,
     load_dataset,
     load_model,
     make_attack,
     make_rule,
+    with_durable,
 )
 
 log = logging.getLogger("jaxadv.sweep")
@@ -87,6 +90,25 @@ def example_indices(ds: Any, entry: dict) -> np.ndarray:
         rng = np.random.default_rng(int(entry.get("subset_seed", 0)))
         return np.sort(rng.permutation(n)[:k]).astype(np.int64)
     return np.arange(k, dtype=np.int64)
+
+
+def durable_settings(entry: dict, ds: Any) -> dict[str, Any]:
+    """The success margin and storage grid of an attack entry (``grid: dataset`` resolved to the
+    bit depth of ``ds``'s stored images); empty for entries without them."""
+    out = {k: entry[k] for k in ("success_margin", "grid") if entry.get(k) is not None}
+    if out.get("grid") == GRID_FROM_DATA:
+        out["grid"] = dataset_grid(ds)
+    return out
+
+
+def _check_data_grids(cells: Sequence[Cell], res: _Resources) -> None:
+    """``grid: dataset`` on a data set stored as floats fails before any cell runs."""
+    for c in cells:
+        if c.attack.get("grid") == GRID_FROM_DATA:
+            try:
+                dataset_grid(res.dataset(c.dataset))
+            except SpecError as e:
+                raise SweepError(f"cell {c.id}: attack {c.attack['label']!r}: {e}") from e
 
 
 def _now() -> str:
@@ -148,6 +170,7 @@ def _run_cell(
         options=a["options"],
     )
     try:  # a multi-label data set needs a rule (attack keys multilabel, finding, target_set)
+        attack = with_durable(attack, durable_settings(a, ds))
         rule = make_rule(a.get("multilabel"), a.get("finding"), a.get("target_set"), ds)
         check_model_fits(model, ds, rule, f"model {cell.model['label']!r}")
     except SpecError as e:
@@ -408,6 +431,7 @@ def run_sweep(
                 return bool(np.any(multihost_utils.process_allgather(np.int32(local))))
 
             try:
+                _check_data_grids(pending, resources)
                 ui.start(len(pending), _total_batches(pending, resources, bs))
                 for cell in pending:
                     rec = _run_cell(
