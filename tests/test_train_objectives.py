@@ -82,6 +82,7 @@ def _pgd(eps=8 / 255, steps=2):
     return jaxadv.PGD(threat=jaxadv.LinfBall(eps=eps), num_steps=steps)
 
 
+@pytest.mark.slow
 def test_trades_beta_zero_is_clean_training_loss_and_mart_uses_the_attack():
     x, y = _synthetic()
     net = _tiny(dropout=0.0)  # batch norm on, dropout off: train-mode logits are deterministic
@@ -100,6 +101,7 @@ def test_trades_beta_zero_is_clean_training_loss_and_mart_uses_the_attack():
     np.testing.assert_array_equal(np.asarray(a["x_adv"]), np.asarray(b["x_adv"]))
 
 
+@pytest.mark.slow
 def test_trades_adversary_raises_the_kl_inside_the_ball():
     model = linear_model(shape=(4, 4, 1))
     x = jnp.asarray(np.random.default_rng(0).random((6, 4, 4, 1)), jnp.float32)
@@ -142,6 +144,7 @@ def _run(kind: str, seed: int):
     return _params(net)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["trades", "mart", "distill"])
 def test_short_training_run_is_deterministic_by_seed(kind):
     a, b, c = _run(kind, 1), _run(kind, 1), _run(kind, 2)
