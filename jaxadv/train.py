@@ -41,117 +41,22 @@ import optax
 from flax import nnx
 
 from jaxadv import losses as L
-from jaxadv._struct import is_concrete, pytree_dataclass, static
 from jaxadv.attacks.base import example_keys
 from jaxadv.models import Model, from_apply
-from jaxadv.train_options import class_weight_vector, epoch_order, weighted_ce
+from jaxadv.train_objectives import (
+    AdversarialTraining,
+    Distillation,
+    check_temperature,
+    distillation_loss,
+    mart_loss,
+    pairwise_distance,
+    trades_adversary,
+    trades_loss,
+)
+from jaxadv.train_options import class_weight_vector, epoch_order, weighted_ce, weighted_mean
 
 Array = jax.Array
 logger = logging.getLogger(__name__)
-
-_OBJECTIVES = ("madry", "mix", "penalty")
-_PENALTY_ON = ("logits", "inputs")
-_DISTANCES = ("l2sq", "l2", "kl")
-
-
-# --------------------------------------------------------------------------------------------------
-# Adversarial objective
-# --------------------------------------------------------------------------------------------------
-
-
-@pytree_dataclass
-class AdversarialTraining:
-    """How to train against an attack.
-
-    The inner maximiser ``attack`` is run on the *current* weights with the network in **eval mode**
-    (batch norm uses its running statistics, dropout is off), the usual practice: crafting then
-    neither updates the running statistics nor sees dropout noise, and the points are adversarial for
-    the network that will be deployed. The outer loss is then computed in train mode. Gradients do
-    not flow through the attack (Danskin's theorem: ``x_adv`` is treated as a constant).
-
-    Objectives (``L`` is the cross-entropy, averaged over the batch):
-
-    * ``'madry'`` (PGD-AT, Madry et al., 2018): ``L(f(x_adv), y)``.
-    * ``'mix'`` (Goodfellow et al., 2015): ``α · L(f(x), y) + (1 − α) · L(f(x_adv), y)``.
-    * ``'penalty'`` (review Eq. 1): ``L(f(x_adv), y) + λ · mean_i D_i``, with ``D`` a per-example
-      distance (``distance``) between ``f(x)`` and ``f(x_adv)`` (``penalty_on='logits'``, the
-      default: the logit pairing of Kannan et al., 2018; with ``distance='kl'`` on softmax outputs it
-      is the TRADES regulariser of Zhang et al., 2019) or between ``x`` and ``x_adv``
-      (``penalty_on='inputs'``, Eq. 1 read literally). Note that the input-space term does not depend
-      on ``θ`` once ``x_adv`` is fixed, so it changes the reported loss but not the gradient; it is
-      offered for fidelity to the formula and for logging.
-
-    For ``'mix'`` and ``'penalty'`` on logits the clean and adversarial halves go through the
-    network as one concatenated batch, so batch norm's batch statistics are taken over both.
-
-    Attributes:
-        attack: any jaxadv attack value, e.g. ``jaxadv.PGD(threat=jaxadv.LinfBall(eps=4/255),
-            num_steps=7)``; its ``eps`` and ``step_size`` are leaves (no recompile when changed).
-        objective: ``'madry'``, ``'mix'`` or ``'penalty'`` (static).
-        alpha: weight of the clean loss for ``'mix'``, in ``[0, 1]``.
-        lam: weight ``λ >= 0`` of the distance term for ``'penalty'``.
-        distance: ``'l2sq'`` (squared L2, the default), ``'l2'``, ``'kl'`` (logits only:
-            ``KL(softmax f(x) || softmax f(x_adv))``) or a callable ``(a[B, ...], b[B, ...]) -> [B]``
-            (static).
-        penalty_on: ``'logits'`` or ``'inputs'`` (static).
-
-    Example:
-        >>> import jaxadv
-        >>> from jaxadv.train import AdversarialTraining
-        >>> pgd = jaxadv.PGD(threat=jaxadv.LinfBall(eps=4 / 255), num_steps=7)
-        >>> at = AdversarialTraining(attack=pgd)  # PGD-AT
-        >>> alp = AdversarialTraining(attack=pgd, objective="penalty", lam=0.5)
-        >>> at.objective, alp.distance
-        ('madry', 'l2sq')
-    """
-
-    attack: Any
-    objective: str = static(default="madry")
-    alpha: float | Array = 0.5
-    lam: float | Array = 0.0
-    distance: str | Callable[[Array, Array], Array] = static(default="l2sq")
-    penalty_on: str = static(default="logits")
-
-    def __post_init__(self) -> None:
-        if not hasattr(self.attack, "run"):
-            raise TypeError(
-                f"attack must be a jaxadv attack (with a .run method), got {type(self.attack)}"
-            )
-        if self.objective not in _OBJECTIVES:
-            raise ValueError(f"objective must be one of {_OBJECTIVES}, got {self.objective!r}")
-        if self.penalty_on not in _PENALTY_ON:
-            raise ValueError(f"penalty_on must be one of {_PENALTY_ON}, got {self.penalty_on!r}")
-        if not callable(self.distance) and self.distance not in _DISTANCES:
-            raise ValueError(
-                f"distance must be one of {_DISTANCES} or a callable (a, b) -> [B], "
-                f"got {self.distance!r}"
-            )
-        if self.distance == "kl" and self.penalty_on != "logits":
-            raise ValueError("distance='kl' compares softmax outputs: use penalty_on='logits'")
-        if is_concrete(self.alpha) and not 0.0 <= float(np.asarray(self.alpha)) <= 1.0:
-            raise ValueError(f"alpha must lie in [0, 1], got {self.alpha}")
-        if is_concrete(self.lam) and float(np.asarray(self.lam)) < 0.0:
-            raise ValueError(f"lam must be >= 0, got {self.lam}")
-
-
-def pairwise_distance(kind: str | Callable, a: Array, b: Array) -> Array:
-    """Per-example distance ``D(a_i, b_i)`` ``[B]`` between two batches of the same shape.
-
-    ``'l2sq'``: ``||a - b||²``; ``'l2'``: ``||a - b||`` (guarded at 0, where the gradient of the square
-    root is infinite); ``'kl'``: ``KL(softmax a || softmax b)`` over the last axis (logits).
-    """
-    if callable(kind):
-        return kind(a, b)
-    if kind == "kl":
-        la, lb = jax.nn.log_softmax(a, axis=-1), jax.nn.log_softmax(b, axis=-1)
-        return jnp.sum(jnp.exp(la) * (la - lb), axis=-1)
-    sq = jnp.sum(jnp.square((a - b).reshape(a.shape[0], -1)), axis=1)
-    if kind == "l2sq":
-        return sq
-    if kind == "l2":
-        return jnp.sqrt(sq + jnp.asarray(1e-12, sq.dtype))
-    raise ValueError(f"unknown distance {kind!r}")
-
 
 # --------------------------------------------------------------------------------------------------
 # Pure pieces (graphdefs are static, states are jit arguments)
@@ -197,35 +102,62 @@ def _normalise(x: Array, mean, std) -> Array:
     return x
 
 
-def _objective(gd_train, gd_eval, mean, std, params, rest, adversarial, x, y, key, cw=None):
+def _objective(
+    gd_train,
+    gd_eval,
+    mean,
+    std,
+    params,
+    rest,
+    adversarial,
+    distill,
+    temperature,
+    x,
+    y,
+    key,
+    cw=None,
+):
     """Batch loss in train mode. Returns ``(loss, (new_rest, logits_for_accuracy, x_adv))``.
-    ``cw``: optional class weights ``[C]`` for every cross-entropy term."""
+    ``cw``: optional class weights ``[C]`` for every per-example term; ``distill``: a
+    :class:`Distillation` whose teacher is a model; ``temperature``: divides the logits of clean
+    training (a distillation teacher)."""
+    obj = None if adversarial is None else adversarial.objective
+    x_adv = x
     if adversarial is not None:
         target = from_apply(_EvalApply(gd_eval, mean, std), (params, rest))
-        res = adversarial.attack.run(example_keys(key, x.shape[0]), target, x, y)
-        x_adv = jax.lax.stop_gradient(res.adv)
-    else:
-        x_adv = x
+        if obj == "trades":
+            x_adv = trades_adversary(adversarial.attack, key, target, x)
+        else:
+            x_adv = adversarial.attack.run(example_keys(key, x.shape[0]), target, x, y).adv
+        x_adv = jax.lax.stop_gradient(x_adv)
 
     module = nnx.merge(gd_train, params, rest, copy=True)
     b = x.shape[0]
     if adversarial is None:
         logits = module(_normalise(x, mean, std))
-        loss = weighted_ce(logits, y, cw)
         logits_acc = logits
-    elif adversarial.objective == "madry" or (
-        adversarial.objective == "penalty" and adversarial.penalty_on == "inputs"
-    ):
+        if distill is not None:
+            per = distillation_loss(logits, distill.teacher(x), distill.temperature)
+            loss = weighted_mean(per, y, cw)
+        else:
+            loss = weighted_ce(logits / jnp.asarray(temperature, logits.dtype), y, cw)
+    elif obj in ("trades", "mart"):
+        # two passes, clean first, as both papers' code does (see AdversarialTraining)
+        logits_clean = module(_normalise(x, mean, std))
+        logits_acc = module(_normalise(x_adv, mean, std))
+        fn = trades_loss if obj == "trades" else mart_loss
+        loss = weighted_mean(fn(logits_clean, logits_acc, y, adversarial.beta), y, cw)
+    elif obj == "madry" or (obj == "penalty" and adversarial.penalty_on == "inputs"):
         logits_acc = module(_normalise(x_adv, mean, std))
         loss = weighted_ce(logits_acc, y, cw)
-        if adversarial.objective == "penalty":
+        if obj == "penalty":
             d = pairwise_distance(adversarial.distance, x, x_adv)
             loss = loss + jnp.asarray(adversarial.lam, loss.dtype) * jnp.mean(d)
     else:
         both = module(_normalise(jnp.concatenate([x, x_adv], axis=0), mean, std))
         logits_clean, logits_acc = both[:b], both[b:]
         loss_adv = weighted_ce(logits_acc, y, cw)
-        if adversarial.objective == "mix":
+        if obj == "mix":
             alpha = jnp.asarray(adversarial.alpha, loss_adv.dtype)
             loss = alpha * weighted_ce(logits_clean, y, cw) + (1 - alpha) * loss_adv
         else:
@@ -236,7 +168,22 @@ def _objective(gd_train, gd_eval, mean, std, params, rest, adversarial, x, y, ke
 
 
 def _train_step(
-    gd_train, gd_eval, tx, mean, std, augment, params, rest, opt_state, adversarial, x, y, key, cw
+    gd_train,
+    gd_eval,
+    tx,
+    mean,
+    std,
+    augment,
+    params,
+    rest,
+    opt_state,
+    adversarial,
+    distill,
+    temperature,
+    x,
+    y,
+    key,
+    cw,
 ):
     if augment is not None:
         k_aug, key = jax.random.split(key)
@@ -244,7 +191,9 @@ def _train_step(
     grad_fn = jax.value_and_grad(
         functools.partial(_objective, gd_train, gd_eval, mean, std), has_aux=True
     )
-    (loss, (rest, logits, _)), grads = grad_fn(params, rest, adversarial, x, y, key, cw)
+    (loss, (rest, logits, _)), grads = grad_fn(
+        params, rest, adversarial, distill, temperature, x, y, key, cw
+    )
     # optax mixes Python floats with int32 step counts (e.g. Adam's bias correction ``b1 ** count``),
     # which fails under ``jax_numpy_dtype_promotion='strict'``; standard promotion is scoped to the
     # optimiser only, so our own code stays checked.
@@ -298,6 +247,36 @@ def _norm_arg(v) -> np.ndarray | None:
     return None if v is None else np.asarray(v, np.float32)
 
 
+def _check_objective(adversarial, distill, temperature, mean, std):
+    """Validate the objective options; returns ``(distill with its teacher as a jaxadv model or
+    None, temperature as an f32 scalar)``."""
+    if adversarial is not None and not isinstance(adversarial, AdversarialTraining):
+        raise TypeError(
+            "adversarial must be a jaxadv.train.AdversarialTraining (e.g. "
+            "AdversarialTraining(attack=jaxadv.PGD(threat=jaxadv.LinfBall(eps=4/255))))"
+        )
+    if distill is not None and not isinstance(distill, Distillation):
+        raise TypeError(
+            "distill must be a jaxadv.train.Distillation(teacher=..., temperature=T), got "
+            f"{type(distill).__name__}"
+        )
+    check_temperature(temperature)
+    if float(np.asarray(temperature)) != 1.0 and (distill is not None or adversarial is not None):
+        raise ValueError(
+            "temperature trains a distillation teacher with the clean loss; a student takes its "
+            "temperature from Distillation(temperature=T), and adversarial objectives run at T = 1"
+        )
+    if distill is not None and adversarial is not None:
+        raise ValueError("distill and adversarial are separate objectives: pass one of them")
+    if distill is not None and isinstance(distill.teacher, nnx.Module):
+        work = nnx.clone(distill.teacher)
+        work.eval()
+        gd, params, rest = nnx.split(work, nnx.Param, ...)
+        teacher = from_apply(_EvalApply(gd, _norm_arg(mean), _norm_arg(std)), (params, rest))
+        distill = Distillation(teacher=teacher, temperature=distill.temperature)
+    return distill, jnp.asarray(temperature, jnp.float32)
+
+
 # --------------------------------------------------------------------------------------------------
 # Public API
 # --------------------------------------------------------------------------------------------------
@@ -310,6 +289,8 @@ def batch_loss(
     *,
     key: Array | int = 0,
     adversarial: AdversarialTraining | None = None,
+    distill: Distillation | None = None,
+    temperature: float = 1.0,
     mean: Sequence[float] | float | None = None,
     std: Sequence[float] | float | None = None,
     class_weights: Sequence[float] | str | None = None,
@@ -324,6 +305,7 @@ def batch_loss(
         x: images ``[B, H, W, K]`` in ``[0, 1]``; y: labels ``int[B]``.
         key: key (or int seed) of the attack's random start.
         adversarial: the adversarial objective, or ``None`` for the clean loss.
+        distill, temperature: as in :func:`train`.
         mean, std: normalisation applied before the module (pixel units).
         class_weights: as in :func:`train` (``'balanced'`` weights come from this batch's labels).
 
@@ -331,6 +313,7 @@ def batch_loss(
         ``(loss, {'logits': logits[B, C], 'x_adv': x_adv[B, H, W, K]})`` (``x_adv`` is ``x`` when
         ``adversarial`` is ``None``; ``logits`` are those of the points the loss is computed on).
     """
+    distill, temperature = _check_objective(adversarial, distill, temperature, mean, std)
     work = nnx.clone(module)
     work.train()
     gd_train, params, rest = nnx.split(work, nnx.Param, ...)
@@ -345,6 +328,8 @@ def batch_loss(
         params,
         rest,
         adversarial,
+        distill,
+        temperature,
         jnp.asarray(x),
         jnp.asarray(y, jnp.int32),
         _as_key(key),
@@ -403,6 +388,8 @@ def train(
     learning_rate: float = 1e-3,
     key: Array | int = 0,
     adversarial: AdversarialTraining | None = None,
+    distill: Distillation | None = None,
+    temperature: float = 1.0,
     val: tuple[Any, Any] | None = None,
     mean: Sequence[float] | float | None = None,
     std: Sequence[float] | float | None = None,
@@ -446,7 +433,11 @@ def train(
             :func:`jaxadv.train_options.make_optimizer` for warm-up, cosine decay and weight decay).
         learning_rate: used only when ``optimizer`` is ``None``.
         key: ``jax.random.key`` or int seed.
-        adversarial: an :class:`AdversarialTraining`, or ``None`` for standard training.
+        adversarial: an :class:`AdversarialTraining` (PGD-AT, TRADES, MART, ...), or ``None``.
+        distill: a :class:`Distillation` (defensive distillation: learn the teacher's soft labels at
+            its temperature), or ``None``; not with ``adversarial``.
+        temperature: ``T > 0`` dividing the logits of the clean cross-entropy: train a
+            distillation teacher at ``T`` (only for clean training; 1 is plain training).
         val: optional ``(x_val, y_val)`` validation data for per-epoch metrics and selection.
         mean, std: normalisation ``(x - mean) / std`` applied before the module; use the same values
             in ``jaxadv.from_nnx(module, mean=..., std=...)`` afterwards.
@@ -478,11 +469,7 @@ def train(
         raise TypeError(f"train needs a flax.nnx.Module, got {type(module).__name__}")
     if epochs < 0 or batch_size < 1:
         raise ValueError(f"need epochs >= 0 and batch_size >= 1, got {epochs}, {batch_size}")
-    if adversarial is not None and not isinstance(adversarial, AdversarialTraining):
-        raise TypeError(
-            "adversarial must be a jaxadv.train.AdversarialTraining (e.g. "
-            "AdversarialTraining(attack=jaxadv.PGD(threat=jaxadv.LinfBall(eps=4/255))))"
-        )
+    distill, temperature = _check_objective(adversarial, distill, temperature, mean, std)
     if monitor not in _MONITORS:
         raise ValueError(f"monitor must be one of {sorted(_MONITORS)}, got {monitor!r}")
     if patience is not None and (val is None or patience < 1):
@@ -512,13 +499,14 @@ def train(
     step_fn = jax.jit(functools.partial(_train_step, gd_train, gd_eval, tx, mean_a, std_a, augment))
 
     logger.info(
-        "training %s on %d examples: %d epochs x %d steps of %d%s",
+        "training %s on %d examples: %d epochs x %d steps of %d%s%s",
         type(module).__name__,
         n,
         epochs,
         steps,
         bs,
         "" if adversarial is None else f", adversarial objective {adversarial.objective!r}",
+        "" if distill is None else f", distilled at T={float(distill.temperature):g}",
     )
     history: list[dict[str, Any]] = []
     best: tuple[float, int, Any, dict[str, Any]] | None = None  # (score, epoch, state, metrics)
@@ -532,7 +520,7 @@ def train(
             idx = order[s * bs : (s + 1) * bs]
             skey = jax.random.fold_in(k_step, epoch * steps + s)
             params, rest, opt_state, loss, c = step_fn(
-                params, rest, opt_state, adversarial, x[idx], y[idx], skey, cw
+                params, rest, opt_state, adversarial, distill, temperature, x[idx], y[idx], skey, cw
             )
             loss_sum = loss_sum + loss
             correct = correct + c
@@ -667,6 +655,7 @@ def evaluate(
 
 __all__ = [
     "AdversarialTraining",
+    "Distillation",
     "batch_loss",
     "evaluate",
     "pairwise_distance",

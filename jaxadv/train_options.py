@@ -34,11 +34,16 @@ def weighted_ce(logits: Array, y: Array, class_weights: Array | None = None) -> 
     Returns:
         The scalar loss.
     """
-    ce = L.ce(logits, y)
+    return weighted_mean(L.ce(logits, y), y, class_weights)
+
+
+def weighted_mean(per: Array, y: Array, class_weights: Array | None = None) -> Array:
+    """Mean of a per-example loss ``per[B]``, optionally weighted by its label's class weight, with
+    the normalisation of :func:`weighted_ce` (every training objective averages this way)."""
     if class_weights is None:
-        return jnp.mean(ce)
-    w = jnp.asarray(class_weights, ce.dtype)[y]
-    return jnp.sum(w * ce) / jnp.maximum(jnp.sum(w), jnp.finfo(ce.dtype).tiny)
+        return jnp.mean(per)
+    w = jnp.asarray(class_weights, per.dtype)[y]
+    return jnp.sum(w * per) / jnp.maximum(jnp.sum(w), jnp.finfo(per.dtype).tiny)
 
 
 _SCHEDULES = ("constant", "cosine")

@@ -96,7 +96,7 @@ def test_train_rejects_bad_inputs():
         train(_tiny(), x, y, epochs=1, adversarial=jaxadv.PGD(threat=jaxadv.LinfBall(eps=0.1)))
     pgd = jaxadv.PGD(threat=jaxadv.LinfBall(eps=0.1))
     with pytest.raises(ValueError, match="objective"):
-        AdversarialTraining(attack=pgd, objective="trades")
+        AdversarialTraining(attack=pgd, objective="free")
     with pytest.raises(ValueError, match="alpha"):
         AdversarialTraining(attack=pgd, objective="mix", alpha=1.5)
 

@@ -140,7 +140,8 @@ class PGD(AbstractAttack):
             # unrolled PGD would silently reuse a compiled unroll=1 program (and vice versa).
             object.__setattr__(self, "unroll", self.num_steps)
 
-    def _step_size(self, dtype):
+    def step_length(self, dtype) -> Array:
+        """The step in the threat's norm: ``step_size``, or ``2.5 * eps / num_steps`` when unset."""
         if self.step_size is None:
             return jnp.asarray(self.threat.eps, dtype) * (2.5 / self.num_steps)
         return jnp.asarray(self.step_size, dtype)
@@ -149,7 +150,7 @@ class PGD(AbstractAttack):
         threat = self.threat
         loss_fn = L.resolve(self.loss, target is not None)
         lbl = y if target is None else target
-        step = self._step_size(x.dtype)
+        step = self.step_length(x.dtype)
         b = x.shape[0]
 
         def pgd_step(_, xa):
