@@ -1,9 +1,11 @@
 """Dense attacks on the reference U-Net (``unet_isic``) on the ISIC 2017 test split (64×64).
 
     python benchmarks/segmentation.py [--num-examples 92] [--steps 10] [--eps 1 2 4 8]
+    python benchmarks/segmentation.py --norm l2 --eps 0.25 0.5 1 2
+
 
 For each attack (SegPGD and DAG untargeted, ASMA targeted at the all-skin mask: "erase the
-lesion") and each L∞ eps (in 1/255): mean lesion Dice / IoU at the returned adversarial images,
+lesion") and each eps (L∞: in 1/255; ``--norm l2``: the L2 radius in pixel units ``[0, 1]``): mean lesion Dice / IoU at the returned adversarial images,
 success rate under the attack's default rule, ASMA's target-mask IoU, the attack's wall time and
 its limit ratio (attack time / (queries per image x the time of one forward+backward pass of the
 batch); every query counted as a forward+backward pass). eps is a leaf of the attack, so only the first eps of each attack compiles;
@@ -40,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--eps", type=float, nargs="+", default=[1, 2, 4, 8])
     p.add_argument("--attacks", nargs="+", default=["SegPGD", "DAG", "ASMA"])
+    p.add_argument("--norm", choices=["linf", "l2"], default="linf")
     p.add_argument("--out", default=str(HERE / "segmentation.json"))
     args = p.parse_args(argv)
 
@@ -64,10 +67,12 @@ def main(argv: list[str] | None = None) -> int:
     t_fb = statistics.median(fb)
 
     erase = jnp.zeros_like(y)
+    ball = jaxadv.LinfBall(eps=1.0) if args.norm == "linf" else jaxadv.L2Ball(eps=1.0)
+    scale = 255.0 if args.norm == "linf" else 1.0  # --eps in 1/255 for L-inf, as is for L2
     attacks = {
-        "SegPGD": (jaxadv.SegPGD(threat=jaxadv.LinfBall(eps=1.0), num_steps=args.steps), None),
-        "DAG": (jaxadv.DAG(threat=jaxadv.LinfBall(eps=1.0), num_steps=args.steps), None),
-        "ASMA": (jaxadv.ASMA(threat=jaxadv.LinfBall(eps=1.0), num_steps=args.steps), erase),
+        "SegPGD": (jaxadv.SegPGD(threat=ball, num_steps=args.steps), None),
+        "DAG": (jaxadv.DAG(threat=ball, num_steps=args.steps), None),
+        "ASMA": (jaxadv.ASMA(threat=ball, num_steps=args.steps), erase),
     }
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE
@@ -77,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         "data": "isic2017_seg.npz test split",
         "num_examples": int(x.shape[0]),
         "steps": args.steps,
+        "norm": args.norm,
         "clean": clean,
         "forward_backward_s": t_fb,
         "rows": [],
@@ -88,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.attacks:
         atk, target = attacks[name]
         for i, e in enumerate(args.eps):
-            a = atk.with_eps(e / 255)
+            a = atk.with_eps(e / scale)
             t0 = time.perf_counter()
             res = a(0, model, x, y, target=target)
             jax.block_until_ready(res.adv)
@@ -98,11 +104,13 @@ def main(argv: list[str] | None = None) -> int:
             q = float(np.mean(np.asarray(res.queries)))
             row = {
                 "attack": name,
-                "eps_255": e,
+                "norm": args.norm,
+                "eps" if args.norm == "l2" else "eps_255": e,
                 "dice": float(res.info["dice"].mean()),
                 "iou": float(res.info["iou"].mean()),
                 "pixel_accuracy": float(res.info["pixel_accuracy"].mean()),
                 "success_rate": float(np.mean(np.asarray(res.success))),
+                "norm_mean": float(np.mean(np.asarray(res.norm))),
                 "rule": atk.resolved_rule(target is not None).describe(),
                 "seconds": dt,
                 "includes_compile": i == 0,

@@ -19,8 +19,9 @@ from typing import Any
 import jax
 import numpy as np
 
+from jaxadv.engine import dense as D
 from jaxadv.engine import layout, programs
-from jaxadv.engine.summary import summary_rows
+from jaxadv.engine.summary import dense_summary_rows, summary_rows
 
 Array = jax.Array
 
@@ -68,8 +69,16 @@ class Evaluation:
             ``success`` that it holds, ``margin`` / ``score`` / ``clean_margin`` /
             ``clean_score`` are the rule's margin, ``clean_logits`` is ``f32[N, F]`` and
             ``per_eps['logits']`` ``f32[E, N, F]`` (one logit per finding, for
-            :meth:`finding_auc`).
+            :meth:`finding_auc`). For a dense (segmentation) evaluation, the attack's per-image
+            :class:`~jaxadv.segmentation.DenseRule`: then ``labels`` are the masks
+            ``int32[N, H, W]``, "correct" means the rule does not hold on the clean image,
+            ``margin`` / ``clean_margin`` are the rule's margin, ``score`` / ``clean_score`` NaN,
+            and ``per_eps`` also holds the per-image ``dice``, ``iou``, ``pixel_accuracy``
+            (``target_iou`` when targeted) at ``adv`` and their drops ``<field>_drop`` (clean
+            minus adversarial).
         clean_logits: ``f32[N, F]`` per-finding logits on the clean images (multi-label only).
+        clean_dense: dense evaluations: the per-image ``dice``, ``iou``, ``pixel_accuracy``
+            (``target_iou``) ``f32[N]`` of the clean images; ``None`` otherwise.
     """
 
     eps: np.ndarray
@@ -89,6 +98,7 @@ class Evaluation:
     batches: int
     rule: Any = None
     clean_logits: np.ndarray | None = None
+    clean_dense: dict[str, np.ndarray] | None = None
 
     @property
     def robust_accuracy(self) -> np.ndarray:
@@ -98,7 +108,17 @@ class Evaluation:
     def summary(self, positive_class: int = 1) -> list[dict[str, Any]]:
         """One row per budget (see :func:`jaxadv.engine.summary_rows`); ``auc`` and
         ``auc_under_attack`` for two-class models; under a multi-label rule ``rule`` and the
-        macro-averaged per-finding AUCs ``auc_macro`` (clean) and ``auc_macro_under_attack``."""
+        macro-averaged per-finding AUCs ``auc_macro`` (clean) and ``auc_macro_under_attack``;
+        dense evaluations: :func:`jaxadv.engine.summary.dense_summary_rows`."""
+        if self.clean_dense is not None:
+            return dense_summary_rows(
+                self.eps.tolist(),
+                self.per_eps,
+                self.clean_correct,
+                self.clean_dense,
+                self.rule,
+                norm=self.norm,
+            )
         if self.rule is not None:
             rows = summary_rows(self.eps.tolist(), self.per_eps, self.clean_correct, norm=self.norm)
             aucs = self.finding_auc()
@@ -135,7 +155,7 @@ class Evaluation:
         return finding_auc_under_attack(self.clean_logits, self.per_eps["logits"], self.labels)
 
 
-def _as_dataset(data: Any):
+def _as_dataset(data: Any, dense: bool = False):
     from jaxadv import data as jdata
 
     if isinstance(data, jdata.Dataset) or all(
@@ -151,6 +171,8 @@ def _as_dataset(data: Any):
             )
         if x.dtype.kind == "f" and x.dtype != np.float32:
             x = x.astype(np.float32)  # bf16 / f16 / f64 images are attacked in float32
+        if dense:  # masks [N, H, W]: checked against the images by from_mask_arrays
+            return jdata.from_mask_arrays(x, y)
         return jdata.from_arrays(x, y)
     raise TypeError(
         f"data must be a jaxadv.data.Dataset or a pair (x, y) of arrays, got {type(data).__name__}"
@@ -196,6 +218,7 @@ def evaluate(
     progress: Callable[[int, int], None] | None = None,
     stop: Callable[[], bool] | None = None,
     rule: Any = None,
+    target: Any = None,
 ) -> Evaluation:
     """Run ``attack`` on every example of ``data`` at every budget of ``eps``.
 
@@ -229,6 +252,14 @@ def evaluate(
             ``[N, F]``) and a model returning one logit per finding; the attack then runs under
             :class:`~jaxadv.multilabel.MultiLabel` (passing ``MultiLabel(attack, rule)`` as
             ``attack`` is the same). Required for multi-label data, refused otherwise.
+        target: target masks of a targeted dense attack (``jaxadv.ASMA``): one mask ``[H, W]``
+            for every image or one per data-set example ``[N, H, W]``.
+
+    Dense targets: a dense attack (``jaxadv.SegPGD``, ``DAG``, ``ASMA``), a model returning
+    per-pixel logits ``[B, H, W, C]`` and masks as labels (a segmentation data set, or
+    ``(x, masks[N, H, W])``) run through the same padding, batching and sharding; success is the
+    attack's per-image rule, and the per-image Dice / IoU / pixel accuracy, their drops and the
+    image metrics (norms, SSIM) are returned (see :class:`Evaluation`).
 
     Returns:
         An :class:`Evaluation`; ``.summary()`` gives one row per budget.
@@ -244,6 +275,7 @@ def evaluate(
     """
     from jaxadv import _validate
     from jaxadv import multilabel as ml
+    from jaxadv import segmentation as S
     from jaxadv.attacks.base import finite_eps
     from jaxadv.models import as_model
 
@@ -256,7 +288,21 @@ def evaluate(
     per_dev = _positive_int(batch_size, "batch_size")
     if isinstance(num_adv, bool) or not isinstance(num_adv, (int, np.integer)) or num_adv < 0:
         raise ValueError(f"num_adv must be a non-negative integer, got {num_adv!r}")
-    ds = _as_dataset(data)
+    dense = D.is_dense(attack, data)
+    ds = _as_dataset(data, dense)
+    dense_rule = None
+    if dense:
+        dense_rule, target = D.resolve(attack, model, ds, rule, target)
+    elif target is not None:
+        raise ValueError(
+            "target= takes the target masks of a dense attack (jaxadv.ASMA); classification "
+            "attacks are evaluated untargeted"
+        )
+    elif hasattr(ds, "masks"):
+        raise ValueError(
+            "the data set holds masks [N, H, W]; attack a segmentation model with a dense attack "
+            "(jaxadv.SegPGD, jaxadv.DAG, jaxadv.ASMA)"
+        )
     if isinstance(attack, ml.MultiLabel):
         if rule is not None and rule is not attack.rule:
             raise ValueError("give the multi-label rule once: in MultiLabel(attack, rule) or rule=")
@@ -294,7 +340,12 @@ def evaluate(
     if validate:
         xv, yv = ds.get(idx[: min(idx.size, 16)])
         xv, yv = np.asarray(xv, np.float32), np.asarray(yv, np.int32)
-        if rule is None:
+        tv = D.target_rows(target, idx[: min(idx.size, 16)]) if dense else None
+        if dense and attack is None:
+            S.check_inputs(None, model, xv, yv, tv)
+        elif dense:
+            attack.check_inputs(model, xv, yv, tv)
+        elif rule is None:
             _validate.check_attack_inputs(threat, model, xv, yv)
         else:
             ml.check_inputs(threat, model, xv, yv, rule)
@@ -309,6 +360,8 @@ def evaluate(
     if rule is not None and attack is not None:
         attack = ml.MultiLabel(attack=attack, rule=rule)
     run = _Runner(attack, model, ds, e_run, key, mesh, per_dev, adv_index, num_adv, rule)
+    if dense:
+        run.set_dense(dense_rule, target)
     steps = layout.chunks(idx.size, per_dev * mesh.devices.size)
     parts: list[dict[str, np.ndarray]] = []
     for i, pos in enumerate(steps):
@@ -319,6 +372,7 @@ def evaluate(
             raise EvaluationStopped
     # clean fields are [b, ...], per-eps fields [E, b, ...]: join on the example axis
     cat = {f: np.concatenate([p[f] for p in parts], axis=0 if f in _CLEAN else 1) for f in parts[0]}
+    clean_dense = D.split_clean(cat) if dense else None
     empty = np.zeros((0, h, w, k), np.float32)
     return Evaluation(
         eps=e,
@@ -336,13 +390,16 @@ def evaluate(
         cascade=bool(cascade),
         seconds=time.perf_counter() - t0,
         batches=run.steps,
-        rule=rule,
+        rule=dense_rule if dense else rule,
         clean_logits=cat.pop("clean_logits", None),
+        clean_dense=clean_dense,
     )
 
 
 #: Per-example fields of the clean pass (example axis first); the others are per eps.
-_CLEAN = ("y", "clean_correct", "clean_margin", "clean_score", "clean_logits")
+_CLEAN = ("y", "clean_correct", "clean_margin", "clean_score", "clean_logits") + tuple(
+    f"clean_{k}" for k in programs.DENSE_FIELDS
+)
 
 
 class _Runner:
@@ -363,28 +420,54 @@ class _Runner:
         self.adv_index, self.num_adv = adv_index, num_adv
         h, w, _ = ds.image_shape
         self.ssim_win = 11 if min(h, w) >= 11 else 0
+        self.dense_rule, self.target = None, None  # dense evaluations: see set_dense
         self.sample: np.ndarray | None = None  # adversarials of the first examples
         self.sample_clean: np.ndarray | None = None
         self.steps = 0
 
-    def _batch(self, rows: np.ndarray, size: int):
-        return layout.global_batch(self.mesh, self.ds, layout.pad_rows(rows, size))
+    def set_dense(self, rule: Any, target: np.ndarray | None) -> None:
+        """Run as a dense evaluation under the per-image ``rule`` (target masks ``[H, W]`` or
+        ``[N, H, W]`` of a targeted attack)."""
+        self.dense_rule = layout.replicate(rule, self.mesh)
+        self.target = target
 
-    def _attack(self, eps: np.ndarray, gi, gx, gy, b: int):
+    def _batch(self, rows: np.ndarray, size: int):
+        """Indices, images, labels and (dense, targeted) target masks of a padded batch."""
+        pidx = layout.pad_rows(rows, size)
+        dense = self.dense_rule is not None
+        gi, gx, gy = layout.global_batch(self.mesh, self.ds, pidx, dense=dense)
+        gt = None if self.target is None else layout.global_masks(self.mesh, self.target, pidx)
+        return gi, gx, gy, gt
+
+    def _attack(self, eps: np.ndarray, gi, gx, gy, gt, b: int):
         """Attack program, then metrics program, at ``eps[E']``: host arrays ``[E', b]`` and the
         device images ``adv[E', B, ...]``."""
         self.steps += 1
         advs, per = programs.attack_step(
-            self.attack, eps, self.key, self.model, gi, gx, gy, mesh=self.mesh
+            self.attack, eps, self.key, self.model, gi, gx, gy, gt, mesh=self.mesh
         )
         met = programs.metrics_step(
-            self.model, gx, gy, advs, self.rule, mesh=self.mesh, ssim_win=self.ssim_win
+            self.model,
+            gx,
+            gy,
+            advs,
+            self.rule,
+            mesh=self.mesh,
+            ssim_win=self.ssim_win,
+            dense=self.dense_rule is not None,
         )
         host = layout.to_host({**per, **met})
+        if self.dense_rule is not None:  # no positive-class score for a dense target
+            host["score"] = np.full(host["success"].shape, np.nan, np.float32)
         return {k: v[:, :b] for k, v in host.items()}, advs
 
-    def _clean(self, gx, gy, b: int) -> dict[str, np.ndarray]:
-        clean = programs.clean_step(self.model, gx, gy, self.rule, mesh=self.mesh)
+    def _clean(self, gx, gy, gt, b: int) -> dict[str, np.ndarray]:
+        if self.dense_rule is not None:
+            clean = programs.dense_clean_step(
+                self.model, gx, gy, gt, self.dense_rule, mesh=self.mesh
+            )
+        else:
+            clean = programs.clean_step(self.model, gx, gy, self.rule, mesh=self.mesh)
         host = layout.to_host({**clean, "y": gy})
         return {k: v[:b] for k, v in host.items()}
 
@@ -404,6 +487,7 @@ class _Runner:
         }
         if "clean_logits" in clean:  # multi-label: per-finding logits
             out["logits"] = clean["clean_logits"]
+        out.update(D.unattacked(clean))
         return out
 
     def _open_sample(self, rows: np.ndarray) -> bool:
@@ -424,15 +508,15 @@ class _Runner:
 
     def independent(self, rows: np.ndarray) -> dict[str, np.ndarray]:
         b = rows.shape[0]
-        gi, gx, gy = self._batch(rows, self.per_dev * self.ndev)
+        gi, gx, gy, gt = self._batch(rows, self.per_dev * self.ndev)
         first = self._open_sample(rows)
-        clean = self._clean(gx, gy, b)
+        clean = self._clean(gx, gy, gt, b)
         out = {
             k: np.repeat(v[None], self.e.size, axis=0) for k, v in self._unattacked(clean).items()
         }
         pos = np.flatnonzero(self.e > 0)
         if pos.size:
-            got, advs = self._attack(self.e[pos], gi, gx, gy, b)
+            got, advs = self._attack(self.e[pos], gi, gx, gy, gt, b)
             for k, v in got.items():
                 out[k][pos] = v
             if first and self.e[self.adv_index] > 0:
@@ -442,17 +526,17 @@ class _Runner:
 
     def cascade(self, rows: np.ndarray) -> dict[str, np.ndarray]:
         b = rows.shape[0]
-        _, gx, gy = self._batch(rows, self.per_dev * self.ndev)
+        _, gx, gy, gt = self._batch(rows, self.per_dev * self.ndev)
         keeping = self._open_sample(rows)
-        clean = self._clean(gx, gy, b)
+        clean = self._clean(gx, gy, gt, b)
         prev = self._unattacked(clean)
         out = {k: np.empty((self.e.size, *v.shape), v.dtype) for k, v in prev.items()}
         for k in np.argsort(self.e, kind="stable"):
             alive = np.flatnonzero(~prev["success"]) if self.e[k] > 0 else np.zeros(0, np.int64)
             if alive.size:
                 blk = layout.bucket(-(-alive.size // self.ndev), self.per_dev)
-                gi_, gx_, gy_ = self._batch(rows[alive], blk * self.ndev)
-                got, advs = self._attack(self.e[k : k + 1], gi_, gx_, gy_, alive.size)
+                gi_, gx_, gy_, gt_ = self._batch(rows[alive], blk * self.ndev)
+                got, advs = self._attack(self.e[k : k + 1], gi_, gx_, gy_, gt_, alive.size)
                 prev = {f: v.copy() for f, v in prev.items()}
                 for f, v in got.items():
                     prev[f][alive] = v[0]

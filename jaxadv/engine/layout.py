@@ -98,10 +98,11 @@ def replicate(tree: Any, mesh: jax.sharding.Mesh) -> Any:
     return jax.tree_util.tree_map(put, tree)
 
 
-def global_batch(mesh: jax.sharding.Mesh, ds: Any, pidx: np.ndarray):
+def global_batch(mesh: jax.sharding.Mesh, ds: Any, pidx: np.ndarray, *, dense: bool = False):
     """Index, image and label arrays of one padded batch ``pidx`` (data-set indices), sharded on the
-    batch axis (labels ``[b]``, or multi-hot ``[b, F]`` for a multi-label data set). Each process
-    reads from the data set only the rows its own devices hold."""
+    batch axis (labels ``[b]``, multi-hot ``[b, F]`` for a multi-label data set, masks
+    ``[b, H, W]`` when ``dense``). Each process reads from the data set only the rows its own
+    devices hold."""
     axis = mesh.axis_names[0]
     b = pidx.shape[0]
     h, w, k = ds.image_shape
@@ -126,12 +127,32 @@ def global_batch(mesh: jax.sharding.Mesh, ds: Any, pidx: np.ndarray):
     s4 = NamedSharding(mesh, PartitionSpec(axis, None, None, None))
     idx = jax.make_array_from_callback((b,), s1, lambda i: pidx[i[0]].astype(np.uint32))
     x = jax.make_array_from_callback((b, h, w, k), s4, lambda i: rows(i)[0])
-    if getattr(ds, "multi_label", False):  # multi-hot labels [b, F]
+    if dense:  # masks [b, H, W]
+        s3 = NamedSharding(mesh, PartitionSpec(axis, None, None))
+        y = jax.make_array_from_callback((b, h, w), s3, lambda i: rows(i)[1])
+    elif getattr(ds, "multi_label", False):  # multi-hot labels [b, F]
         s2 = NamedSharding(mesh, PartitionSpec(axis, None))
         y = jax.make_array_from_callback((b, ds.num_classes), s2, lambda i: rows(i)[1])
     else:
         y = jax.make_array_from_callback((b,), s1, lambda i: rows(i)[1])
     return idx, x, y
+
+
+def global_masks(mesh: jax.sharding.Mesh, masks: np.ndarray, pidx: np.ndarray) -> Array:
+    """Target masks of one padded batch ``pidx``, sharded like the labels: ``masks`` is one mask
+    ``[H, W]`` for every image or one per data-set index ``[N, H, W]``."""
+    axis = mesh.axis_names[0]
+    b = pidx.shape[0]
+    h, w = masks.shape[-2:]
+
+    def rows(index) -> np.ndarray:
+        sel = pidx[index[0]]
+        if masks.ndim == 2:
+            return np.broadcast_to(masks, (sel.shape[0], h, w)).astype(np.int32)
+        return np.asarray(masks[sel], np.int32)
+
+    s3 = NamedSharding(mesh, PartitionSpec(axis, None, None))
+    return jax.make_array_from_callback((b, h, w), s3, rows)
 
 
 def to_host(tree: dict[str, Array]) -> dict[str, np.ndarray]:

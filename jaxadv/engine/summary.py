@@ -136,3 +136,47 @@ def summary_rows(
             row["auc_under_attack"] = _auc(np.asarray(per_eps["score"][j], np.float64), pos)
         rows.append(row)
     return rows
+
+
+#: Per-image ``[E, N]`` fields of a dense evaluation beside :data:`PER_EXAMPLE` (``target_iou``
+#: only when targeted); each also has its drop ``<field>_drop`` (clean minus adversarial).
+DENSE_PER_EXAMPLE = ("dice", "iou", "pixel_accuracy", "target_iou")
+
+
+def dense_summary_rows(
+    eps: Sequence[float],
+    per_eps: Mapping[str, np.ndarray],
+    clean_correct: np.ndarray,
+    clean: Mapping[str, np.ndarray],
+    rule: Any,
+    *,
+    norm: str = "linf",
+) -> list[dict[str, Any]]:
+    """:func:`summary_rows` of a dense (segmentation) evaluation, plus per budget: ``rule`` (its
+    statement), ``success_rate`` (fraction of all images on which the rule holds at ``adv``, clean
+    holds included), and for each of :data:`DENSE_PER_EXAMPLE` present the means over images
+    ``clean_<f>``, ``<f>`` (at ``adv``) and ``<f>_drop`` (mean per-image drop), and
+    ``<size>_mean_all`` for the norms and SSIM over every image (a dense attack perturbs each
+    image, successful or not; ``<size>_mean`` stays over successful attacks).
+
+    Args:
+        eps, per_eps, clean_correct, norm: as for :func:`summary_rows` (``per_eps`` also holds
+            the dense fields ``[E, N]``).
+        clean: the clean per-image scores ``[N]`` by field name.
+        rule: the :class:`jaxadv.segmentation.DenseRule` in force.
+    """
+    rows = summary_rows(eps, per_eps, clean_correct, norm=norm)
+    for j, row in enumerate(rows):
+        row["rule"] = rule.describe()
+        row["success_rate"] = (
+            float(np.mean(per_eps["success"][j])) if row["num_examples"] else math.nan
+        )
+        for f in DENSE_PER_EXAMPLE:
+            if f in clean:
+                row[f"clean_{f}"] = _mean_median(np.asarray(clean[f], np.float64))[0]
+                row[f] = _mean_median(np.asarray(per_eps[f][j], np.float64))[0]
+                row[f"{f}_drop"] = _mean_median(np.asarray(per_eps[f"{f}_drop"][j], np.float64))[0]
+        for f in ("norm", "l2", "linf", "ssim"):
+            if f in per_eps:
+                row[f"{f}_mean_all"] = _mean_median(np.asarray(per_eps[f][j], np.float64))[0]
+    return rows
