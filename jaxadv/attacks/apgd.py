@@ -42,26 +42,22 @@ class APGDState:
     interval: Array
 
 
-def _apgd_single(threat, model, x, y, lbl, target, loss_fn, x0, num_steps, rho, momentum, unroll):
-    """One APGD run from ``x0``. Returns the driver's :class:`~jaxadv.attacks.driver.Loop`: the
-    best point per example (success first, then loss) and the gradient evaluations
-    (``num_steps + 1``).
+@pytree_dataclass
+class APGDRun:
+    """A single-restart APGD run that can be resumed (:meth:`APGD.begin` / :meth:`APGD.advance`):
+    the iterate's state, the best point so far and the gradient evaluations spent ``int32[B]``."""
 
-    State machine (per example, vectorised): the step size starts at ``2 eps``; the check interval
-    starts at ``ceil(0.22 N)`` and shrinks by ``0.03 N`` per check down to ``0.06 N`` (shared by the
-    batch). At each check an example halves its step and restarts from its best point when fewer
-    than ``rho`` of the steps since the last check increased the loss, or when the previous check
-    did not halve and the best loss did not improve since.
-    """
+    state: APGDState
+    best: Best
+    queries: Array
+
+
+def _apgd_begin(model, x, y, lbl, target, loss_fn, x0, eps, num_steps) -> APGDRun:
+    """The state before the first step: the gradient at ``x0`` (one evaluation)."""
     b = x.shape[0]
-    n_check0 = max(int(0.22 * num_steps), 1)
-    n_check_min = max(int(0.06 * num_steps), 1)
-    n_decr = max(int(0.03 * num_steps), 1)
-
     g, loss, logits = loss_grad(model, loss_fn, x0, lbl)
     succ = L.is_adversarial(logits, y, target)
-    step = jnp.broadcast_to(2.0 * jnp.asarray(threat.eps, x.dtype), (b,))
-
+    step = jnp.broadcast_to(2.0 * jnp.asarray(eps, x.dtype), (b,))
     state = APGDState(
         xa=x0,
         x_prev=x0,
@@ -75,8 +71,52 @@ def _apgd_single(threat, model, x, y, lbl, target, loss_fn, x0, num_steps, rho, 
         loss_max_last=loss,
         reduced_last=jnp.zeros((b,), bool),
         counter=jnp.zeros((), jnp.int32),
-        interval=jnp.asarray(n_check0, jnp.int32),
+        interval=jnp.asarray(max(int(0.22 * num_steps), 1), jnp.int32),
     )
+    return APGDRun(
+        state=state,
+        best=keep_best(Best.empty(x), Scored(point=x0, success=succ, score=loss)),
+        queries=jnp.ones((b,), jnp.int32),
+    )
+
+
+def _apgd_single(threat, model, x, y, lbl, target, loss_fn, x0, num_steps, rho, momentum, unroll):
+    """One APGD run from ``x0``. Returns the driver's :class:`~jaxadv.attacks.driver.Loop`: the
+    best point per example (success first, then loss) and the gradient evaluations
+    (``num_steps + 1``)."""
+    run = _apgd_begin(model, x, y, lbl, target, loss_fn, x0, threat.eps, num_steps)
+    return _apgd_advance(
+        threat,
+        model,
+        x,
+        y,
+        lbl,
+        target,
+        loss_fn,
+        run,
+        0,
+        num_steps,
+        num_steps,
+        rho,
+        momentum,
+        unroll,
+    )
+
+
+def _apgd_advance(
+    threat, model, x, y, lbl, target, loss_fn, run, start, stop, num_steps, rho, momentum, unroll
+):
+    """Steps ``start .. stop - 1`` of an APGD run of ``num_steps`` steps (the driver's
+    :class:`~jaxadv.attacks.driver.Loop`). ``start`` and ``stop`` may be traced.
+
+    State machine (per example, vectorised): the step size starts at ``2 eps``; the check interval
+    starts at ``ceil(0.22 N)`` and shrinks by ``0.03 N`` per check down to ``0.06 N`` (shared by the
+    batch). At each check an example halves its step and restarts from its best point when fewer
+    than ``rho`` of the steps since the last check increased the loss, or when the previous check
+    did not halve and the best loss did not improve since.
+    """
+    n_check_min = max(int(0.06 * num_steps), 1)
+    n_decr = max(int(0.03 * num_steps), 1)
 
     def apgd_step(i, s):
         a = jnp.where(i == 0, 1.0, momentum).astype(x.dtype)
@@ -115,11 +155,12 @@ def _apgd_single(threat, model, x, y, lbl, target, loss_fn, x0, num_steps, rho, 
 
     return iterate(
         apgd_step,
-        state,
-        stop=num_steps,
-        active=jnp.ones((b,), bool),
-        queries=jnp.ones((b,), jnp.int32),  # the gradient at x0
-        best=keep_best(Best.empty(x), Scored(point=x0, success=succ, score=loss)),
+        run.state,
+        start=start,
+        stop=stop,
+        active=jnp.ones((x.shape[0],), bool),
+        queries=run.queries,
+        best=run.best,
         unroll=unroll,
     )
 
@@ -205,6 +246,39 @@ class APGD(AbstractAttack):
         carry = (Best.empty(x), jnp.zeros((b,), jnp.int32))
         return jax.lax.fori_loop(0, self.num_restarts, restart, carry)
 
+    def begin(self, keys, model, x, y, target=None) -> APGDRun:
+        """The first restart's run before its first step, to be stepped by :meth:`advance`
+        (resumable, so that a caller can drop finished examples between segments: AutoAttack)."""
+        rkeys = jax.vmap(lambda k: jax.random.fold_in(k, 0))(keys)
+        x0 = self.threat.random_init(rkeys, x) if self.random_start else x
+        loss_fn = self._loss_fn(y, target)
+        lbl = y if target is None else target
+        return _apgd_begin(model, x, y, lbl, target, loss_fn, x0, self.threat.eps, self.num_steps)
+
+    def advance(self, run: APGDRun, model, x, y, start, stop, target=None) -> APGDRun:
+        """Steps ``start .. stop - 1`` (may be traced) of the run :meth:`begin` started. Row for
+        row the same arithmetic as :meth:`run` with one restart: ``begin`` then
+        ``advance(0, num_steps)`` is that run, whichever rows are dropped between segments."""
+        loss_fn = self._loss_fn(y, target)
+        lbl = y if target is None else target
+        out = _apgd_advance(
+            self.threat,
+            model,
+            x,
+            y,
+            lbl,
+            target,
+            loss_fn,
+            run,
+            start,
+            stop,
+            self.num_steps,
+            jnp.asarray(self.rho, x.dtype),
+            jnp.asarray(self.momentum, x.dtype),
+            1,
+        )
+        return APGDRun(state=out.state, best=out.best, queries=out.queries)
+
     def run(self, keys, model, x, y, *, target=None) -> AttackResult:
         best, q = self.run_from(keys, model, x, y, target)
         return finalize(self.threat, model, x, best.point, y, target=target, queries=q)
@@ -242,15 +316,9 @@ class APGDT(AbstractAttack):
     momentum: float = 0.75
     unroll: int | bool = static(default=1)
 
-    def run(self, keys, model, x, y, *, target=None) -> AttackResult:
-        if target is not None:
-            raise ValueError("APGDT chooses its own targets; use APGD(loss='dlr') with target=")
-        b = x.shape[0]
-        logits0 = model(x)
-        c = logits0.shape[1]
-        n_t = min(self.num_target_classes, c - 1)
-        order = jnp.argsort(logits0, axis=1)  # ascending: the top class is last
-        inner = APGD(
+    def inner(self) -> APGD:
+        """The targeted APGD (DLR loss) run against each target."""
+        return APGD(
             threat=self.threat,
             num_steps=self.num_steps,
             num_restarts=self.num_restarts,
@@ -260,6 +328,16 @@ class APGDT(AbstractAttack):
             momentum=self.momentum,
             unroll=self.unroll,
         )
+
+    def run(self, keys, model, x, y, *, target=None) -> AttackResult:
+        if target is not None:
+            raise ValueError("APGDT chooses its own targets; use APGD(loss='dlr') with target=")
+        b = x.shape[0]
+        logits0 = model(x)
+        c = logits0.shape[1]
+        n_t = min(self.num_target_classes, c - 1)
+        order = jnp.argsort(logits0, axis=1)  # ascending: the top class is last
+        inner = self.inner()
 
         def per_target(j, state):
             adv, succ = state

@@ -25,6 +25,7 @@ from jaxadv import _validate as V
 from jaxadv import losses as L
 from jaxadv._batch import bsel, input_hash
 from jaxadv._struct import pytree_dataclass, replace, static
+from jaxadv.attacks import _compact
 from jaxadv.attacks.apgd import APGD, APGDT
 from jaxadv.attacks.base import (
     REGISTRY,
@@ -537,7 +538,11 @@ class AutoAttack(AbstractAttack):
             if idx.size:
                 t0 = time.perf_counter()
                 pad = layout.pad_rows(idx, layout.bucket(idx.size, b))  # the engine's rule
-                res = run_jit(atk, keys[pad], smodel, x[pad], y[pad], None)  # keys: see run()
+                if smodel is model and _compact.supports(atk):
+                    # APGD / APGD-T: each example stops at its first success (same verdicts)
+                    res = _compact.run(atk, keys[pad], model, x[pad], y[pad], idx.size)
+                else:
+                    res = run_jit(atk, keys[pad], smodel, x[pad], y[pad], None)  # keys: see run()
                 if smodel is model:
                     s = np.asarray(res.success)[: idx.size]
                 else:
