@@ -398,7 +398,10 @@ class AutoAttack(AbstractAttack):
     Called directly, later stages run only on the still-robust points, compacted into blocks padded
     with the engine's rule (:func:`jaxadv.engine.layout.bucket`); the pure :meth:`run` (used by
     ``jaxadv.evaluate``, ``sweep_eps`` and under ``jit``) runs every stage on the whole batch and
-    merges by mask, with identical results.
+    merges by mask. The verdict per example is the same both ways; called directly, APGD-CE and
+    APGD-T (one restart) also run in segments and drop the points already broken after each, so a
+    broken example keeps its *first* successful point (not the highest-loss one) and is charged the
+    queries it used (:mod:`jaxadv.attacks._compact`).
 
     ``res.info``: ``stage_success`` ``bool[B, S]`` (broken after stage ``s``: robust accuracy per
     stage is ``1 - stage_success.mean(0)``) and ``flags``, a dict of ``bool[B]`` reproducing the
