@@ -105,6 +105,34 @@ def balanced_accuracy(pred: Any, y: Any, num_classes: int | None = None) -> floa
     return float(np.mean(r)) if r.size else math.nan
 
 
+def balanced_rate(ok: Any, y: Any) -> float:
+    """Mean over the classes present in ``y`` of the fraction of examples of that class where
+    ``ok`` holds: the balanced accuracy when ``ok`` is "predicted correctly", the balanced robust
+    accuracy when it is "correct and not broken by the attack".
+
+    Args:
+        ok: ``bool[N]``.
+        y: integer labels ``[N]``.
+
+    Returns:
+        A float; NaN for no examples.
+
+    Example:
+        >>> balanced_rate([True, False, True, True], [0, 1, 1, 1])
+        0.8333333333333333
+    """
+    y = _labels(y)
+    ok = np.asarray(ok, bool).reshape(-1)
+    if ok.shape[0] != y.shape[0]:
+        raise ValueError(f"ok holds {ok.shape[0]} examples but the labels {y.shape[0]}")
+    if y.size == 0:
+        return math.nan
+    support = np.bincount(y)
+    hit = np.bincount(y, weights=ok.astype(np.float64), minlength=support.size)
+    present = support > 0
+    return float(np.mean(hit[present] / support[present]))
+
+
 def macro_auc(logits: Any, y: Any) -> float:
     """One-vs-rest ROC AUC averaged over the classes present with at least one negative.
 

@@ -363,3 +363,100 @@ def test_folder_with_split_subfolders_keeps_them(tmp_path):
     s = training_splits(str(tmp_path), size=6, seed=0)
     assert (len(s.train), len(s.val), s.val_source) == (20, 1, "split")
     assert s.val.labels().tolist() == [1]
+
+
+def test_balanced_rate_equals_per_class_means():
+    from jaxadv.classmetrics import balanced_rate
+
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 4, 50)
+    y[y == 2] = 3  # class 2 absent: not counted
+    ok = rng.random(50) < 0.6
+    ref = np.mean([ok[y == c].mean() for c in (0, 1, 3)])
+    assert balanced_rate(ok, y) == pytest.approx(ref)
+    pred = np.where(ok, y, (y + 1) % 4)
+    assert balanced_rate(pred == y, y) == pytest.approx(balanced_accuracy(pred, y))
+    with pytest.raises(ValueError, match="ok holds 3 examples"):
+        balanced_rate([True, False, True], y)
+
+
+def _four_class_model():
+    import jaxadv
+
+    w = jnp.asarray(np.random.default_rng(0).normal(size=(16, 4)), jnp.float32)
+    return jaxadv.from_apply(lambda w, x: x.reshape(x.shape[0], -1) @ w, w)
+
+
+def _brute_macro(logits: np.ndarray, y: np.ndarray) -> float:
+    z = logits - logits.max(axis=1, keepdims=True)
+    p = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+    aucs = [
+        _brute_auc(p[:, c], y == c) for c in range(logits.shape[1]) if 0 < (y == c).sum() < y.size
+    ]
+    return float(np.mean(aucs))
+
+
+def test_multiclass_rows_report_macro_auc_under_attack():
+    """The macro AUC of every attack row is the one-vs-rest AUC of the model's scores on the
+    adversarial images the attack returned (brute force on the kept images)."""
+    import jaxadv
+
+    model = _four_class_model()
+    rng = np.random.default_rng(1)
+    x = rng.uniform(size=(40, 4, 4, 1)).astype(np.float32)
+    y = np.array(jnp.argmax(model(jnp.asarray(x)), 1))
+    y[:10] = (y[:10] + 1) % 4  # some clean errors, so the clean AUC is below 1
+    pgd = jaxadv.PGD(threat=jaxadv.LinfBall(eps=0.0), num_steps=5)
+    ev = jaxadv.evaluate(pgd, model, (x, y), [0.0, 0.05], key=0, num_adv=40)
+    rows = ev.summary()
+    clean = _brute_macro(np.asarray(model(jnp.asarray(x))), y)
+    adv = _brute_macro(np.asarray(model(jnp.asarray(ev.adv))), y)
+    assert rows[0]["auc_macro"] == pytest.approx(clean) == rows[0]["auc_macro_under_attack"]
+    assert rows[1]["auc_macro_under_attack"] == pytest.approx(adv, abs=1e-6)
+    assert adv < clean  # the attack moved the scores
+    # two-class models keep the binary AUC columns only
+    two = jaxadv.evaluate(
+        pgd,
+        jaxadv.from_apply(lambda w, x: x.reshape(x.shape[0], -1) @ w, jnp.eye(16, 2)),
+        (x, y % 2),
+        [0.0],
+        key=0,
+    )
+    assert "auc" in two.summary()[0] and "auc_macro" not in two.summary()[0]
+    assert two.clean_logits is None
+
+
+@pytest.mark.slow
+def test_multiclass_sweep_cells_store_logits_and_report_macro_auc(tmp_path):
+    from jaxadv import checkpoint, sweep
+    from jaxadv.sweep.report import decode
+    from jaxadv.sweep.storage import SweepDir
+
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for split, n in (("train", 6), ("val", 3), ("test", 9)):
+        arrays[f"{split}_images"] = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+        arrays[f"{split}_labels"] = (np.arange(n) % 3).astype(np.uint8)[:, None]
+    np.savez_compressed(tmp_path / "three.npz", **arrays)
+    net = SmallCNN(3, 1, width=4, rngs=nnx.Rngs(0))
+    checkpoint.save(
+        tmp_path / "three.msgpack",
+        net,
+        {"architecture": "small_cnn", "kwargs": {"num_classes": 3, "width": 4}},
+    )
+    cfg = {
+        "models": [str(tmp_path / "three.msgpack")],
+        "datasets": [str(tmp_path / "three.npz")],
+        "eps": [0, 16],
+        "attacks": ["fgsm"],
+    }
+    res = sweep.run_sweep(sweep.load_config(cfg), tmp_path / "sw", batch_size=4)
+    assert res.complete
+    (rec,) = SweepDir(tmp_path / "sw").load(strict=True).values()
+    assert "clean_logits" in rec["results"] and "logits" in rec["results"]
+    rows = decode(rec).summary
+    assert all("auc_macro_under_attack" in r for r in rows)
+    assert rows[0]["auc_macro"] == pytest.approx(rows[0]["auc_macro_under_attack"])
+    assert rec["summary"][1]["auc_macro_under_attack"] == pytest.approx(
+        rows[1]["auc_macro_under_attack"]
+    )

@@ -21,12 +21,15 @@ import numpy as np
 
 from jaxadv.engine import dense as D
 from jaxadv.engine import layout, programs
-from jaxadv.engine.summary import dense_summary_rows, summary_rows
+from jaxadv.engine.summary import dense_summary_rows, macro_auc_columns, summary_rows
 
 Array = jax.Array
 
 #: Threat class name -> the norm name used in labels and summaries.
 _NORMS = {"LinfBall": "linf", "L2Ball": "l2", "L1Ball": "l1", "L0Pixels": "l0", "Patch": "patch"}
+#: Models with more classes than this keep no per-example logits (``[E, N, C]`` would grow
+#: with ``C``), so their rows have no macro AUC.
+MAX_AUC_CLASSES = 64
 
 
 class EvaluationStopped(Exception):
@@ -76,7 +79,10 @@ class Evaluation:
             and ``per_eps`` also holds the per-image ``dice``, ``iou``, ``pixel_accuracy``
             (``target_iou`` when targeted) at ``adv`` and their drops ``<field>_drop`` (clean
             minus adversarial).
-        clean_logits: ``f32[N, F]`` per-finding logits on the clean images (multi-label only).
+        clean_logits: ``f32[N, F]`` per-finding logits on the clean images (multi-label), or
+            ``f32[N, C]`` per-class logits of a model with ``2 < C <=`` :data:`MAX_AUC_CLASSES`
+            classes (``per_eps['logits']`` ``f32[E, N, C]`` then holds those at ``adv``), for
+            the macro AUC under attack; ``None`` otherwise.
         clean_dense: dense evaluations: the per-image ``dice``, ``iou``, ``pixel_accuracy``
             (``target_iou``) ``f32[N]`` of the clean images; ``None`` otherwise.
     """
@@ -107,8 +113,9 @@ class Evaluation:
 
     def summary(self, positive_class: int = 1) -> list[dict[str, Any]]:
         """One row per budget (see :func:`jaxadv.engine.summary_rows`); ``auc`` and
-        ``auc_under_attack`` for two-class models; under a multi-label rule ``rule`` and the
-        macro-averaged per-finding AUCs ``auc_macro`` (clean) and ``auc_macro_under_attack``;
+        ``auc_under_attack`` for two-class models; ``auc_macro`` (clean) and
+        ``auc_macro_under_attack`` (:func:`jaxadv.engine.summary.macro_auc_columns`) for
+        multi-class models and, per finding, under a multi-label rule (with ``rule``);
         dense evaluations: :func:`jaxadv.engine.summary.dense_summary_rows`."""
         if self.clean_dense is not None:
             return dense_summary_rows(
@@ -121,24 +128,27 @@ class Evaluation:
             )
         if self.rule is not None:
             rows = summary_rows(self.eps.tolist(), self.per_eps, self.clean_correct, norm=self.norm)
-            aucs = self.finding_auc()
-            for j, row in enumerate(rows):
-                row.update(
-                    rule=self.rule.describe(),
-                    auc_macro=aucs["clean_macro"],
-                    auc_macro_under_attack=float(aucs["adv_macro"][j]),
-                )
-            return rows
-        binary = self.num_classes == 2
-        return summary_rows(
-            self.eps.tolist(),
-            self.per_eps,
-            self.clean_correct,
-            norm=self.norm,
-            labels=self.labels,  # balanced accuracies for any class count; AUCs need scores
-            clean_score=self.clean_score if binary else None,
-            positive_class=positive_class,
-        )
+            for row in rows:
+                row["rule"] = self.rule.describe()
+        else:
+            binary = self.num_classes == 2
+            rows = summary_rows(
+                self.eps.tolist(),
+                self.per_eps,
+                self.clean_correct,
+                norm=self.norm,
+                labels=self.labels,  # balanced accuracies for any class count
+                clean_score=self.clean_score if binary else None,
+                positive_class=positive_class,
+            )
+        if self.clean_logits is not None and "logits" in self.per_eps:
+            for row, cols in zip(
+                rows,
+                macro_auc_columns(self.clean_logits, self.per_eps["logits"], self.labels),
+                strict=True,
+            ):
+                row.update(cols)
+        return rows
 
     def finding_auc(self) -> dict[str, Any]:
         """Per-finding AUCs of a multi-label evaluation, clean and at every budget
@@ -360,6 +370,8 @@ def evaluate(
     if rule is not None and attack is not None:
         attack = ml.MultiLabel(attack=attack, rule=rule)
     run = _Runner(attack, model, ds, e_run, key, mesh, per_dev, adv_index, num_adv, rule)
+    # a multi-class model's logits, for the macro AUC under attack (kept under a rule anyway)
+    run.keep_logits = rule is None and not dense and 2 < num_classes <= MAX_AUC_CLASSES
     if dense:
         run.set_dense(dense_rule, target)
     steps = layout.chunks(idx.size, per_dev * mesh.devices.size)
@@ -421,6 +433,7 @@ class _Runner:
         h, w, _ = ds.image_shape
         self.ssim_win = 11 if min(h, w) >= 11 else 0
         self.dense_rule, self.target = None, None  # dense evaluations: see set_dense
+        self.keep_logits = False  # integer labels: keep the logits [.., C] as well
         self.sample: np.ndarray | None = None  # adversarials of the first examples
         self.sample_clean: np.ndarray | None = None
         self.steps = 0
@@ -455,6 +468,7 @@ class _Runner:
             mesh=self.mesh,
             ssim_win=self.ssim_win,
             dense=self.dense_rule is not None,
+            keep_logits=self.keep_logits,
         )
         host = layout.to_host({**per, **met})
         if self.dense_rule is not None:  # no positive-class score for a dense target
@@ -467,7 +481,9 @@ class _Runner:
                 self.model, gx, gy, gt, self.dense_rule, mesh=self.mesh
             )
         else:
-            clean = programs.clean_step(self.model, gx, gy, self.rule, mesh=self.mesh)
+            clean = programs.clean_step(
+                self.model, gx, gy, self.rule, mesh=self.mesh, keep_logits=self.keep_logits
+            )
         host = layout.to_host({**clean, "y": gy})
         return {k: v[:b] for k, v in host.items()}
 
@@ -485,7 +501,7 @@ class _Runner:
             "ssim": np.ones(b, np.float32),
             "score": clean["clean_score"],
         }
-        if "clean_logits" in clean:  # multi-label: per-finding logits
+        if "clean_logits" in clean:  # per-finding (multi-label) or per-class logits
             out["logits"] = clean["clean_logits"]
         out.update(D.unattacked(clean))
         return out

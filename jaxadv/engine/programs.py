@@ -64,7 +64,7 @@ def attack_step(attack, eps, key, model, idx, x, y, target=None, *, mesh):
     )(attack, eps, key, model, idx, x, y, target)
 
 
-def _metrics_block(model, x, y, advs, rule, ssim_win: int, dense: bool):
+def _metrics_block(model, x, y, advs, rule, ssim_win: int, dense: bool, keep_logits: bool):
     """Margin, L2, L-inf, SSIM and positive-class score ``[E, b]``, one example at a time.
 
     Why one at a time: the arithmetic XLA emits for a batched reduction or convolution depends on
@@ -75,7 +75,8 @@ def _metrics_block(model, x, y, advs, rule, ssim_win: int, dense: bool):
     losses, which differ between attacks. Under a multi-label ``rule`` the margin and the score
     are the rule's margin and ``logits[E, b, F]`` (one logit per finding) are returned as well.
     ``dense``: only the image metrics (L2, L-inf, SSIM); the dense attack program returned the
-    rule's margin and the per-image scores.
+    rule's margin and the per-image scores. ``keep_logits``: also return the logits ``[E, b, C]``
+    of an integer-label model (for the macro AUC under attack).
     """
 
     def one(xya):
@@ -94,26 +95,30 @@ def _metrics_block(model, x, y, advs, rule, ssim_win: int, dense: bool):
             m = rule.margin(logits, jnp.broadcast_to(yi[None], logits.shape)).astype(jnp.float32)
             return m, l2, linf, ss, m, logits.astype(jnp.float32)
         m = losses.margin(logits, jnp.broadcast_to(yi, (ai.shape[0],))).astype(jnp.float32)
-        return m, l2, linf, ss, metrics.positive_log_odds(logits).astype(jnp.float32)
+        out = (m, l2, linf, ss, metrics.positive_log_odds(logits).astype(jnp.float32))
+        return out + (logits.astype(jnp.float32),) if keep_logits else out
 
     out = jax.lax.map(one, (x, y, jnp.moveaxis(advs, 1, 0)))
     if dense:
         names = ("l2", "linf", "ssim")
     else:
-        names = METRIC_FIELDS + (("logits",) if rule is not None else ())
+        names = METRIC_FIELDS + (("logits",) if rule is not None or keep_logits else ())
     return dict(zip(names, (jnp.swapaxes(o, 0, 1) for o in out), strict=True))
 
 
-@functools.partial(jax.jit, static_argnames=("mesh", "ssim_win", "dense"))
-def metrics_step(model, x, y, advs, rule=None, *, mesh, ssim_win: int, dense: bool = False):
+@functools.partial(jax.jit, static_argnames=("mesh", "ssim_win", "dense", "keep_logits"))
+def metrics_step(
+    model, x, y, advs, rule=None, *, mesh, ssim_win: int, dense: bool = False, keep_logits=False
+):
     """Per-example metrics ``[E, B]`` of the adversarials ``advs[E, B, ...]`` (a second program on
     purpose: fused into the attack's program, XLA's choices moved SSIM by an ulp between shapes).
     ``rule``: a :class:`jaxadv.multilabel.Rule` for multi-label labels ``y[B, F]``; ``dense``:
-    masks ``y[B, H, W]``, image metrics only (``l2``, ``linf``, ``ssim``)."""
+    masks ``y[B, H, W]``, image metrics only (``l2``, ``linf``, ``ssim``); ``keep_logits``: also
+    ``logits[E, B, C]`` (always kept under a rule)."""
     axis = mesh.axis_names[0]
     per_eps = PartitionSpec(None, axis)
     return jax.shard_map(
-        functools.partial(_metrics_block, ssim_win=ssim_win, dense=dense),
+        functools.partial(_metrics_block, ssim_win=ssim_win, dense=dense, keep_logits=keep_logits),
         mesh=mesh,
         in_specs=(
             PartitionSpec(),
@@ -127,7 +132,7 @@ def metrics_step(model, x, y, advs, rule=None, *, mesh, ssim_win: int, dense: bo
     )(model, x, y, advs, rule)
 
 
-def _clean_block(model, x, y, rule):
+def _clean_block(model, x, y, rule, keep_logits: bool):
     def one(xy):
         xi, yi = xy
         logits = model(xi[None])
@@ -135,26 +140,28 @@ def _clean_block(model, x, y, rule):
             m = rule.margin(logits, yi[None]).astype(jnp.float32)[0]
             return ~(m > 0), m, m, logits[0].astype(jnp.float32)
         m = losses.margin(logits, yi[None]).astype(jnp.float32)[0]
-        return (
+        out = (
             jnp.argmax(logits[0]) == yi,
             m,
             metrics.positive_log_odds(logits[0]).astype(jnp.float32),
         )
+        return out + (logits[0].astype(jnp.float32),) if keep_logits else out
 
     out = jax.lax.map(one, (x, y))
     names = ("clean_correct", "clean_margin", "clean_score", "clean_logits")
     return dict(zip(names, out, strict=False))
 
 
-@functools.partial(jax.jit, static_argnames=("mesh",))
-def clean_step(model, x, y, rule=None, *, mesh):
+@functools.partial(jax.jit, static_argnames=("mesh", "keep_logits"))
+def clean_step(model, x, y, rule=None, *, mesh, keep_logits: bool = False):
     """``clean_correct``, ``clean_margin`` and ``clean_score`` ``[B]`` (one forward per example);
     under a multi-label ``rule`` also ``clean_logits[B, F]``, and "correct" means the rule does not
-    hold (margin and score are the rule's margin)."""
+    hold (margin and score are the rule's margin); ``keep_logits``: ``clean_logits[B, C]`` of an
+    integer-label model."""
     axis = mesh.axis_names[0]
     bat = PartitionSpec(axis)
     return jax.shard_map(
-        _clean_block,
+        functools.partial(_clean_block, keep_logits=keep_logits),
         mesh=mesh,
         in_specs=(PartitionSpec(), bat, bat, PartitionSpec()),
         out_specs=bat,

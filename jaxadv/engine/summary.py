@@ -59,14 +59,46 @@ def _auc(scores: np.ndarray, labels: np.ndarray) -> float:
 
 
 def _balanced(y: np.ndarray, clean_ok: np.ndarray, robust_ok: np.ndarray) -> dict[str, float]:
-    classes, counts = np.unique(y, return_counts=True)
-    if classes.size == 0:
+    from jaxadv import classmetrics
+
+    if y.size == 0:
         return {}
     return {
-        "majority_baseline": float(counts.max() / y.size),
-        "balanced_clean_accuracy": float(np.mean([clean_ok[y == c].mean() for c in classes])),
-        "balanced_robust_accuracy": float(np.mean([robust_ok[y == c].mean() for c in classes])),
+        "majority_baseline": classmetrics.majority_baseline(y)[1],
+        "balanced_clean_accuracy": classmetrics.balanced_rate(clean_ok, y),
+        "balanced_robust_accuracy": classmetrics.balanced_rate(robust_ok, y),
     }
+
+
+def macro_auc_columns(
+    clean_logits: np.ndarray, logits: np.ndarray, labels: np.ndarray
+) -> list[dict[str, float]]:
+    """``auc_macro`` (clean) and ``auc_macro_under_attack`` for each budget.
+
+    Integer labels ``[N]`` with per-class logits ``[N, C]``: the one-vs-rest macro AUC of
+    :func:`jaxadv.classmetrics.macro_auc`; multi-hot labels ``[N, F]`` with per-finding logits:
+    the mean per-finding AUC of :func:`jaxadv.metrics.finding_auc_under_attack`. Under attack,
+    the scores are those of each example's adversarial image at that budget.
+
+    Args:
+        clean_logits: ``[N, C]`` on the clean images.
+        logits: ``[E, N, C]`` on the adversarial images.
+        labels: ``int[N]`` or multi-hot ``[N, F]``.
+
+    Returns:
+        One dict per budget; NaN where no class (finding) has both positives and negatives.
+    """
+    from jaxadv import classmetrics
+    from jaxadv.metrics import finding_auc_under_attack
+
+    labels = np.asarray(labels)
+    if labels.ndim == 2:
+        aucs = finding_auc_under_attack(clean_logits, logits, labels)
+        clean, adv = aucs["clean_macro"], [float(a) for a in aucs["adv_macro"]]
+    else:
+        clean = classmetrics.macro_auc(clean_logits, labels)
+        adv = [classmetrics.macro_auc(z, labels) for z in np.asarray(logits)]
+    return [{"auc_macro": clean, "auc_macro_under_attack": a} for a in adv]
 
 
 def summary_rows(

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from jaxadv import _io
-from jaxadv.engine.summary import PER_EXAMPLE, eps_label, summary_rows
+from jaxadv.engine.summary import PER_EXAMPLE, eps_label, macro_auc_columns, summary_rows
 from jaxadv.report import (
     HTML_CSS,
     columns,
@@ -89,20 +89,17 @@ def decode(rec: Mapping[str, Any]) -> CellData:
         clean_score=decode_array(r["clean_score"], np.float32) if binary else None,
     )
     rule = str(rec.get("rule") or "")
-    if rule and "logits" in r and "clean_logits" in r:  # multi-label: per-finding AUCs
-        from jaxadv.metrics import finding_auc_under_attack
-
-        aucs = finding_auc_under_attack(
+    if rule:
+        for row in rows:
+            row["rule"] = rule
+    if "logits" in r and "clean_logits" in r:  # macro AUCs (per finding / one-vs-rest)
+        cols = macro_auc_columns(
             decode_array(r["clean_logits"], np.float32),
             decode_array(r["logits"], np.float32),
             labels,
         )
-        for j, row in enumerate(rows):
-            row.update(
-                rule=rule,
-                auc_macro=aucs["clean_macro"],
-                auc_macro_under_attack=float(aucs["adv_macro"][j]),
-            )
+        for row, col in zip(rows, cols, strict=True):
+            row.update(col)
     return CellData(
         id=c["id"],
         model=c["model"]["label"],

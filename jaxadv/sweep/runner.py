@@ -206,7 +206,7 @@ def _run_cell(
     }
     for k, dt in PER_EXAMPLE.items():
         results[k] = encode_array(ev.per_eps[k].astype(dt))
-    if rule is not None:  # per-finding logits, for the per-finding AUCs of the report
+    if ev.clean_logits is not None:  # per-finding / per-class logits, for the macro AUCs
         results["clean_logits"] = encode_array(ev.clean_logits.astype(np.float32))
         results["logits"] = encode_array(ev.per_eps["logits"].astype(np.float32))
     samples = None

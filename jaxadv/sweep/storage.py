@@ -256,10 +256,12 @@ def check_cell_fields(rec: dict[str, Any]) -> str | None:
             if v.shape != (len(eps), n.size):
                 return f"results.{k} must be {len(eps)} lists of {n.size} numbers"
         lab = decode_array(r.get("labels"), np.int64)
-        if lab.ndim == 2 and ("logits" in r or "clean_logits" in r):  # multi-label logits
-            f = lab.shape[1]
-            if decode_array(r.get("clean_logits"), np.float32).shape != (n.size, f):
-                return f"results.clean_logits must be {n.size} lists of {f} numbers"
+        if "logits" in r or "clean_logits" in r:  # per-finding / per-class logits
+            cl = decode_array(r.get("clean_logits"), np.float32)
+            # one logit per finding of a multi-label cell, else one per class
+            f = lab.shape[1] if lab.ndim == 2 else (cl.shape[1] if cl.ndim == 2 else 0)
+            if f < 1 or cl.shape != (n.size, f):
+                return f"results.clean_logits must be {n.size} lists of {max(f, 1)} numbers"
             if decode_array(r.get("logits"), np.float32).shape != (len(eps), n.size, f):
                 return f"results.logits must be [{len(eps)}, {n.size}, {f}] numbers"
     except (TypeError, ValueError, OverflowError) as e:
