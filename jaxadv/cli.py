@@ -284,7 +284,8 @@ def _cmd_attack(args: argparse.Namespace) -> int:
             target=job["target"],
         )
         rows = seg.write_results(ev, args, attack, out)
-        print(report.format_table(rows, seg.TABLE_COLUMNS))
+        targeted = "target_iou" in rows[0]  # ASMA: how close the prediction came to the target
+        print(report.format_table(rows, seg.TABLE_COLUMNS + (("target_iou",) if targeted else ())))
         return 0
     if str(args.attack).lower() in cli_medical.NAMES:  # a parametric threat: its own eps units
         _durable_unsupported(args, "the bias-field attack")
