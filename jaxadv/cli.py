@@ -212,12 +212,43 @@ def _options(items: Sequence[str] | None) -> dict[str, Any]:
     return out
 
 
-def _cmd_attack(args: argparse.Namespace) -> int:
+def _evaluate(args: argparse.Namespace, attack, model, ds, eps, n: int, **kwargs: Any):
+    """The one :func:`jaxadv.evaluate` call of ``jaxadv attack`` (classifiers and segmentation
+    models): the first ``n`` examples, key ``--seed``, ``--batch-size``, ``--cascade`` and the
+    progress bar; ``kwargs`` go to :func:`jaxadv.evaluate` (``rule``, ``target``, ...)."""
     import jax
 
     import jaxadv
-    from jaxadv import cli_medical, report
     from jaxadv._progress import Progress
+
+    label = f"{args.attack} on {n} images"
+    ui = Progress(_progress_enabled(args.quiet), _say(args.quiet))
+
+    def progress(done: int, total: int) -> None:
+        if done == 1:
+            ui.start(1, total)
+            ui.start_cell(label, total)
+        ui.batch()
+
+    try:
+        return jaxadv.evaluate(
+            attack,
+            model,
+            ds,
+            eps,
+            key=jax.random.key(args.seed),
+            cascade=args.cascade,
+            batch_size=args.batch_size,
+            indices=list(range(n)),
+            progress=progress,
+            **kwargs,
+        )
+    finally:
+        ui.close()
+
+
+def _cmd_attack(args: argparse.Namespace) -> int:
+    from jaxadv import cli_medical, report
     from jaxadv.vocab import (
         attack_config,
         check_model_fits,
@@ -239,8 +270,22 @@ def _cmd_attack(args: argparse.Namespace) -> int:
         if args.defence is not None:
             raise CLIError("--defence is not supported for segmentation models yet; leave it out")
         eps = _eps_list(args.eps, norm, args.eps_scale)
-        rows = seg.run_attack(args, eps=eps, out=_out_dir(args.out), options=_options(args.option))
-        print(report.format_table(rows, seg.TABLE_COLUMNS))
+        options = _options(args.option)
+        attack = seg.check(args, options=options)
+        out = _out_dir(args.out)
+        job = seg.load(args, attack, options=options)
+        ev = _evaluate(
+            args,
+            attack,
+            job["model"],
+            job["data"],
+            eps,
+            job["num_examples"],
+            target=job["target"],
+        )
+        rows = seg.write_results(ev, args, attack, out)
+        targeted = "target_iou" in rows[0]  # ASMA: how close the prediction came to the target
+        print(report.format_table(rows, seg.TABLE_COLUMNS + (("target_iou",) if targeted else ())))
         return 0
     if str(args.attack).lower() in cli_medical.NAMES:  # a parametric threat: its own eps units
         _durable_unsupported(args, "the bias-field attack")
@@ -275,31 +320,9 @@ def _cmd_attack(args: argparse.Namespace) -> int:
     _spec(check_model_fits, model, ds, rule, f"model {args.model!r}")
     model = cli_defence.apply(args, model)
     n = len(ds) if args.num_examples is None else min(args.num_examples, len(ds))
-    label = f"{args.attack} on {n} images"
-    ui = Progress(_progress_enabled(args.quiet), _say(args.quiet))
-
-    def progress(done: int, total: int) -> None:
-        if done == 1:
-            ui.start(1, total)
-            ui.start_cell(label, total)
-        ui.batch()
-
-    try:
-        ev = jaxadv.evaluate(
-            attack,
-            model,
-            ds,
-            eps,
-            key=jax.random.key(args.seed),
-            cascade=args.cascade,
-            batch_size=args.batch_size,
-            indices=list(range(n)),
-            progress=progress,
-            rule=rule,
-            **cli_durable.evaluate_kwargs(args, n),
-        )
-    finally:
-        ui.close()
+    ev = _evaluate(
+        args, attack, model, ds, eps, n, rule=rule, **cli_durable.evaluate_kwargs(args, n)
+    )
     rows = [{"attack": args.attack, **r} for r in ev.summary()]
     recheck = cli_durable.recheck_report(ev, model, args)
     report.write_json(

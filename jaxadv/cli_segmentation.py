@@ -7,18 +7,20 @@ whose metadata says ``"task": "segmentation"``. The data is a segmentation ``.np
 Attacks: ``segpgd``, ``pgd-ce`` (SegPGD with ``weighted=False``), ``dag``, ``asma`` (targeted at the
 all-background mask: erase every foreground region); norms ``linf`` and ``l2``. Other settings
 (``step_size``, ``threshold`` of the success rule, ``rule``: ``dice_drop`` / ``dice_below`` /
-``target_iou``) go through ``--option KEY=VALUE``. Writes ``results.json`` / ``results.csv`` with
-one row per eps: clean and adversarial Dice / IoU / pixel accuracy (means over images), the
-success rate under the stated rule, mean norm and queries.
+``target_iou``) go through ``--option KEY=VALUE``.
 
-The batches run through the attack's own call (per-example keys by data-set index); the
-classification engine (:func:`jaxadv.evaluate`) does not take dense targets yet.
+The run goes through :func:`jaxadv.evaluate` like a classifier's (same padding, batching,
+sharding, per-example keys ``fold_in(key, index)``); success is the attack's per-image rule,
+recomputed by the library on the projected adversarial. ``results.json`` / ``results.csv`` hold
+one row per eps (:func:`jaxadv.engine.summary.dense_summary_rows`): clean and adversarial Dice /
+IoU / pixel accuracy (means over images) and their mean drops, the success rate under the stated
+rule, ``<size>_mean_all`` (norms, SSIM, queries over every image) and ``<size>_mean`` (over the
+images the rule holds on, as for classifiers).
 """
 
 from __future__ import annotations
 
 import pathlib
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -98,88 +100,55 @@ def load_model(spec: str) -> Any:
     return from_nnx(module, mean=meta.get("mean"), std=meta.get("std"))
 
 
-def run_attack(
-    args: Any, *, eps: Sequence[float], out: pathlib.Path, options: dict[str, Any]
-) -> list[dict[str, Any]]:
-    """Run the dense attack of the parsed ``jaxadv attack`` arguments over ``eps`` (pixel units)
-    and write ``results.json`` / ``results.csv`` into ``out``; returns the rows."""
-    import jax
-    import jax.numpy as jnp
-
-    from jaxadv import report
-    from jaxadv import segmentation as S
-    from jaxadv.data import load_segmentation
-
+def check(args: Any, *, options: dict[str, Any]) -> Any:
+    """The dense attack of the parsed ``jaxadv attack`` arguments; flags that do not apply to a
+    segmentation model are refused here, before anything is loaded."""
     attack = make_attack(args.attack, args.norm, args.num_steps, options)
     if args.restarts is not None:
         raise ValueError("segmentation attacks have no --restarts")
     if args.multilabel is not None or args.cascade:
         raise ValueError("--multilabel and --cascade do not apply to segmentation models")
+    if getattr(args, "recheck", None) is not None:
+        raise ValueError("--recheck is not supported for segmentation models yet; leave it out")
     if args.data == "default":
         raise ValueError(
             "--data: a segmentation model needs segmentation data: an .npz with "
             "{split}_images / {split}_masks (e.g. ../shared/data/isic2017_seg.npz) or an image "
             "folder with --option masks=FOLDER"
         )
-    masks = options.get("masks")
-    ds = load_segmentation(args.data, split=args.split, masks=masks)
+    return attack
+
+
+def load(args: Any, attack: Any, *, options: dict[str, Any]) -> dict[str, Any]:
+    """What :func:`jaxadv.evaluate` needs beside ``attack``: ``model``, ``data`` (the
+    segmentation data set), ``num_examples`` and ``target`` (the all-background mask
+    ``int32[H, W]`` of a targeted attack: erase every foreground region; else ``None``)."""
+    from jaxadv.data import load_segmentation
+
+    ds = load_segmentation(args.data, split=args.split, masks=options.get("masks"))
     model = load_model(args.model)
     n = len(ds) if args.num_examples is None else min(args.num_examples, len(ds))
-    bs = args.batch_size or 32
-    targeted = type(attack).needs_target
-    key = jax.random.key(args.seed)
-    rule = attack.resolved_rule(targeted)
-    rows = []
-    for e in eps:
-        a = attack.with_eps(float(e))
-        acc: dict[str, list[np.ndarray]] = {}
-        for start in range(0, n, bs):
-            x, y = ds.get(np.arange(start, min(start + bs, n)))
-            x, y = jnp.asarray(x), jnp.asarray(y)
-            target = jnp.zeros_like(y) if targeted else None
-            res = a(key, model, x, y, target=target, index_offset=start)
-            clean = S.scores(model(x), y)
-            parts = {
-                "clean_dice": clean["dice"],
-                "clean_iou": clean["iou"],
-                "dice": res.info["dice"],
-                "iou": res.info["iou"],
-                "pixel_accuracy": res.info["pixel_accuracy"],
-                "success": res.success,
-                "norm": res.norm,
-                "queries": res.queries,
-            }
-            if targeted:
-                parts["target_iou"] = res.info["target_iou"]
-            for k, v in parts.items():
-                acc.setdefault(k, []).append(np.asarray(v, np.float64))
-        m = {k: float(np.mean(np.concatenate(v))) for k, v in acc.items()}
-        row = {
-            "attack": args.attack,
-            "norm": args.norm,
-            "eps": float(e),
-            "eps_255": float(e) * 255,
-            "rule": rule.describe(),
-            "num_images": n,
-            "clean_dice": m["clean_dice"],
-            "dice": m["dice"],
-            "dice_drop": m["clean_dice"] - m["dice"],
-            "clean_iou": m["clean_iou"],
-            "iou": m["iou"],
-            "pixel_accuracy": m["pixel_accuracy"],
-            "success_rate": m["success"],
-            "norm_mean": m["norm"],
-            "queries_mean": m["queries"],
-        }
-        if targeted:
-            row["target_iou"] = m["target_iou"]
-        rows.append(row)
+    h, w, _ = ds.image_shape
+    target = np.zeros((h, w), np.int32) if type(attack).needs_target else None
+    return {"model": model, "data": ds, "num_examples": n, "target": target}
+
+
+def write_results(ev: Any, args: Any, attack: Any, out: pathlib.Path) -> list[dict[str, Any]]:
+    """Rows of the dense evaluation ``ev`` (:func:`jaxadv.engine.summary.dense_summary_rows`,
+    with the CLI's ``attack`` name and ``num_images``) written to ``out/results.json`` and
+    ``out/results.csv``; returns the rows."""
+    from jaxadv import report
+    from jaxadv.vocab import attack_config
+
+    n = int(ev.indices.size)
+    rows = [{"attack": args.attack, "norm": ev.norm, **r, "num_images": n} for r in ev.summary()]
     report.write_json(
         out / "results.json",
         {
             "manifest": report.manifest(
                 seed=args.seed,
                 args={k: v for k, v in vars(args).items() if k != "func"},
+                attack_config=attack_config(attack, ev.eps.tolist()),
                 task="segmentation",
             ),
             "rows": rows,
@@ -189,13 +158,25 @@ def run_attack(
     return rows
 
 
-TABLE_COLUMNS = ("attack", "eps_255", "clean_dice", "dice", "iou", "success_rate", "norm_mean")
+#: Columns of the printed table (``norm_mean_all``: the perturbation's norm over every image).
+TABLE_COLUMNS = (
+    "attack",
+    "eps_label",
+    "clean_dice",
+    "dice",
+    "iou",
+    "success_rate",
+    "norm_mean_all",
+    "ssim_mean_all",
+)
 
 __all__ = [
     "DENSE_ATTACKS",
     "TABLE_COLUMNS",
     "is_segmentation_model",
     "load_model",
+    "check",
+    "load",
     "make_attack",
-    "run_attack",
+    "write_results",
 ]

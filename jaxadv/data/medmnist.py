@@ -158,6 +158,12 @@ def load_medmnist(
 
     img_key, lab_key = f"{split}_images", f"{split}_labels"
     missing = [k for k in (img_key, lab_key) if k not in keys]
+    if missing and f"{split}_masks" in keys:
+        raise ValueError(
+            f"{p} holds segmentation masks ({split}_masks), not one label per image: attack a "
+            "segmentation model (e.g. --model unet_isic) with a dense attack (segpgd, dag, asma), "
+            "or load it with jaxadv.data.load_segmentation"
+        )
     if missing:
         raise ValueError(
             f"{p} has no {' / '.join(missing)}; it holds {sorted(keys)}. A MedMNIST file has "

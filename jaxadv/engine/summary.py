@@ -188,7 +188,7 @@ def dense_summary_rows(
     statement), ``success_rate`` (fraction of all images on which the rule holds at ``adv``, clean
     holds included), and for each of :data:`DENSE_PER_EXAMPLE` present the means over images
     ``clean_<f>``, ``<f>`` (at ``adv``) and ``<f>_drop`` (mean per-image drop), and
-    ``<size>_mean_all`` for the norms and SSIM over every image (a dense attack perturbs each
+    ``<size>_mean_all`` for the norms, SSIM and queries over every image (a dense attack perturbs each
     image, successful or not; ``<size>_mean`` stays over successful attacks).
 
     Args:
@@ -208,7 +208,7 @@ def dense_summary_rows(
                 row[f"clean_{f}"] = _mean_median(np.asarray(clean[f], np.float64))[0]
                 row[f] = _mean_median(np.asarray(per_eps[f][j], np.float64))[0]
                 row[f"{f}_drop"] = _mean_median(np.asarray(per_eps[f"{f}_drop"][j], np.float64))[0]
-        for f in ("norm", "l2", "linf", "ssim"):
+        for f in ("norm", "l2", "linf", "ssim", "queries"):
             if f in per_eps:
                 row[f"{f}_mean_all"] = _mean_median(np.asarray(per_eps[f][j], np.float64))[0]
     return rows
