@@ -132,17 +132,28 @@ def _check_objective(args: argparse.Namespace) -> None:
             raise CLIError(f"--distill-from: {e}") from e
 
 
-def _teacher(spec: str, ds: Any):
+def _teacher(spec: str, ds: Any, temperature: float):
     """The distillation teacher ``spec`` names (a reference name or a checkpoint), checked to run on
-    ``ds``'s images and to return one logit per class."""
+    ``ds``'s images and to return one logit per class; a warning when its checkpoint records
+    another training temperature."""
     import jax
     import numpy as np
 
-    from jaxadv import vocab
+    from jaxadv import checkpoint, vocab
 
     name = f"--distill-from {spec!r}"
     try:
         teacher = vocab.load_model(spec)
+        if vocab.reference_name(spec) is None:
+            t = checkpoint.read_metadata(spec).get("temperature")
+            if t is not None and float(t) != temperature:
+                log.warning(
+                    "%s was trained at temperature %s, the student learns at %s (Papernot et al. "
+                    "use the same T for both)",
+                    name,
+                    t,
+                    temperature,
+                )
         h, w, k = ds.image_shape
         try:
             jax.eval_shape(teacher, jax.ShapeDtypeStruct((1, h, w, k), np.float32))
@@ -228,7 +239,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     temperature = 1.0 if args.temperature is None else args.temperature
     if args.distill_from is not None:
         distill = train.Distillation(
-            teacher=_teacher(args.distill_from, ds), temperature=temperature
+            teacher=_teacher(args.distill_from, ds, temperature), temperature=temperature
         )
     cw = None if args.class_weights in (None, "none") else args.class_weights
     history = train.train(

@@ -339,7 +339,7 @@ def test_cli_trades_and_mart_reach_train_and_the_metadata(guarded_cli, objective
     assert meta["test"]["robust"]["num_examples"] == 20
 
 
-def test_cli_defensive_distillation_teacher_then_student(guarded_cli, tmp_path):
+def test_cli_defensive_distillation_teacher_then_student(guarded_cli, tmp_path, caplog):
     run, state = guarded_cli
     teacher = run("--epochs", "1", "--temperature", "5", out="teacher.msgpack")
     assert float(state["train_kwargs"]["temperature"]) == 5.0
@@ -352,22 +352,26 @@ def test_cli_defensive_distillation_teacher_then_student(guarded_cli, tmp_path):
     assert kw["adversarial"] is None
     assert student["distill_from"] == path and student["temperature"] == 5.0
     assert student["test"]["num_examples"] == 20 and not student["adversarial"]
+    assert "trained at temperature" not in caplog.text  # same T: no warning
 
 
-def test_cli_distillation_teacher_must_fit_the_data(guarded_cli, tmp_path, capsys):
+def test_cli_distillation_teacher_must_fit_the_data(guarded_cli, tmp_path, capsys, caplog):
     from jaxadv import checkpoint
 
     run, state = guarded_cli
     three = tmp_path / "three.msgpack"
     kwargs = {"num_classes": 3, "in_channels": 1, "input_size": 12, "width": 4}
     net = SmallCNN(**kwargs, rngs=nnx.Rngs(0))
-    checkpoint.save(three, net, {"architecture": "small_cnn", "kwargs": kwargs})
+    checkpoint.save(three, net, {"architecture": "small_cnn", "kwargs": kwargs, "temperature": 5})
     for teacher, msg in ((three, "returns 3 logits"), ("small_cnn_clean", "cannot run on")):
-        run("--epochs", "1", "--distill-from", str(teacher), "--temperature", "5", rc=2)
+        with caplog.at_level(logging.WARNING, logger="jaxadv"):
+            run("--epochs", "1", "--distill-from", str(teacher), "--temperature", "2", rc=2)
         err = capsys.readouterr().err
         assert msg in err and "--distill-from" in err, err
         assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert "train_kwargs" not in state  # refused before training
+    # the teacher's recorded temperature differs from the student's: said, not refused
+    assert "trained at temperature 5, the student learns at 2.0" in caplog.text
 
 
 TRAIN_OBJECTIVE_ERRORS = [
