@@ -5,6 +5,13 @@ the test split is read only after training). Per-epoch metrics, best-epoch selec
 stopping use val; the test metrics (accuracy with the majority baseline, balanced accuracy,
 per-class recall, AUC; robust versions under PGD for an adversarially trained model) and every
 training option are recorded in the checkpoint metadata.
+
+Objectives (:mod:`jaxadv.train_objectives`): clean training; ``--adversarial`` with ``--objective
+madry`` (PGD-AT, the default), ``trades`` or ``mart`` (``--beta``, the KL weight, default 6), all
+crafted by PGD at ``--adv-eps`` / ``--adv-steps``; defensive distillation: ``--temperature T``
+trains a teacher at ``T``, ``--distill-from TEACHER --temperature T`` a student on its soft labels
+(the saved student is deployed at ``T = 1``). The metadata records ``objective``, ``beta``,
+``temperature`` and ``distill_from``.
 """
 
 from __future__ import annotations
@@ -67,12 +74,99 @@ def _check(args: argparse.Namespace):
         raise CLIError(
             f"unknown --arch {args.arch!r}; choose from {sorted(checkpoint.ARCHITECTURES)}"
         )
+    _check_objective(args)
     if str(args.data).strip().lower() == "default":
         raise CLIError(
             "the embedded default holds only the 624 test images; train on a MedMNIST file, "
             "e.g. --data pneumoniamnist.npz"
         )
     return arch, output_file(args.out), _augment(args)
+
+
+_OBJECTIVES = ("madry", "trades", "mart")
+
+
+def _positive_finite(v: float, flag: str) -> float:
+    if not (math.isfinite(v) and v > 0):
+        raise CLIError(f"{flag} must be a finite number > 0, got {v}")
+    return v
+
+
+def _check_objective(args: argparse.Namespace) -> None:
+    """The training objective's flags, before any data is read: ``args.objective`` becomes the
+    library's name (None without ``--adversarial``)."""
+    from jaxadv import vocab
+
+    if args.objective is not None:
+        obj = str(args.objective).strip().lower()
+        if obj not in _OBJECTIVES:
+            raise CLIError(
+                f"--objective must be one of {', '.join(_OBJECTIVES)}, got {args.objective!r}"
+            )
+        if not args.adversarial:
+            raise CLIError(f"--objective {obj} is an adversarial objective: add --adversarial")
+        args.objective = obj
+    elif args.adversarial:
+        args.objective = "madry"
+    if args.beta is not None:
+        if args.objective not in ("trades", "mart"):
+            raise CLIError("--beta weighs the KL term of --objective trades or mart: add one")
+        _positive_finite(args.beta, "--beta")
+    if args.temperature is not None:
+        _positive_finite(args.temperature, "--temperature")
+        if args.adversarial:
+            raise CLIError(
+                "--temperature trains a distillation teacher or student with the clean loss; "
+                "adversarial objectives run at T = 1: drop one of them"
+            )
+    if args.distill_from is not None:
+        if args.adversarial:
+            raise CLIError("--distill-from and --adversarial are separate objectives: pick one")
+        if args.temperature is None:
+            raise CLIError(
+                "--distill-from needs --temperature T, the temperature the teacher was trained at"
+            )
+        try:
+            vocab.check_model_name(args.distill_from)
+        except vocab.SpecError as e:
+            raise CLIError(f"--distill-from: {e}") from e
+
+
+def _teacher(spec: str, ds: Any, temperature: float):
+    """The distillation teacher ``spec`` names (a reference name or a checkpoint), checked to run on
+    ``ds``'s images and to return one logit per class; a warning when its checkpoint records
+    another training temperature."""
+    import jax
+    import numpy as np
+
+    from jaxadv import checkpoint, vocab
+
+    name = f"--distill-from {spec!r}"
+    try:
+        teacher = vocab.load_model(spec)
+        if vocab.reference_name(spec) is None:
+            t = checkpoint.read_metadata(spec).get("temperature")
+            if t is not None and float(t) != temperature:
+                log.warning(
+                    "%s was trained at temperature %s, the student learns at %s (Papernot et al. "
+                    "use the same T for both)",
+                    name,
+                    t,
+                    temperature,
+                )
+        h, w, k = ds.image_shape
+        try:
+            jax.eval_shape(teacher, jax.ShapeDtypeStruct((1, h, w, k), np.float32))
+        except Exception as e:  # noqa: BLE001 - any failure here is a teacher that does not fit
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise CLIError(
+                f"{name} cannot run on the training images ({h}x{w}x{k}): {first}; train the "
+                "teacher on the same data, --image-size and --channels"
+            ) from e
+        vocab.check_model_fits(teacher, ds, name=name)
+    except vocab.SpecError as e:
+        raise CLIError(str(e)) from e
+    return teacher
 
 
 def _finite(d: dict[str, Any]) -> dict[str, Any]:
@@ -133,9 +227,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
     pgd = None
     adversarial = None
+    distill = None
+    beta = None
     if args.adversarial:
         pgd = jaxadv.PGD(threat=jaxadv.LinfBall(eps=args.adv_eps / 255), num_steps=args.adv_steps)
-        adversarial = train.AdversarialTraining(attack=pgd)
+        if args.objective in ("trades", "mart"):
+            beta = 6.0 if args.beta is None else args.beta
+            adversarial = train.AdversarialTraining(attack=pgd, objective=args.objective, beta=beta)
+        else:
+            adversarial = train.AdversarialTraining(attack=pgd)
+    temperature = 1.0 if args.temperature is None else args.temperature
+    if args.distill_from is not None:
+        distill = train.Distillation(
+            teacher=_teacher(args.distill_from, ds, temperature), temperature=temperature
+        )
     cw = None if args.class_weights in (None, "none") else args.class_weights
     history = train.train(
         module,
@@ -146,6 +251,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         optimizer=tx,
         key=args.seed,
         adversarial=adversarial,
+        distill=distill,
+        temperature=1.0 if distill is not None else temperature,
         val=(xv, yv),
         mean=mean,
         std=std,
@@ -197,6 +304,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         "adversarial": bool(args.adversarial),
         "adv_eps_255": args.adv_eps if args.adversarial else None,
         "adv_steps": args.adv_steps if args.adversarial else None,
+        "objective": args.objective,
+        "beta": beta,
+        "temperature": temperature,
+        "distill_from": None if args.distill_from is None else str(args.distill_from),
         "history": [_finite(h) for h in history],
         "mean": mean,
         "std": std,
@@ -263,6 +374,26 @@ def add_train_parser(sub: Any) -> None:
     t.add_argument("--adversarial", action="store_true", help="PGD adversarial training (Madry)")
     t.add_argument("--adv-eps", type=float, default=2.0, help="L∞ eps in 1/255 units")
     t.add_argument("--adv-steps", type=int, default=7)
+    t.add_argument(
+        "--objective",
+        default=None,
+        help="with --adversarial: madry (PGD-AT, the default), trades or mart",
+    )
+    t.add_argument(
+        "--beta", type=float, default=None, help="KL weight of trades / mart (default 6)"
+    )
+    t.add_argument(
+        "--temperature",
+        type=float,
+        default=None,
+        help="T > 0: train a distillation teacher at T, or with --distill-from a student",
+    )
+    t.add_argument(
+        "--distill-from",
+        default=None,
+        metavar="MODEL",
+        help="defensive distillation: learn MODEL's soft labels (a checkpoint or reference name)",
+    )
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--out", required=True, help="checkpoint path (.msgpack)")
     t.add_argument("--quiet", action="store_true")

@@ -91,7 +91,7 @@ class AdversarialTraining:
         >>> at = AdversarialTraining(attack=pgd)  # PGD-AT
         >>> alp = AdversarialTraining(attack=pgd, objective="penalty", lam=0.5)
         >>> trades = AdversarialTraining(attack=pgd, objective="trades", beta=6.0)
-        >>> at.objective, alp.distance, trades.beta
+        >>> at.objective, alp.distance, float(trades.beta)
         ('madry', 'l2sq', 6.0)
     """
 
@@ -126,10 +126,14 @@ class AdversarialTraining:
             raise ValueError("distance='kl' compares softmax outputs: use penalty_on='logits'")
         if is_concrete(self.alpha) and not 0.0 <= float(np.asarray(self.alpha)) <= 1.0:
             raise ValueError(f"alpha must lie in [0, 1], got {self.alpha}")
-        if is_concrete(self.lam) and float(np.asarray(self.lam)) < 0.0:
-            raise ValueError(f"lam must be >= 0, got {self.lam}")
-        if is_concrete(self.beta) and not float(np.asarray(self.beta)) >= 0.0:
-            raise ValueError(f"beta must be >= 0 (the weight of the KL term), got {self.beta}")
+        if is_concrete(self.lam) and not 0.0 <= float(np.asarray(self.lam)) < np.inf:
+            raise ValueError(f"lam must be >= 0 and finite, got {self.lam}")
+        if is_concrete(self.beta) and not 0.0 <= float(np.asarray(self.beta)) < np.inf:
+            raise ValueError(
+                f"beta must be >= 0 and finite (the weight of the KL term), got {self.beta}"
+            )
+        # float32 leaves: a Python float and a jnp scalar give one trace, as eps does in threats
+        float32_fields(self, "alpha", "lam", "beta")
 
 
 @pytree_dataclass
@@ -151,7 +155,8 @@ class Distillation:
     Example:
         >>> from flax import nnx
         >>> from jaxadv.nn import SmallCNN
-        >>> Distillation(teacher=SmallCNN(2, 1, width=4, rngs=nnx.Rngs(0)), temperature=20.0).temperature
+        >>> d = Distillation(teacher=SmallCNN(2, 1, width=4, rngs=nnx.Rngs(0)), temperature=20.0)
+        >>> float(d.temperature)
         20.0
     """
 

@@ -153,6 +153,20 @@ def test_short_training_run_is_deterministic_by_seed(kind):
     assert not all(np.array_equal(u, v) for u, v in zip(a, _params(_tiny()), strict=True))
 
 
+def test_weights_are_float32_leaves_so_a_new_beta_never_retraces():
+    traces = []
+
+    @jax.jit
+    def weighted(at):
+        traces.append(1)
+        return at.alpha + at.lam + at.beta
+
+    for beta in (6.0, jnp.asarray(3.0, jnp.float32), 2, np.float32(1.5)):
+        at = AdversarialTraining(attack=_pgd(), objective="trades", beta=beta, alpha=1, lam=0.5)
+        assert float(weighted(at)) == pytest.approx(1.5 + float(beta))
+    assert len(traces) == 1
+
+
 def test_teacher_temperature_divides_the_clean_logits():
     x, y = _synthetic(8)
     net = _tiny(dropout=0.0)
@@ -168,6 +182,9 @@ def test_clear_errors():
         AdversarialTraining(attack=_pgd(), objective="trades", beta=-1.0)
     with pytest.raises(ValueError, match="beta must be >= 0"):
         AdversarialTraining(attack=_pgd(), objective="mart", beta=-0.5)
+    for bad in (float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="beta must be >= 0 and finite"):
+            AdversarialTraining(attack=_pgd(), objective="trades", beta=bad)
     with pytest.raises(TypeError, match="jaxadv.PGD"):
         AdversarialTraining(attack=jaxadv.FGSM(threat=jaxadv.LinfBall(eps=0.1)), objective="trades")
     with pytest.raises(ValueError, match="needs a teacher"):

@@ -254,7 +254,8 @@ def test_npz_without_val_gets_a_holdout_and_folders_a_three_way_split(tmp_path):
 @pytest.fixture
 def guarded_cli(tmp_path, monkeypatch):
     """``jaxadv train`` on small synthetic splits whose test loader raises until training has
-    finished. Yields ``(run, state)``: ``run(*flags) -> metadata dict``."""
+    finished. Yields ``(run, state)``: ``run(*flags, out=, rc=0) -> metadata dict`` (None when
+    ``rc`` is not 0); ``state['train_kwargs']``: what the CLI passed to ``jaxadv.train.train``."""
     import jaxadv.train
     import jaxadv.vocab
     from jaxadv.cli import main
@@ -283,6 +284,7 @@ def guarded_cli(tmp_path, monkeypatch):
     real_train = jaxadv.train.train
 
     def tracked(*a, **k):
+        state["train_kwargs"] = k
         out = real_train(*a, **k)
         state["trained"] = True
         return out
@@ -291,12 +293,12 @@ def guarded_cli(tmp_path, monkeypatch):
     monkeypatch.setattr(jaxadv.train, "train", tracked)
     fake = tmp_path / "fake.npz"  # only its key names are read (split discovery)
     np.savez(fake, **{f"{s}_{k}": np.zeros(1) for s in data for k in ("images", "labels")})
-    out = tmp_path / "m.msgpack"
 
-    def run(*flags: str) -> dict:
-        argv = ["train", "--data", str(fake), "--batch-size", "16", "--out", str(out), *flags]
-        assert main(argv) == 0
-        return json.loads(out.with_suffix(".json").read_text())
+    def run(*flags: str, out: str = "m.msgpack", rc: int = 0) -> dict | None:
+        path = tmp_path / out
+        argv = ["train", "--data", str(fake), "--batch-size", "16", "--out", str(path), *flags]
+        assert main(argv) == rc
+        return json.loads(path.with_suffix(".json").read_text()) if rc == 0 else None
 
     return run, state
 
@@ -321,6 +323,90 @@ def test_cli_adversarial_training_reports_robust_test_metrics(guarded_cli):
     assert state["trained"] and rob["num_examples"] == 20 and rob["eps_255"] == 8
     assert rob["robust_accuracy"] <= rob["clean_accuracy"] == meta["test"]["accuracy"]
     assert 0 <= rob["balanced_robust_accuracy"] <= 1 and "auc_under_attack" in rob
+
+
+@pytest.mark.slow  # about 10 s each, 30 s for the first in a process (2-core CPU, compiles)
+@pytest.mark.parametrize("objective", ["trades", "mart"])
+def test_cli_trades_and_mart_reach_train_and_the_metadata(guarded_cli, objective):
+    run, state = guarded_cli
+    flags = ("--epochs", "1", "--adversarial", "--adv-steps", "1", "--adv-eps", "8")
+    meta = run(*flags, "--objective", objective.upper(), "--beta", "3")
+    at = state["train_kwargs"]["adversarial"]
+    assert at.objective == objective and float(at.beta) == 3.0 and at.attack.num_steps == 1
+    assert state["train_kwargs"]["distill"] is None
+    assert meta["adversarial"] and meta["objective"] == objective and meta["beta"] == 3.0
+    assert meta["temperature"] == 1.0 and meta["distill_from"] is None
+    assert meta["test"]["robust"]["num_examples"] == 20
+
+
+def test_cli_defensive_distillation_teacher_then_student(guarded_cli, tmp_path, caplog):
+    run, state = guarded_cli
+    teacher = run("--epochs", "1", "--temperature", "5", out="teacher.msgpack")
+    assert float(state["train_kwargs"]["temperature"]) == 5.0
+    assert teacher["temperature"] == 5.0 and teacher["objective"] is None
+    assert teacher["distill_from"] is None and teacher["beta"] is None
+    path = str(tmp_path / "teacher.msgpack")
+    student = run("--epochs", "1", "--distill-from", path, "--temperature", "5", "--seed", "1")
+    kw = state["train_kwargs"]
+    assert float(kw["distill"].temperature) == 5.0 and float(kw["temperature"]) == 1.0
+    assert kw["adversarial"] is None
+    assert student["distill_from"] == path and student["temperature"] == 5.0
+    assert student["test"]["num_examples"] == 20 and not student["adversarial"]
+    assert "trained at temperature" not in caplog.text  # same T: no warning
+
+
+def test_cli_distillation_teacher_must_fit_the_data(guarded_cli, tmp_path, capsys, caplog):
+    from jaxadv import checkpoint
+
+    run, state = guarded_cli
+    three = tmp_path / "three.msgpack"
+    kwargs = {"num_classes": 3, "in_channels": 1, "input_size": 12, "width": 4}
+    net = SmallCNN(**kwargs, rngs=nnx.Rngs(0))
+    checkpoint.save(three, net, {"architecture": "small_cnn", "kwargs": kwargs, "temperature": 5})
+    for teacher, msg in ((three, "returns 3 logits"), ("small_cnn_clean", "cannot run on")):
+        with caplog.at_level(logging.WARNING, logger="jaxadv"):
+            run("--epochs", "1", "--distill-from", str(teacher), "--temperature", "2", rc=2)
+        err = capsys.readouterr().err
+        assert msg in err and "--distill-from" in err, err
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert "train_kwargs" not in state  # refused before training
+    # the teacher's recorded temperature differs from the student's: said, not refused
+    assert "trained at temperature 5, the student learns at 2.0" in caplog.text
+
+
+TRAIN_OBJECTIVE_ERRORS = [
+    (["--objective", "trades"], "add --adversarial"),
+    (["--adversarial", "--objective", "fgsm-at"], "--objective must be one of"),
+    (["--adversarial", "--beta", "3"], "--beta weighs"),
+    (["--beta", "3"], "--beta weighs"),
+    (["--adversarial", "--objective", "trades", "--beta", "0"], "--beta must be a finite"),
+    (["--adversarial", "--objective", "mart", "--beta", "-1"], "--beta must be a finite"),
+    (["--adversarial", "--objective", "mart", "--beta", "nan"], "--beta must be a finite"),
+    (["--adversarial", "--objective", "trades", "--beta", "inf"], "--beta must be a finite"),
+    (["--temperature", "0"], "--temperature must be a finite"),
+    (["--temperature", "-3"], "--temperature must be a finite"),
+    (["--temperature", "nan"], "--temperature must be a finite"),
+    (["--temperature", "inf"], "--temperature must be a finite"),
+    (["--adversarial", "--temperature", "5"], "adversarial objectives run at T = 1"),
+    (["--distill-from", "small_cnn_clean"], "needs --temperature"),
+    (["--distill-from", "MISSING", "--temperature", "5"], "not found"),
+    (["--distill-from", "small_cnn_clean", "--adversarial"], "separate objectives"),
+]
+
+
+@pytest.mark.parametrize("flags, msg", TRAIN_OBJECTIVE_ERRORS)
+def test_cli_objective_flags_refused_before_reading_data(flags, msg, tmp_path, capsys, monkeypatch):
+    import jaxadv.splits
+    from jaxadv.cli import main
+
+    def boom(*a, **k):
+        raise AssertionError("data read before the user error was reported")
+
+    monkeypatch.setattr(jaxadv.splits, "training_splits", boom)
+    flags = [str(tmp_path / "missing.msgpack") if f == "MISSING" else f for f in flags]
+    assert main(["train", "--data", "d.npz", "--out", str(tmp_path / "m"), *flags]) == 2
+    err = capsys.readouterr().err
+    assert msg in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
 
 
 def test_tfds_uses_validation_else_a_holdout(monkeypatch):
