@@ -213,10 +213,12 @@ def check_fields(r: Mapping[str, Any], dense: bool, e: int, n: int) -> str | Non
     if not dense:
         return f"results.{present[0]} belongs to a segmentation cell" if present else None
     for f in REQUIRED_FIELDS:
-        if f not in present:
-            return (
-                f"results.{f} is missing (a segmentation cell stores {', '.join(REQUIRED_FIELDS)})"
-            )
+        for k in (f, f"clean_{f}"):
+            if k not in r:
+                return (
+                    f"results.{k} is missing (a segmentation cell stores "
+                    f"{', '.join(REQUIRED_FIELDS)} and their clean_ values)"
+                )
     for f in present:
         if decode_array(r.get(f), np.float32).shape != (e, n):
             return f"results.{f} must be {e} lists of {n} numbers"
