@@ -13,6 +13,9 @@ No device code is imported: writing a report needs neither the runner nor the at
 * ``worst_case.csv``: robust accuracy under the worst case over attacks (and seeds) per model, data
   set, threat model and eps, with how many examples each attack alone broke;
 * ``worst_case_examples.csv``: per example, whether it survived every attack and which broke it.
+
+Segmentation cells (:mod:`jaxadv.sweep.segmentation`) add the per-image Dice / IoU columns to these
+rows, a Dice / IoU table, robust Dice vs eps and mask overlays in place of the image grids.
 """
 
 from __future__ import annotations
