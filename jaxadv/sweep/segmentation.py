@@ -291,7 +291,8 @@ def table_columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:
 
 def overlay_png(c: Any) -> bytes | None:
     """Rows per kept sample: clean image, adversarial image, true mask, prediction on the clean
-    image, prediction on the adversarial; ``None`` when the cell kept no samples."""
+    image, prediction on the adversarial, labelled with the image's Dice clean → adversarial;
+    ``None`` when the cell kept no samples."""
     from jaxadv.engine.summary import eps_label
     from jaxadv.report import figure, figure_png
     from jaxadv.sweep.storage import decode_array, decode_images, decode_masks
@@ -303,7 +304,8 @@ def overlay_png(c: Any) -> bytes | None:
     masks = [decode_masks(smp[k]) for k in SAMPLE_MASKS]
     idx = decode_array(smp["indices"], np.int64)
     j = int(np.argmin(np.abs(np.asarray(c.eps) - float(smp["eps"]))))
-    dice = dict(zip(c.indices.tolist(), c.per_eps["dice"][j].tolist(), strict=True))
+    pos = {int(i): n for n, i in enumerate(c.indices.tolist())}
+    adv_dice, drop = c.per_eps["dice"][j], c.per_eps["dice_drop"][j]
     n = clean.shape[0]
     vmax = max(1, max(int(m.max()) if m.size else 0 for m in masks))
     heads = ("clean", "adversarial", "true mask", "clean prediction", "adversarial prediction")
@@ -321,8 +323,9 @@ def overlay_png(c: Any) -> bytes | None:
             ax.set_yticks([])
             if i == 0:
                 ax.set_title(heads[k], fontsize=7)
-        d = dice.get(int(idx[i]), float("nan"))
-        axes[i, 0].set_ylabel(f"#{int(idx[i])} Dice {d:.2f}", fontsize=7)
+        n_i = pos.get(int(idx[i]))
+        dice = "" if n_i is None else f"{adv_dice[n_i] + drop[n_i]:.2f} → {adv_dice[n_i]:.2f}"
+        axes[i, 0].set_ylabel(f"#{int(idx[i])} Dice {dice}", fontsize=7)
     fig.suptitle(
         f"{c.model} / {c.dataset} / {c.attack} at eps {eps_label(c.norm, c.eps[j])}", fontsize=9
     )
