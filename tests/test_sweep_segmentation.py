@@ -117,6 +117,23 @@ def test_segmentation_sweep_runs_and_resumes(ran):
     assert rec["rule"].startswith("target_iou")
 
 
+def test_segmentation_shards_merge_to_the_same_results(ran, tmp_path):
+    cfg, out, _, model = ran
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(cli_segmentation, "load_model", lambda spec: model)
+        for i in (0, 1):
+            assert (
+                len(sweep.run_sweep(cfg, tmp_path / f"s{i}", num_shards=2, shard_index=i).computed)
+                == 1
+            )
+    sweep.merge([tmp_path / "s0", tmp_path / "s1"], tmp_path / "m")
+
+    def sums(d):
+        return {k: r["results_sha256"] for k, r in SweepDir(d).load().items()}
+
+    assert sums(tmp_path / "m") == sums(out) and len(sums(out)) == 2
+
+
 def test_segmentation_report_rows_equal_the_engine_summary(ran, files):
     _, out, _, model = ran
     html = sweep.write_report(out)
