@@ -383,6 +383,8 @@ def _sweep_table(root: str) -> str:
     _, cells, _ = load_sweep(root)
     rows = cell_table_rows(cells)
     cols = ("model", "dataset", "attack", "seed", "eps_label", "clean_accuracy", "robust_accuracy")
+    if any("dice" in r for r in rows):  # segmentation cells: the attack's rule, and Dice
+        cols += ("clean_dice", "dice")
     return report.format_table(rows, cols)
 
 

@@ -195,11 +195,12 @@ def dense_summary_rows(
         eps, per_eps, clean_correct, norm: as for :func:`summary_rows` (``per_eps`` also holds
             the dense fields ``[E, N]``).
         clean: the clean per-image scores ``[N]`` by field name.
-        rule: the :class:`jaxadv.segmentation.DenseRule` in force.
+        rule: the :class:`jaxadv.segmentation.DenseRule` in force, or its statement (a sweep
+            cell read back from its file).
     """
     rows = summary_rows(eps, per_eps, clean_correct, norm=norm)
     for j, row in enumerate(rows):
-        row["rule"] = rule.describe()
+        row["rule"] = rule if isinstance(rule, str) else rule.describe()
         row["success_rate"] = (
             float(np.mean(per_eps["success"][j])) if row["num_examples"] else math.nan
         )

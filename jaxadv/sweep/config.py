@@ -26,6 +26,8 @@ from collections.abc import Mapping, Sequence
 from importlib import resources
 from typing import Any
 
+from jaxadv.cli_segmentation import is_segmentation_model
+from jaxadv.sweep import segmentation as seg
 from jaxadv.vocab import (
     GRID_FROM_DATA,
     NORMS,
@@ -172,7 +174,7 @@ class SweepConfig:
             return path_or_name
         from jaxadv import checkpoint
 
-        if path_or_name in checkpoint.REFERENCE_MODELS:
+        if path_or_name in checkpoint.REFERENCE_MODELS + checkpoint.SEGMENTATION_MODELS:
             return path_or_name
         p = pathlib.Path(path_or_name).expanduser()
         return str(p if p.is_absolute() else pathlib.Path(self.base_dir) / p)
@@ -216,7 +218,7 @@ def _model_fingerprint(spec: str) -> str | None:
     from jaxadv import _io, checkpoint
 
     p = pathlib.Path(spec)
-    if spec in checkpoint.REFERENCE_MODELS or not p.exists():
+    if spec in checkpoint.REFERENCE_MODELS + checkpoint.SEGMENTATION_MODELS or not p.exists():
         return None
     files = {p, p.with_suffix(".json")}
     if p.suffix == ".json":
@@ -471,6 +473,18 @@ def validate(raw: Any, *, base_dir: str, source: str) -> SweepConfig:
         cascade = a.get("cascade", False)
         if not isinstance(cascade, bool):
             raise ConfigError(f"{where}.cascade: must be true or false, got {cascade!r}")
+        if seg.is_dense(a):  # a segmentation attack: jaxadv/sweep/segmentation.py
+            try:
+                eps = parse_eps(eps_raw, anorm, float(ascale))
+            except SpecError as e:
+                raise ConfigError(f"{where}: {e}") from e
+            entry = seg.attack_entry(
+                a, where, name=name, norm=anorm, eps=eps, num_steps=num_steps, durable=durable
+            )
+            default_label = name if anorm == "linf" else f"{name}-{anorm}"
+            entry["label"] = _label(_str(a.get("label", default_label), f"{where}.label"))
+            attacks.append(entry)
+            continue
         try:
             known = lookup_attack(name)
             eps = parse_eps(eps_raw, anorm, float(ascale))
@@ -541,8 +555,11 @@ def validate(raw: Any, *, base_dir: str, source: str) -> SweepConfig:
         raise ConfigError(f"sweep config {source}: values must be plain data ({e})") from e
     cfg = SweepConfig(data=out, base_dir=base_dir, source=source)
     for i, m in enumerate(models):
+        spec = cfg.resolve(m["model"])
+        if is_segmentation_model(spec):
+            continue
         try:
-            check_model_name(cfg.resolve(m["model"]))
+            check_model_name(spec)
         except SpecError as e:
             raise ConfigError(f"models[{i}]: {e}") from e
     for i, d in enumerate(datasets):
@@ -550,6 +567,7 @@ def validate(raw: Any, *, base_dir: str, source: str) -> SweepConfig:
             check_dataset_name(cfg.resolve(d["data"]))
         except SpecError as e:
             raise ConfigError(f"datasets[{i}]: {e}") from e
+    seg.check_tasks(cfg)  # one task per config: segmentation or classification
     return cfg
 
 

@@ -13,6 +13,9 @@ No device code is imported: writing a report needs neither the runner nor the at
 * ``worst_case.csv``: robust accuracy under the worst case over attacks (and seeds) per model, data
   set, threat model and eps, with how many examples each attack alone broke;
 * ``worst_case_examples.csv``: per example, whether it survived every attack and which broke it.
+
+Segmentation cells (:mod:`jaxadv.sweep.segmentation`) add the per-image Dice / IoU columns to these
+rows, a Dice / IoU table, robust Dice vs eps and mask overlays in place of the image grids.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from jaxadv.report import (
     jsonl_text,
     md_table,
 )
+from jaxadv.sweep import segmentation as seg
 from jaxadv.sweep.storage import (
     CorruptResultsError,
     SweepDir,
@@ -71,6 +75,7 @@ class CellData:
     run: dict[str, Any]
     rule: str = ""  # the multi-label rule ("" for integer labels)
     durable: dict[str, Any] = dataclasses.field(default_factory=dict)  # success_margin, grid
+    dense: bool = False  # a segmentation cell (per_eps also holds dice, iou, ... and drops)
 
 
 def decode(rec: Mapping[str, Any]) -> CellData:
@@ -80,16 +85,20 @@ def decode(rec: Mapping[str, Any]) -> CellData:
     per_eps = {k: decode_array(r[k], dt) for k, dt in PER_EXAMPLE.items()}
     labels = decode_array(r["labels"], np.int32)
     binary = rec.get("num_classes") == 2 and labels.ndim == 1
-    rows = summary_rows(
-        eps,
-        per_eps,
-        cc,
-        norm=c["attack"]["norm"],
-        labels=labels if labels.ndim == 1 else None,  # balanced accuracies for any class count
-        clean_score=decode_array(r["clean_score"], np.float32) if binary else None,
-    )
     rule = str(rec.get("rule") or "")
-    if rule:
+    dense = seg.is_dense(c["attack"])
+    if dense:  # per-image Dice, IoU, ... (added to per_eps) and the dense rows
+        rows = seg.summary(r, eps, per_eps, cc, rule, c["attack"]["norm"])
+    else:
+        rows = summary_rows(
+            eps,
+            per_eps,
+            cc,
+            norm=c["attack"]["norm"],
+            labels=labels if labels.ndim == 1 else None,  # balanced accuracies, any class count
+            clean_score=decode_array(r["clean_score"], np.float32) if binary else None,
+        )
+    if rule and not dense:
         for row in rows:
             row["rule"] = rule
     if "logits" in r and "clean_logits" in r:  # macro AUCs (per finding / one-vs-rest)
@@ -119,6 +128,7 @@ def decode(rec: Mapping[str, Any]) -> CellData:
         run=dict(rec.get("run") or {}),
         rule=rule,
         durable=_durable(rec),
+        dense=dense,
     )
 
 
@@ -295,9 +305,16 @@ _XLABEL = {
 }
 
 
-def robustness_figure(cells: Sequence[CellData], wc_rows: Sequence[dict], dataset: str) -> bytes:
-    """One panel per model and threat model: robust accuracy vs eps per attack (mean over seeds,
-    min-max band) and the worst case over attacks (dashed)."""
+def robustness_figure(
+    cells: Sequence[CellData],
+    wc_rows: Sequence[dict],
+    dataset: str,
+    metric: str = "robust_accuracy",
+    ylabel: str = "robust accuracy",
+) -> bytes:
+    """One panel per model and threat model: ``metric`` (a summary column in [0, 1]; robust
+    accuracy, or ``dice`` for segmentation cells) vs eps per attack (mean over seeds, min-max
+    band) and the worst case over attacks (dashed; from ``wc_rows``)."""
     mine_ds = [c for c in cells if c.dataset == dataset]
     panels = list(dict.fromkeys((c.model, c.norm) for c in mine_ds))
     fig, axes = figure(1, len(panels), figsize=(4.6 * len(panels), 3.6))
@@ -306,7 +323,7 @@ def robustness_figure(cells: Sequence[CellData], wc_rows: Sequence[dict], datase
         for attack in dict.fromkeys(c.attack for c in mine):
             runs = [c for c in mine if c.attack == attack]
             eps = _x(norm, runs[0].eps)
-            accs = np.asarray([[s["robust_accuracy"] for s in c.summary] for c in runs])
+            accs = np.asarray([[s[metric] for s in c.summary] for c in runs], np.float64)
             order = np.argsort(eps)
             (line,) = ax.plot(eps[order], accs.mean(0)[order], marker="o", label=attack)
             if len(runs) > 1:
@@ -327,7 +344,7 @@ def robustness_figure(cells: Sequence[CellData], wc_rows: Sequence[dict], datase
             )
         ax.set_title(f"{model} on {dataset}", fontsize=9)
         ax.set_xlabel(_XLABEL.get(norm, "eps"))
-        ax.set_ylabel("robust accuracy")
+        ax.set_ylabel(ylabel)
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
@@ -446,12 +463,16 @@ def _write_report(
         q = queries_figure(cells, ds)
         if q is not None:
             figures.append(("queries", _fig_name("success_vs_queries_" + ds), q))
+        dense = [c for c in cells if c.dense]
+        if any(c.dataset == ds for c in dense):  # segmentation cells: robust Dice vs eps
+            png = robustness_figure(dense, [], ds, metric="dice", ylabel="Dice (adversarial)")
+            figures.append(("dice", _fig_name("robust_dice_" + ds), png))
     seen = set()
     for c in cells:
         key = (c.model, c.dataset, c.attack)
         if key in seen:
             continue
-        png = image_grid_png_of(c)
+        png = seg.overlay_png(c) if c.dense else image_grid_png_of(c)
         if png is not None:
             seen.add(key)
             figures.append(("images", _fig_name("examples_" + c.model, c.dataset, c.attack), png))
@@ -504,6 +525,7 @@ def _write_report(
     )
     fig_sections = [
         ("Robust accuracy vs eps", "curves", _text_curves()),
+        ("Robust Dice vs eps (segmentation)", "dice", "Mean Dice at the adversarial, over seeds."),
         ("Success vs queries (black-box attacks)", "queries", ""),
         ("Adversarial examples", "images", ""),
     ]
@@ -513,6 +535,12 @@ def _write_report(
         ("Robust accuracy", 2, "", rows, res_cols, ""),
         ("Worst case over attacks (per example)", 2, _worst_text(), wc_rows, wc_cols, ""),
     ]
+    seg_rows = [r for r, c in zip(rows, _row_cells(cells), strict=True) if c.dense]
+    if seg_rows:  # robust accuracy above is the fraction of images the attack's rule misses
+        seg_cols = seg.table_columns(seg_rows)
+        blocks.insert(
+            1, ("Segmentation: Dice and IoU vs eps", 2, _seg_text(), seg_rows, seg_cols, "")
+        )
     for head, key, text in fig_sections:
         if any(f[0] == key for f in figures):
             blocks.append((head, 2, text, [], [], key))
@@ -603,6 +631,20 @@ def _manifest_rows(manifest: dict[str, Any], num_finished: int) -> tuple[list[di
     )
     run_rows = [{k: r.get(k) for k in keys} for r in manifest.get("runs", [])]
     return meta_rows, run_rows
+
+
+def _row_cells(cells: Sequence[CellData]) -> list[CellData]:
+    """The cell of each row of :func:`cell_table_rows` (one per cell and eps)."""
+    return [c for c in cells for _ in c.summary]
+
+
+def _seg_text() -> str:
+    return (
+        "Means over images of the per-image Dice / IoU / pixel accuracy at the adversarial "
+        "(clean_*: on the clean image; *_drop: mean per-image drop). success_rate: images on which "
+        "the attack's rule holds; robust accuracy above is its complement. *_mean_all: over every "
+        "image."
+    )
 
 
 def _text_curves() -> str:

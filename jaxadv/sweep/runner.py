@@ -27,6 +27,7 @@ from jaxadv._progress import Progress, StopOnSigint
 from jaxadv.engine import EvaluationStopped, evaluate
 from jaxadv.engine.layout import block_size, data_mesh, num_steps
 from jaxadv.engine.summary import PER_EXAMPLE
+from jaxadv.sweep import segmentation as seg
 from jaxadv.sweep.config import Cell, SweepConfig, diff_keys, expand, shard_cells
 from jaxadv.sweep.storage import (
     CELL_FORMAT,
@@ -106,7 +107,7 @@ def _check_data_grids(cells: Sequence[Cell], res: _Resources) -> None:
     for c in cells:
         if c.attack.get("grid") == GRID_FROM_DATA:
             try:
-                dataset_grid(res.dataset(c.dataset))
+                dataset_grid(res.dataset(c.dataset, seg.is_dense(c.attack)))
             except SpecError as e:
                 raise SweepError(f"cell {c.id}: attack {c.attack['label']!r}: {e}") from e
 
@@ -125,21 +126,26 @@ class _Resources:
         self._model: tuple[str, Any] | None = None
         self._data: tuple[str, Any] | None = None
 
-    def model(self, entry: dict) -> Any:
+    def model(self, entry: dict, dense: bool = False) -> Any:
         spec = self.cfg.resolve(entry["model"])
         if self._model is None or self._model[0] != spec:
-            self._model = (spec, load_model(spec))
+            self._model = (spec, seg.load_model(spec) if dense else load_model(spec))
         return self._model[1]
 
-    def dataset(self, entry: dict) -> Any:
-        key = repr(sorted(entry.items()))
+    def dataset(self, entry: dict, dense: bool = False) -> Any:
+        """The data set of ``entry``; ``dense``: read as segmentation data (images and masks)."""
+        key = repr((dense, sorted(entry.items())))
         if self._data is None or self._data[0] != key:
-            ds = load_dataset(
-                self.cfg.resolve(entry["data"]),
-                entry["split"],
-                entry.get("image_size"),
-                entry.get("channels"),
-            )
+            spec = self.cfg.resolve(entry["data"])
+            if dense:
+                try:
+                    ds = seg.load_data(spec, entry)
+                except (OSError, ValueError) as e:
+                    raise SweepError(f"data set {entry['label']!r}: {e}") from e
+            else:
+                ds = load_dataset(
+                    spec, entry["split"], entry.get("image_size"), entry.get("channels")
+                )
             self._data = (key, ds)
         return self._data[1]
 
@@ -157,22 +163,28 @@ def _run_cell(
     from jaxadv.vocab import attack_config
 
     t0 = time.perf_counter()
-    model = res.model(cell.model)
-    ds = res.dataset(cell.dataset)
-    idx = example_indices(ds, cell.dataset)
     a = cell.attack
-    attack = make_attack(
-        a["attack"],
-        norm=a["norm"],
-        eps_max=max(a["eps"]),
-        num_steps=a["num_steps"],
-        restarts=a["restarts"],
-        options=a["options"],
-    )
+    dense = seg.is_dense(a)  # a segmentation cell: jaxadv/sweep/segmentation.py
+    model = res.model(cell.model, dense)
+    ds = res.dataset(cell.dataset, dense)
+    idx = example_indices(ds, cell.dataset)
+    rule, target = None, None
+    if dense:
+        attack, target = seg.build(a, ds)
+    else:
+        attack = make_attack(
+            a["attack"],
+            norm=a["norm"],
+            eps_max=max(a["eps"]),
+            num_steps=a["num_steps"],
+            restarts=a["restarts"],
+            options=a["options"],
+        )
     try:  # a multi-label data set needs a rule (attack keys multilabel, finding, target_set)
-        attack = with_durable(attack, durable_settings(a, ds))
-        rule = make_rule(a.get("multilabel"), a.get("finding"), a.get("target_set"), ds)
-        check_model_fits(model, ds, rule, f"model {cell.model['label']!r}")
+        if not dense:
+            attack = with_durable(attack, durable_settings(a, ds))
+            rule = make_rule(a.get("multilabel"), a.get("finding"), a.get("target_set"), ds)
+            check_model_fits(model, ds, rule, f"model {cell.model['label']!r}")
     except SpecError as e:
         raise SweepError(
             f"cell {cell.id}: {e} (data set {cell.dataset['label']!r}, attack {a['label']!r})"
@@ -195,9 +207,14 @@ def _run_cell(
             progress=lambda done, total: progress.batch(),
             stop=stop,
             rule=rule,
+            target=target,
         )
     except EvaluationStopped:
         return None
+    except ValueError as e:  # a segmentation model meeting data it cannot take
+        if not dense:
+            raise
+        raise SweepError(f"cell {cell.id}: {e}") from e
     results: dict[str, Any] = {
         "indices": encode_array(idx),
         "labels": encode_array(ev.labels),
@@ -209,6 +226,8 @@ def _run_cell(
     if ev.clean_logits is not None:  # per-finding / per-class logits, for the macro AUCs
         results["clean_logits"] = encode_array(ev.clean_logits.astype(np.float32))
         results["logits"] = encode_array(ev.per_eps["logits"].astype(np.float32))
+    if dense:  # per-image Dice, IoU, ...; labels: foreground pixels of the true masks
+        results.update(seg.results(ev))
     samples = None
     if ev.adv.shape[0]:
         k = ev.adv.shape[0]
@@ -218,12 +237,15 @@ def _run_cell(
             "clean": encode_images(ev.clean),
             "adv": encode_images(ev.adv),
         }
+        if dense:  # true and predicted masks: the report draws overlays without the model
+            samples.update(seg.sample_masks(ev, model, ds, idx[:k]))
     return {
         "format": CELL_FORMAT,
         "cell": cell.spec(),
         "black_box": bool(black_box),
         "num_classes": int(ev.num_classes),
-        **({"rule": rule.describe()} if rule is not None else {}),
+        # the multi-label rule, or a segmentation attack's per-image rule
+        **({"rule": ev.rule.describe()} if ev.rule is not None else {}),
         "attack_config": attack_config(attack, a["eps"]),
         "results": results,
         "summary": ev.summary(),
@@ -484,6 +506,7 @@ def _total_batches(cells: Sequence[Cell], res: _Resources, bs: int) -> int:
     for c in cells:
         key = repr(sorted(c.dataset.items()))
         if key not in sizes:
-            sizes[key] = int(example_indices(res.dataset(c.dataset), c.dataset).shape[0])
+            ds = res.dataset(c.dataset, seg.is_dense(c.attack))
+            sizes[key] = int(example_indices(ds, c.dataset).shape[0])
         total += num_steps(max(sizes[key], 1), bs, res.mesh.devices.size)
     return total

@@ -34,6 +34,7 @@ import numpy as np
 
 from jaxadv._io import UnsafePathError, check_inside, fsync_dir, path_inside, write_atomic
 from jaxadv.engine.summary import PER_EXAMPLE
+from jaxadv.sweep import segmentation as seg
 from jaxadv.sweep.config import (
     ConfigError,
     SweepConfig,
@@ -176,6 +177,33 @@ def decode_images(s: str) -> np.ndarray:
     return arr.astype(np.float32) / 255.0
 
 
+def encode_masks(m: np.ndarray) -> str:
+    """Masks ``[n, H, W]`` of class ids (< 256) as base64 of a uint8 ``.npy`` buffer."""
+    a = np.asarray(m)
+    if a.ndim != 3 or (a.size and (a.min() < 0 or a.max() > 255)):
+        raise ValueError(f"masks must be [n, H, W] class ids in [0, 255], got shape {a.shape}")
+    buf = io.BytesIO()
+    np.save(buf, a.astype(np.uint8), allow_pickle=False)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def decode_masks(s: Any) -> np.ndarray:
+    """Masks ``int32[n, H, W]`` from :func:`encode_masks`.
+
+    Raises:
+        ValueError: not base64 of a ``uint8`` ``.npy`` array of rank 3.
+    """
+    if not isinstance(s, str):
+        raise ValueError(f"masks must be a base64 string, got {type(s).__name__}")
+    try:
+        arr = np.load(io.BytesIO(base64.b64decode(s, validate=True)), allow_pickle=False)
+    except (binascii.Error, ValueError, OSError, EOFError) as e:
+        raise ValueError(f"unreadable masks ({e})") from e
+    if arr.dtype != np.uint8 or arr.ndim != 3:
+        raise ValueError(f"masks must be uint8 [n, H, W], got {arr.dtype}{list(arr.shape)}")
+    return arr.astype(np.int32)
+
+
 # ----------------------------------------------------------------------------- cell records
 def seal(record: dict[str, Any]) -> dict[str, Any]:
     """Add the checksums: ``results_sha256`` (the per-example results only: equal across runs,
@@ -234,6 +262,7 @@ def check_cell_fields(rec: dict[str, Any]) -> str | None:
     if not isinstance(c.get("hash"), str):
         return "cell.hash must be a string"
     a = c["attack"]
+    dense = seg.is_dense(a)
     eps = a.get("eps")
     if not isinstance(eps, list) or not eps or not all(_is_num(e) for e in eps):
         return f"cell.attack.eps must be a non-empty list of numbers, got {eps!r}"
@@ -255,6 +284,9 @@ def check_cell_fields(rec: dict[str, Any]) -> str | None:
             v = decode_array(r.get(k), dt)
             if v.shape != (len(eps), n.size):
                 return f"results.{k} must be {len(eps)} lists of {n.size} numbers"
+        why = seg.check_fields(r, dense, len(eps), n.size)  # per-image Dice, IoU, ...
+        if why is not None:
+            return why
         lab = decode_array(r.get("labels"), np.int64)
         if "logits" in r or "clean_logits" in r:  # per-finding / per-class logits
             cl = decode_array(r.get("clean_logits"), np.float32)
@@ -281,6 +313,9 @@ def check_cell_fields(rec: dict[str, Any]) -> str | None:
             return f"samples: {e}"
         if clean.shape != adv.shape or idx.shape != (clean.shape[0],):
             return "samples: clean images, adversarial images and indices do not match"
+        why = seg.check_samples(smp, dense, clean.shape)  # true and predicted masks
+        if why is not None:
+            return why
     return None
 
 
