@@ -433,7 +433,8 @@ def test_cli_attack_bias_field(tmp_path, capsys):
     for bad, msg in [
         (["--eps", "0,8"], "log-amplitudes"),
         (["--option", "degree=-1"], "degree"),
-        (["--restarts", "2"], "no random restarts"),
+        (["--restarts", "2"], "has no restarts"),
+        (["--norm", "linf"], "supports norm bias"),
     ]:
         assert main([*base, *bad, "--quiet", "--out", str(tmp_path / "x")]) == 2
         assert msg in capsys.readouterr().err
