@@ -240,13 +240,15 @@ def _cmd_attack(args: argparse.Namespace) -> int:
         if args.defence is not None:
             raise CLIError("--defence is not supported for segmentation models yet; leave it out")
         args.norm = norm = args.norm or "linf"
-        eps = _eps_list(default_eps(norm) if args.eps is None else args.eps, norm, args.eps_scale)
+        args.eps = _spec(default_eps, norm) if args.eps is None else args.eps  # as recorded
+        eps = _eps_list(args.eps, norm, args.eps_scale)
         rows = seg.run_attack(args, eps=eps, out=_out_dir(args.out), options=_options(args.option))
         print(report.format_table(rows, seg.TABLE_COLUMNS))
         return 0
     entry = _spec(lookup_attack, args.attack)
     args.norm = norm = _spec(attack_norm, entry, args.norm)
-    eps = _eps_list(default_eps(norm) if args.eps is None else args.eps, norm, args.eps_scale)
+    args.eps = default_eps(norm) if args.eps is None else args.eps  # the manifest records it
+    eps = _eps_list(args.eps, norm, args.eps_scale)
     if entry.kind == "parametric":
         _durable_unsupported(args, f"the {entry.name} attack")
     attack = _spec(
