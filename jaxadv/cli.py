@@ -218,16 +218,8 @@ def _cmd_attack(args: argparse.Namespace) -> int:
     import jaxadv
     from jaxadv import report
     from jaxadv._progress import Progress
-    from jaxadv.vocab import (
-        attack_config,
-        attack_norm,
-        check_model_fits,
-        check_rule_spec,
-        default_eps,
-        lookup_attack,
-        make_attack,
-        make_rule,
-    )
+    from jaxadv.vocab import attack_config, attack_norm, default_eps, lookup_attack, make_attack
+    from jaxadv.vocab_rules import check_model_fits, check_rule_spec, make_rule
 
     _spec(check_rule_spec, args.multilabel, args.finding, args.target_set)
     _positive(args.batch_size, "--batch-size")

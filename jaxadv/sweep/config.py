@@ -34,13 +34,13 @@ from jaxadv.vocab import (
     attack_norm,
     check_dataset_name,
     check_model_name,
-    check_rule_spec,
     lookup_attack,
     make_attack,
     parse_durable,
     parse_eps,
     with_durable,
 )
+from jaxadv.vocab_rules import check_rule_spec
 
 FORMAT = "jaxadv-sweep/1"
 
