@@ -248,17 +248,10 @@ def _evaluate(args: argparse.Namespace, attack, model, ds, eps, n: int, **kwargs
 
 
 def _cmd_attack(args: argparse.Namespace) -> int:
-    from jaxadv import cli_medical, report
-    from jaxadv.vocab import (
-        attack_config,
-        check_model_fits,
-        check_norm,
-        check_rule_spec,
-        make_attack,
-        make_rule,
-    )
+    from jaxadv import report
+    from jaxadv.vocab import attack_config, attack_norm, default_eps, lookup_attack, make_attack
+    from jaxadv.vocab_rules import check_model_fits, check_rule_spec, make_rule
 
-    norm = _spec(check_norm, args.norm)
     _spec(check_rule_spec, args.multilabel, args.finding, args.target_set)
     _positive(args.batch_size, "--batch-size")
     _positive(args.num_examples, "--num-examples")
@@ -269,6 +262,8 @@ def _cmd_attack(args: argparse.Namespace) -> int:
         _durable_unsupported(args, "segmentation models")
         if args.defence is not None:
             raise CLIError("--defence is not supported for segmentation models yet; leave it out")
+        args.norm = norm = args.norm or "linf"
+        args.eps = _spec(default_eps, norm) if args.eps is None else args.eps  # as recorded
         eps = _eps_list(args.eps, norm, args.eps_scale)
         options = _options(args.option)
         attack = seg.check(args, options=options)
@@ -287,27 +282,23 @@ def _cmd_attack(args: argparse.Namespace) -> int:
         targeted = "target_iou" in rows[0]  # ASMA: how close the prediction came to the target
         print(report.format_table(rows, seg.TABLE_COLUMNS + (("target_iou",) if targeted else ())))
         return 0
-    if str(args.attack).lower() in cli_medical.NAMES:  # a parametric threat: its own eps units
-        _durable_unsupported(args, "the bias-field attack")
-        norm, eps = "bias", _spec(cli_medical.amplitudes, args.eps)
-        attack = _spec(
-            cli_medical.make_bias_field,
-            options=_options(args.option),
-            num_steps=args.num_steps,
-            restarts=args.restarts,
-        )
-    else:
-        eps = _eps_list(args.eps, norm, args.eps_scale)
-        attack = _spec(
-            make_attack,
-            args.attack,
-            norm=norm,
-            eps_max=max(eps),
-            num_steps=args.num_steps,
-            restarts=args.restarts,
-            options=_options(args.option),
-            default_num_steps=20,
-        )
+    entry = _spec(lookup_attack, args.attack)
+    args.norm = norm = _spec(attack_norm, entry, args.norm)
+    args.eps = default_eps(norm) if args.eps is None else args.eps  # the manifest records it
+    eps = _eps_list(args.eps, norm, args.eps_scale)
+    if entry.kind == "parametric":
+        _durable_unsupported(args, f"the {entry.name} attack")
+    attack = _spec(
+        make_attack,
+        entry.name,
+        norm=norm,
+        eps_max=max(eps),
+        num_steps=args.num_steps,
+        restarts=args.restarts,
+        options=_options(args.option),
+        default_num_steps=20,
+    )
+    if entry.kind == "attack":
         attack = cli_durable.apply(attack, args)
     if args.multilabel is not None:
         from jaxadv.multilabel import check_attack
@@ -508,20 +499,23 @@ def build_parser() -> argparse.ArgumentParser:
         default="pgd",
         help="fgsm, pgd, apgd, apgd-dlr, apgdt, fmn, autoattack, or any registered attack class "
         "(Square, NES, ZOO, HopSkipJump, OnePixel, DGDE, SimBA, SparseRS; see "
-        "jaxadv.attacks.REGISTRY); bias-field (--eps: field log-amplitudes, e.g. 0,0.2,0.4; "
-        "--option degree=3)",
+        "jaxadv.attacks.REGISTRY); bias-field (norm bias; --eps: field log-amplitudes, e.g. "
+        "0,0.2,0.4; --option degree=3, noise_eps=0.02, warp=1.5). patch and uap are universal "
+        "(fitted on a data set first): use them from Python",
     )
     a.add_argument(
         "--norm",
-        default="linf",
-        help="linf, l2, l1, l0 (OnePixel, DGDE, SparseRS: --eps is then a number of pixels) or "
-        "patch (SparseRS: --eps is the side of the square patch in pixels)",
+        default=None,
+        help="linf (default where supported), l2, l1, l0 (OnePixel, DGDE, SparseRS: --eps is "
+        "then a number of pixels), patch (SparseRS: --eps is the side of the square patch in "
+        "pixels) or bias (bias-field, its only norm)",
     )
     a.add_argument(
         "--eps",
-        default="0,1,2,4,8",
-        help="budgets, comma-separated: numbers in 1/255 units (pixel counts for l0), "
-        "fractions such as 8/255, or 3px (l0)",
+        default=None,
+        help="budgets, comma-separated: numbers in 1/255 units (pixel counts for l0, "
+        "log-amplitudes for bias), fractions such as 8/255, or 3px (l0); default 0,1,2,4,8 "
+        "(bias: 0,0.1,0.2,0.4)",
     )
     a.add_argument(
         "--eps-scale",

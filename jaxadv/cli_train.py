@@ -139,7 +139,7 @@ def _teacher(spec: str, ds: Any, temperature: float):
     import jax
     import numpy as np
 
-    from jaxadv import checkpoint, vocab
+    from jaxadv import checkpoint, vocab, vocab_rules
 
     name = f"--distill-from {spec!r}"
     try:
@@ -163,7 +163,7 @@ def _teacher(spec: str, ds: Any, temperature: float):
                 f"{name} cannot run on the training images ({h}x{w}x{k}): {first}; train the "
                 "teacher on the same data, --image-size and --channels"
             ) from e
-        vocab.check_model_fits(teacher, ds, name=name)
+        vocab_rules.check_model_fits(teacher, ds, name=name)
     except vocab.SpecError as e:
         raise CLIError(str(e)) from e
     return teacher

@@ -137,13 +137,25 @@ def check_model_name(spec: str) -> None:
 
 
 # ----------------------------------------------------------------------------- threats and eps
-NORMS = ("linf", "l2", "l1", "l0", "patch")
+NORMS = ("linf", "l2", "l1", "l0", "patch", "bias")
 #: Norms whose budgets are pixel counts (L0: changed pixels; patch: the side of the square).
 PIXEL_NORMS = ("l0", "patch")
 
 #: The default unit of eps numbers per norm: L-inf / L2 / L1 numbers are in 1/255 (``8`` means
-#: 8/255), L0 numbers are pixel counts.
-EPS_SCALE = {"linf": 255.0, "l2": 255.0, "l1": 255.0, "l0": 1.0, "patch": 1.0}
+#: 8/255), L0 numbers are pixel counts, bias-field budgets are log-amplitudes as written.
+EPS_SCALE = {"linf": 255.0, "l2": 255.0, "l1": 255.0, "l0": 1.0, "patch": 1.0, "bias": 1.0}
+
+#: The eps grid of ``jaxadv attack`` when ``--eps`` is not given, per norm.
+DEFAULT_EPS = {"bias": "0,0.1,0.2,0.4"}
+DEFAULT_EPS_OTHER = "0,1,2,4,8"
+
+#: The largest bias-field log-amplitude (``e^3 = 20``: beyond that it is no longer a bias field).
+MAX_BIAS_AMPLITUDE = 3.0
+
+
+def default_eps(norm: str) -> str:
+    """The eps grid used when none is given, for a norm of :data:`NORMS`."""
+    return DEFAULT_EPS.get(check_norm(norm), DEFAULT_EPS_OTHER)
 
 
 def check_norm(norm: Any) -> str:
@@ -154,7 +166,8 @@ def check_norm(norm: Any) -> str:
 
 
 def threat(norm: str, eps: float = 0.0):
-    """The threat value of a norm name: ``LinfBall``, ``L2Ball``, ``L1Ball`` or ``L0Pixels``."""
+    """The threat value of a norm name: ``LinfBall``, ``L2Ball``, ``L1Ball``, ``L0Pixels``,
+    ``Patch`` or ``BiasFieldThreat`` (default degree; :func:`make_attack` sets its options)."""
     import jaxadv
 
     classes = {
@@ -163,6 +176,7 @@ def threat(norm: str, eps: float = 0.0):
         "l1": jaxadv.L1Ball,
         "l0": jaxadv.L0Pixels,
         "patch": jaxadv.Patch,
+        "bias": jaxadv.BiasFieldThreat,
     }
     return classes[check_norm(norm)](eps=eps)
 
@@ -177,11 +191,13 @@ def parse_eps(value: Any, norm: str = "linf", scale: float | None = None) -> lis
     Accepts a number, a list of numbers and strings, or a comma-separated string. Plain numbers
     are divided by ``scale`` (default :data:`EPS_SCALE`: 1/255 units for L-inf/L2/L1, pixel
     counts for L0); ``'a/b'`` strings are read as written (``'8/255'``, ``'1/2'``); ``'3px'`` is a
-    pixel count (L0 only). Values are rounded to float32 precision so hashes are stable.
+    pixel count (L0 only). Bias-field budgets (norm ``bias``) are log-amplitudes ``max |B|``
+    as written (``0.2`` lets intensities scale by ``e^±0.2``), at most
+    :data:`MAX_BIAS_AMPLITUDE`. Values are rounded to float32 precision so hashes are stable.
 
     Raises:
         SpecError: an empty grid, a value that is not a number, negative, NaN or infinite, a
-        repeated value, or ``px`` outside L0.
+        repeated value, ``px`` outside L0, or a bias amplitude above 3.
     """
     norm = check_norm(norm)
     if scale is None:
@@ -201,6 +217,11 @@ def parse_eps(value: Any, norm: str = "linf", scale: float | None = None) -> lis
         val = _eps_value(it, norm, float(scale))
         if not math.isfinite(val) or val < 0:
             raise SpecError(f"eps values must be finite and >= 0, got {it!r}")
+        if norm == "bias" and val > MAX_BIAS_AMPLITUDE:
+            raise SpecError(
+                f"bias-field eps values are log-amplitudes in [0, {MAX_BIAS_AMPLITUDE:g}] (0.2 "
+                f"scales intensities by at most e^0.2 = 1.22), got {it!r}"
+            )
         out.append(float(f"{val:.9g}"))
     if not out:
         raise SpecError("the eps grid is empty; give at least one budget, e.g. 0,2,8")
@@ -249,6 +270,11 @@ class AttackName:
             the way in (AutoAttack's standard ensemble).
         budget: the option that sets the budget (default: the class's ``budget_field``).
         restarts: the option that sets restarts (default: the class's ``restarts_field``).
+        kind: one of :data:`ATTACK_KINDS`: ``'attack'`` (per image, any norm it supports),
+            ``'parametric'`` (per image under its own threat set, e.g. the bias field, norm
+            ``bias``) or ``'universal'`` (fitted on a data set, then applied; not buildable
+            as a per-image attack).
+        threat_norms: the norms of a non-``'attack'`` entry (the class declares none).
     """
 
     name: str
@@ -257,6 +283,8 @@ class AttackName:
     factory: Callable[..., Any] | None = None
     budget: str | None = "<class>"
     restarts: str | None = "<class>"
+    kind: str = "attack"
+    threat_norms: tuple[str, ...] = ()
 
     @property
     def budget_field(self) -> str | None:
@@ -274,7 +302,33 @@ class AttackName:
     def norms(self) -> list[str]:
         from jaxadv.engine import norm_name
 
+        if self.threat_norms or self.kind != "attack":
+            return list(self.threat_norms)
         return [norm_name(t) for t in self.cls.threats]
+
+
+#: ``'attack'``: per image under a norm ball; ``'parametric'``: per image, the attack returns
+#: parameters the library renders (:class:`~jaxadv.BiasField`); ``'universal'``: one perturbation
+#: fitted on a data set, then applied (:class:`~jaxadv.AdversarialPatch`,
+#: :class:`~jaxadv.UniversalPerturbation`).
+ATTACK_KINDS = ("attack", "parametric", "universal")
+
+_UNIVERSAL_USE = {
+    "patch": "fitted = jaxadv.AdversarialPatch(target=T, scale_min=S, scale_max=S).fit(key, "
+    "model, train_data)",
+    "uap": "fitted = jaxadv.UniversalPerturbation(threat=jaxadv.LinfBall(eps=E)).fit(key, model, "
+    "train_data)",
+}
+
+
+def _bias_field(*, threat: Any, degree: int = 3, noise_eps: float = 0.0, **options: Any):
+    """The bias-field attack: ``degree`` and ``noise_eps`` set its threat
+    (:class:`~jaxadv.BiasFieldThreat`), the rest (``num_steps``, ``step_size``, ``noise_step``,
+    ``decay``, ``loss``) the attack."""
+    import jaxadv
+
+    t = jaxadv.BiasFieldThreat(degree=degree, eps=threat.eps, noise_eps=noise_eps)
+    return jaxadv.BiasField(threat=t, **options)
 
 
 def attack_table() -> dict[str, AttackName]:
@@ -301,6 +355,28 @@ def attack_table() -> dict[str, AttackName]:
     }
     for cname, cls in sorted(REGISTRY.items()):
         table.setdefault(cname.lower(), AttackName(cname.lower(), cls))
+    # the attacks outside the per-image contract of REGISTRY, by their short and class names
+    medical = [
+        AttackName(
+            "bias-field",
+            jaxadv.BiasField,
+            factory=_bias_field,
+            kind="parametric",
+            threat_norms=("bias",),
+        ),
+        AttackName("patch", jaxadv.AdversarialPatch, budget=None, restarts=None, kind="universal"),
+        AttackName(
+            "uap",
+            jaxadv.UniversalPerturbation,
+            budget=None,
+            restarts=None,
+            kind="universal",
+            threat_norms=("linf", "l2"),
+        ),
+    ]
+    for entry in medical:
+        table[entry.name] = entry
+        table.setdefault(entry.cls.__name__.lower(), entry)
     return table
 
 
@@ -310,6 +386,7 @@ def attack_names() -> list[str]:
 
 
 def lookup_attack(name: Any) -> AttackName:
+    """The entry of an attack name (case-insensitive; short names and class names)."""
     table = attack_table()
     key = str(name).strip().lower()
     if key not in table:
@@ -317,10 +394,39 @@ def lookup_attack(name: Any) -> AttackName:
     return table[key]
 
 
+def check_per_image(entry: AttackName) -> None:
+    """Refuse a universal attack where a per-image attack is needed, saying how to use it."""
+    if entry.kind != "universal":
+        return
+    use = _UNIVERSAL_USE[entry.name]
+    raise SpecError(
+        f"attack {entry.name!r} is universal: one perturbation is fitted on a training split, "
+        f"then applied to held-out images, so it cannot run as a per-image attack here. In "
+        f"Python: {use}; then fitted(key, model, x, y) or jaxadv.evaluate(fitted, model, "
+        "test_data, [0])"
+    )
+
+
+def attack_norm(name: str | AttackName, norm: str | None = None) -> str:
+    """The norm a per-image attack runs under: ``norm`` when the attack supports it, else a
+    :class:`SpecError`; ``None`` means ``linf`` where supported, else the attack's first norm
+    (``bias`` for the bias field, ``l0`` for OnePixel)."""
+    entry = name if isinstance(name, AttackName) else lookup_attack(name)
+    check_per_image(entry)
+    if norm is None:
+        norm = "linf" if "linf" in entry.norms else entry.norms[0]
+    nrm = check_norm(norm)
+    if nrm not in entry.norms:
+        raise SpecError(
+            f"attack {entry.name!r} supports norm {', '.join(entry.norms)}, not {nrm!r}"
+        )
+    return nrm
+
+
 def make_attack(
     name: str,
     *,
-    norm: str = "linf",
+    norm: str | None = None,
     eps_max: float = 0.0,
     num_steps: int | None = None,
     restarts: int | None = None,
@@ -334,8 +440,11 @@ def make_attack(
     ``num_pixels`` is a static setting sized for the largest budget when not given).
 
     Args:
-        name: a name of :func:`attack_names` (case-insensitive).
-        norm: ``linf``, ``l2``, ``l1`` or ``l0``; refused when the attack does not support it.
+        name: a name of :func:`attack_names` (case-insensitive); a universal attack (``patch``,
+            ``uap``: fitted on a data set first) is refused with how to use it.
+        norm: ``linf``, ``l2``, ``l1``, ``l0``, ``patch`` or ``bias``; refused when the attack
+            does not support it. ``None``: the attack's first norm (``linf``; ``bias`` for the
+            bias field).
         eps_max: the largest budget of the grid (sizes the L0 capacity).
         num_steps: sets the attack's budget where that budget is ``num_steps``; refused (with the
             right option named) for attacks whose budget is queries, iterations or generations.
@@ -344,11 +453,7 @@ def make_attack(
         default_num_steps: used for ``num_steps`` where it applies and none was given.
     """
     entry = lookup_attack(name)
-    nrm = check_norm(norm)
-    if nrm not in entry.norms:
-        raise SpecError(
-            f"attack {entry.name!r} supports norm {', '.join(entry.norms)}, not {nrm!r}"
-        )
+    nrm = attack_norm(entry, norm)
     opts = dict(options or {})
     fixed = sorted(set(opts) & set(entry.preset))
     if fixed:
@@ -482,145 +587,6 @@ def with_durable(attack: Any, settings: Mapping[str, Any]) -> Any:
         return replace(attack, threat=replace(attack.threat, **settings))
     except ValueError as e:
         raise SpecError(str(e)) from e
-
-
-# ----------------------------------------------------------------------------- multi-label rules
-#: ``--multilabel`` / a sweep attack's ``multilabel``: flip one finding, flip any, reach a set.
-MULTILABEL_RULES = ("one", "any", "set")
-
-
-def check_rule_spec(kind: Any, finding: Any = None, target_set: Any = None) -> str | None:
-    """Check a multi-label rule spec without data (config validation, before any loading);
-    returns the rule kind (lower case) or ``None``.
-
-    ``kind``: ``'one'`` (needs ``finding``), ``'any'``, ``'set'`` (needs ``target_set``: the
-    findings that must be present, every other absent; ``'none'`` or ``[]`` for all absent).
-    """
-    if kind is None:
-        given = [n for n, v in (("finding", finding), ("target_set", target_set)) if v is not None]
-        if given:
-            raise SpecError(
-                f"{' and '.join(given)} apply to a multi-label rule only; add --multilabel "
-                "(config: multilabel:) one, any or set"
-            )
-        return None
-    k = str(kind).strip().lower()
-    if k not in MULTILABEL_RULES:
-        raise SpecError(
-            f"multilabel must be one of {', '.join(MULTILABEL_RULES)} (flip one finding, flip "
-            f"any finding, reach a target set), got {kind!r}"
-        )
-    if k == "one" and finding is None:
-        raise SpecError(
-            "multilabel rule 'one' flips one chosen finding: give --finding K (index or name)"
-        )
-    if k != "one" and finding is not None:
-        raise SpecError(f"--finding applies to multilabel rule 'one' only, not {k!r}")
-    if k == "set" and target_set is None:
-        raise SpecError(
-            "multilabel rule 'set' needs a target set: --target-set with the findings that must "
-            "be present (indices or names, e.g. 2,5), or 'none' for every finding absent"
-        )
-    if k != "set" and target_set is not None:
-        raise SpecError(f"--target-set applies to multilabel rule 'set' only, not {k!r}")
-    if finding is not None and (isinstance(finding, bool) or not isinstance(finding, (int, str))):
-        raise SpecError(f"finding must be an index or a name, got {finding!r}")
-    return k
-
-
-def _finding_index(v: Any, names: Sequence[str] | None, num: int, what: str) -> int:
-    """A finding given as an index (int or digits) or a name of the data set's findings."""
-    if isinstance(v, bool):
-        raise SpecError(f"{what} must be an index or a name, got {v!r}")
-    text = str(v).strip()
-    if isinstance(v, int) or text.lstrip("-").isdigit():
-        i = int(text)
-        if not 0 <= i < num:
-            raise SpecError(
-                f"{what} {i} is out of range: the data set has {num} findings (0..{num - 1})"
-            )
-        return i
-    lower = [n.lower() for n in (names or ())]
-    if text.lower() not in lower:
-        known = ", ".join(names or ()) or "none (the data set has no finding names)"
-        raise SpecError(f"unknown {what} {v!r}; known findings: {known}; or give an index")
-    return lower.index(text.lower())
-
-
-def _target_items(v: Any) -> list[Any]:
-    if isinstance(v, str):
-        if v.strip().lower() in ("none", ""):
-            return []
-        return [s for s in v.split(",") if s.strip()]
-    if isinstance(v, (list, tuple)):
-        return list(v)
-    if isinstance(v, int) and not isinstance(v, bool):
-        return [v]
-    raise SpecError(
-        f"target_set must list the findings that must be present (e.g. 2,5 or [2, 5]) or be "
-        f"'none', got {v!r}"
-    )
-
-
-def make_rule(kind: Any, finding: Any, target_set: Any, ds: Any):
-    """The :class:`jaxadv.multilabel.Rule` of a spec for data set ``ds`` (``None`` without
-    ``kind``). Refuses a rule on single-label data, multi-label data without a rule, a finding out
-    of range or unknown, and a rule missing its finding or target."""
-    from jaxadv import multilabel as ml
-
-    k = check_rule_spec(kind, finding, target_set)
-    if k is None:
-        if getattr(ds, "multi_label", False):
-            raise SpecError(
-                f"data {ds.name!r} is multi-label ({ds.num_classes} findings): give a success rule "
-                "with --multilabel one|any|set (config: multilabel:)"
-            )
-        return None
-    if not getattr(ds, "multi_label", False):
-        raise SpecError(
-            f"--multilabel {k} needs multi-label data (multi-hot labels [N, F], e.g. ChestMNIST); "
-            f"data {ds.name!r} has one integer label per example: drop --multilabel"
-        )
-    num, names = ds.num_classes, ds.label_names
-    if k == "one":
-        return ml.one_finding(_finding_index(finding, names, num, "finding"))
-    if k == "any":
-        return ml.any_finding()
-    t = [0] * num
-    for it in _target_items(target_set):
-        t[_finding_index(it, names, num, "target-set finding")] = 1
-    return ml.target_set(t)
-
-
-def check_model_fits(model: Any, ds: Any, rule: Any = None, name: str = "the model") -> None:
-    """The model's outputs against the data set: one logit per class, or per finding for
-    multi-label data. Refuses, before any attack runs, a multi-label model (one logit per finding)
-    on single-label data and a classifier on multi-label data. A model that fails on the data's
-    image shape is left to the engine's own check."""
-    import jax
-    import numpy as np
-
-    h, w, k = ds.image_shape
-    try:
-        out = jax.eval_shape(model, jax.ShapeDtypeStruct((1, h, w, k), np.float32))
-    except Exception:  # noqa: BLE001 - reported with context by the engine's input checks
-        return
-    out = out[0] if isinstance(out, (tuple, list)) else out
-    c, n = int(out.shape[-1]), int(ds.num_classes)
-    if c == n:
-        return
-    if getattr(ds, "multi_label", False):
-        raise SpecError(
-            f"{name} returns {c} logits but data {ds.name!r} has {n} findings; a multi-label model "
-            "returns one logit per finding"
-        )
-    hint = (
-        " A multi-label model (one logit per finding) needs multi-label data and --multilabel "
-        "(config: multilabel:)."
-        if c > n
-        else ""
-    )
-    raise SpecError(f"{name} returns {c} logits but data {ds.name!r} has {n} classes.{hint}")
 
 
 def is_black_box(attack: Any) -> bool:

@@ -228,3 +228,17 @@ def test_bad_flag_and_module_entry_point():
     assert r.returncode == 2 and "--out" in r.stderr
     r = subprocess.run([sys.executable, "-m", "jaxadv", "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "demo" in r.stdout
+
+
+def test_attack_defaults_are_resolved_and_recorded(tmp_path):
+    """Without --norm / --eps the attack's own defaults run, and the manifest records them (not
+    None): linf and 0,1,2,4,8 for PGD."""
+    out = tmp_path / "d"
+    assert (
+        main(["attack", "--num-examples", "4", "--num-steps", "1", "--quiet", "--out", str(out)])
+        == 0
+    )
+    res = json.loads((out / "results.json").read_text())
+    args = res["manifest"]["args"]
+    assert (args["norm"], args["eps"]) == ("linf", "0,1,2,4,8")
+    assert [r["eps_label"] for r in res["rows"]] == ["0/255", "1/255", "2/255", "4/255", "8/255"]

@@ -197,6 +197,41 @@ def test_registered_attacks_by_name_and_l0_budgets():
     assert sweep.load_config({**GRID, "attacks": [{**entry, "eps": [0, 5]}]}).data["attacks"]
 
 
+def test_attack_default_norms_and_bias_field_budgets(tmp_path):
+    """Without a norm, an attack runs under its own default (as on the command line): linf where
+    supported, l0 for OnePixel, bias for the bias field, whose log-amplitudes are read as written
+    (not in 1/255); universal attacks are refused with how to fit them; a bias-field cell runs."""
+    bias = {"attack": "bias-field", "eps": [0, 0.4], "options": {"degree": 2}}
+    cfg = sweep.load_config({**GRID, "seeds": [0], "attacks": ["fgsm", bias]})
+    fg, bf = cfg.data["attacks"]
+    assert (fg["norm"], fg["label"]) == ("linf", "fgsm")
+    assert bf["norm"] == "bias" and bf["eps"] == [0.0, 0.4]
+    assert (
+        sweep.load_config({**GRID, "attacks": ["fgsm"]}).hash
+        == sweep.load_config({**GRID, "attacks": ["fgsm"], "norm": "linf"}).hash
+    )  # configs that named the old default keep their hash
+    one = {"attack": "onepixel", "eps": [1], "options": {"num_generations": 2}}
+    assert sweep.load_config({**GRID, "attacks": [one]}).data["attacks"][0]["norm"] == "l0"
+    for name in ("patch", "uap"):
+        with pytest.raises(sweep.ConfigError, match=r"attacks\[0\]: attack '.*' is universal"):
+            sweep.load_config({**GRID, "attacks": [name]})
+    with pytest.raises(sweep.ConfigError, match="log-amplitudes"):
+        sweep.load_config({**GRID, "attacks": [{**bias, "eps": [0, 8]}]})
+    with pytest.raises(sweep.ConfigError, match="supports norm bias"):
+        sweep.load_config({**GRID, "norm": "linf", "attacks": [bias]})
+    small = {**GRID, "seeds": [0], "num_steps": 3, "attacks": [bias]}
+    small["datasets"] = [{"data": "default", "num_examples": 8}]
+    out = tmp_path / "bias"
+    res = sweep.run_sweep(sweep.load_config(small), out, batch_size=8)
+    assert res.complete and len(res.computed) == 1
+    assert main(["report", str(out)]) == 0
+    rep = out / "report"
+    rows = [json.loads(line) for line in (rep / "results.jsonl").read_text().splitlines()]
+    assert [r["eps"] for r in rows] == [0.0, pytest.approx(0.4)]  # not 0.4/255
+    assert rows[0]["robust_accuracy"] == rows[0]["clean_accuracy"]
+    assert not rows[1]["norm_mean"] > 0.4 + 1e-6  # the field's amplitude (NaN: none broken)
+
+
 # ----------------------------------------------------------------------------- in process
 @pytest.fixture(scope="module")
 def small_run(tmp_path_factory) -> tuple[sweep.SweepConfig, pathlib.Path]:

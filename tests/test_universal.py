@@ -262,6 +262,37 @@ def test_patch_disguise_bound_holds():
     assert float(jnp.max(jnp.abs(fitted.patch - p0))) <= 0.1 + 1e-6
 
 
+def test_patch_disguise_penalty_pulls_the_patch_towards_p0():
+    model = jaxadv.from_apply(_trigger_apply, jnp.asarray(TRIGGER))
+    x, y = _smooth_images(16, 2), np.zeros(16, np.int32)
+    p0 = jnp.full((6, 6, 1), 0.5)
+
+    def fit(weight):
+        attack = AdversarialPatch(
+            target=1,
+            disguise=p0,
+            disguise_weight=weight,
+            batch_size=8,
+            num_epochs=2,
+            scale_max=0.5,
+            learning_rate=0.1,
+        )
+        return attack, attack.fit(0, model, (x, y))
+
+    free_atk, free = fit(0.0)
+    tied_atk, tied = fit(50.0)
+    d_free = float(free_atk.disguise_distance(free.patch))
+    d_tied = float(tied_atk.disguise_distance(tied.patch))
+    assert np.all(np.isfinite(np.asarray(tied.patch)))  # no NaN gradient at p == p0
+    assert d_free > 0.05 and d_tied < 0.5 * d_free
+    assert float(tied_atk.disguise_distance(p0)) == 0.0
+    # the penalty needs a disguise image, and is >= 0
+    with pytest.raises(ValueError, match="disguise_weight"):
+        AdversarialPatch(disguise_weight=1.0, batch_size=8, num_epochs=1).fit(0, model, (x, y))
+    with pytest.raises(ValueError, match="disguise_weight"):
+        AdversarialPatch(disguise=p0, disguise_weight=-1.0)
+
+
 def test_patch_bad_settings_raise_before_fitting():
     model = jaxadv.from_apply(_trigger_apply, jnp.asarray(TRIGGER))
     x, y = _smooth_images(16, 3), np.zeros(16, np.int32)
@@ -402,7 +433,8 @@ def test_cli_attack_bias_field(tmp_path, capsys):
     for bad, msg in [
         (["--eps", "0,8"], "log-amplitudes"),
         (["--option", "degree=-1"], "degree"),
-        (["--restarts", "2"], "no random restarts"),
+        (["--restarts", "2"], "has no restarts"),
+        (["--norm", "linf"], "supports norm bias"),
     ]:
         assert main([*base, *bad, "--quiet", "--out", str(tmp_path / "x")]) == 2
         assert msg in capsys.readouterr().err

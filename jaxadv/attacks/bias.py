@@ -39,6 +39,17 @@ Array = jax.Array
 __all__ = ["BiasField", "BiasFieldThreat", "field_basis", "finalize_field"]
 
 
+def field_metric(degree: int, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """The Gram matrix ``G = Phi Phi^T / (H W)`` of :func:`field_basis` (``f32[M, M]``) and its
+    inverse: coefficients ``c`` give a field of mean square ``c^T G c``, and ``G^-1 g`` turns a
+    gradient ``g`` with respect to the coefficients into the steepest direction of the field
+    itself (basis-independent). Computed in float64; a 1-pixel axis makes the monomials in its
+    variable vanish, so the pseudo-inverse is used."""
+    phi = field_basis(degree, h, w).astype(np.float64).reshape(-1, h * w)
+    gram = phi @ phi.T / (h * w)
+    return gram.astype(np.float32), np.linalg.pinv(gram, hermitian=True).astype(np.float32)
+
+
 def field_basis(degree: int, h: int, w: int) -> np.ndarray:
     """``f32[M, H, W]`` monomials ``u^i v^j`` (``i + j <= degree``, ``M = (d+1)(d+2)/2``) on the
     pixel grid mapped to ``[-1, 1]^2`` (rows ``u``, columns ``v``; a 1-pixel axis sits at 0)."""
@@ -251,6 +262,19 @@ class BiasField(AbstractAttack):
             n = jnp.sum(jnp.abs(g.reshape(b, -1)), axis=1)
             return g / bcast(jnp.maximum(n, 1e-12), g)
 
+        # The coefficients move along the steepest ascent of the *field* (G^-1 g, unit root mean
+        # square over the pixels), not sign(g): the monomials are strongly correlated, and sign
+        # steps on M of them make a degree-d field take erratic steps that grow with M, so a
+        # higher degree (a superset threat) did worse than a lower one.
+        gram, gram_inv = (jnp.asarray(a) for a in field_metric(threat.degree, *x.shape[1:3]))
+
+        def rms(c):
+            return jnp.sqrt(jnp.maximum(jnp.einsum("bm,mn,bn->b", c, gram, c), 1e-24))
+
+        def field_dir(g):
+            d = g @ gram_inv
+            return d / rms(d)[:, None]
+
         def body(_, c):
             params, mom, best, best_ok, best_score = c
             g, (per, logits) = grad_fn(params)
@@ -258,9 +282,12 @@ class BiasField(AbstractAttack):
             better = (ok & ~best_ok) | ((ok == best_ok) & (per > best_score))
             best = jax.tree.map(lambda n, o: bsel(better, n, o), params, best)
             best_ok, best_score = best_ok | ok, jnp.where(better, per, best_score)
-            mom = jax.tree.map(lambda m, gg: self.decay * m + l1n(gg), mom, g)
+            mom = {
+                "coef": self.decay * mom["coef"] + field_dir(g["coef"]),
+                "noise": self.decay * mom["noise"] + l1n(g["noise"]),
+            }
             new = {
-                "coef": params["coef"] + step * jnp.sign(mom["coef"]),
+                "coef": params["coef"] + step * mom["coef"] / rms(mom["coef"])[:, None],
                 "noise": params["noise"] + nstep * jnp.sign(mom["noise"]),
             }
             return threat.project_params(new, x.shape), mom, best, best_ok, best_score

@@ -83,6 +83,10 @@ class AdversarialPatch(AbstractUniversal):
         disguise: optional start image ``p0[P, P, K]``; with ``disguise_eps`` the patch stays within
             ``||p - p0||_inf <= disguise_eps`` (Brown et al.'s disguised patch).
         disguise_eps: the disguise bound (``inf``: the patch only starts at ``p0``).
+        disguise_weight: the penalty form of the disguise: ``disguise_weight * ||p - p0||``
+            (root mean square over the patch's masked pixels) is added to the loss the fit
+            minimises, trading success for likeness where the bound forbids nothing; ``0``: none.
+            Needs ``disguise``; combines with ``disguise_eps``.
         lo, hi: the pixel box.
         eot_samples: transforms per image per step (static): each minibatch image is tiled
             ``eot_samples`` times, each copy with its own rotation, scale and place.
@@ -101,6 +105,7 @@ class AdversarialPatch(AbstractUniversal):
     learning_rate: float | Array = 0.05
     disguise: Array | None = None
     disguise_eps: float | Array = math.inf
+    disguise_weight: float | Array = 0.0
     lo: float | Array = 0.0
     hi: float | Array = 1.0
     eot_samples: int = static(default=1)
@@ -109,7 +114,13 @@ class AdversarialPatch(AbstractUniversal):
 
     def __post_init__(self) -> None:
         float32_fields(
-            self, "scale_min", "scale_max", "rotation_max", "learning_rate", "disguise_eps"
+            self,
+            "scale_min",
+            "scale_max",
+            "rotation_max",
+            "learning_rate",
+            "disguise_eps",
+            "disguise_weight",
         )
         float32_fields(self, "lo", "hi")
         _check_int("target", self.target, 0)
@@ -133,8 +144,10 @@ class AdversarialPatch(AbstractUniversal):
             raise ValueError(f"rotation_max must lie in [0, 180] degrees, got {self.rotation_max}")
         if isinstance(self.learning_rate, np.floating) and not self.learning_rate > 0:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
-        if isinstance(self.disguise_eps, np.floating) and self.disguise_eps < 0:
-            raise ValueError(f"disguise_eps must be >= 0, got {self.disguise_eps}")
+        for name in ("disguise_eps", "disguise_weight"):
+            v = getattr(self, name)
+            if isinstance(v, np.floating) and not v >= 0:
+                raise ValueError(f"{name} must be >= 0, got {v}")
         if self.disguise is not None:
             d = self.disguise
             if np.ndim(d) != 3 or d.shape[0] != d.shape[1]:
@@ -155,6 +168,11 @@ class AdversarialPatch(AbstractUniversal):
         if self.target >= num_classes:
             raise ValueError(
                 f"target={self.target} is out of range for a model with {num_classes} classes"
+            )
+        if self.disguise is None and _positive(self.disguise_weight):
+            raise ValueError(
+                "disguise_weight penalises the distance to a disguise image: give disguise=p0 "
+                "(a [P, P, K] image) or set disguise_weight=0"
             )
         if self.disguise is not None and self.disguise.shape[-1] != ds.image_shape[-1]:
             raise ValueError(
@@ -218,7 +236,21 @@ class AdversarialPatch(AbstractUniversal):
             self.hi,
         )
         tgt = jnp.full((x.shape[0],), self.target, jnp.int32)
-        return jnp.mean(L.ce(model(adv), tgt))
+        loss = jnp.mean(L.ce(model(adv), tgt))
+        if self.disguise is None:
+            return loss
+        return loss + self.disguise_weight * self.disguise_distance(patch)
+
+    def disguise_distance(self, patch: Array) -> Array:
+        """Root mean square of ``patch - disguise`` over the mask's pixels (0 without a disguise);
+        its gradient at ``patch == disguise`` is 0, not NaN."""
+        if self.disguise is None:
+            return jnp.zeros((), jnp.float32)
+        m = self.mask(patch.shape[0])[..., None]
+        sq = jnp.sum(m * (patch - jnp.asarray(self.disguise, patch.dtype)) ** 2)
+        ms = sq / (jnp.sum(m) * patch.shape[-1])
+        safe = jnp.where(ms > 0, ms, 1.0)
+        return jnp.where(ms > 0, jnp.sqrt(safe), 0.0)
 
     def fitted(self, patch: Array) -> FittedPatch:
         return FittedPatch(attack=self, patch=patch)
@@ -233,6 +265,7 @@ class AdversarialPatch(AbstractUniversal):
             "rotation_max": float(self.rotation_max),
             "learning_rate": float(self.learning_rate),
             "disguise_eps": float(self.disguise_eps),
+            "disguise_weight": float(self.disguise_weight),
             "lo": float(self.lo),
             "hi": float(self.hi),
             "eot_samples": self.eot_samples,
@@ -326,6 +359,11 @@ class FittedPatch(AbstractAttack):
 
 
 FITTED["FittedPatch"] = FittedPatch
+
+
+def _positive(v: Any) -> bool:
+    """Whether a host setting is known to be > 0 (a traced value is not inspected)."""
+    return isinstance(v, (float, np.floating)) and v > 0
 
 
 class _Shape:

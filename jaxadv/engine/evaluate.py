@@ -26,7 +26,14 @@ from jaxadv.engine.summary import dense_summary_rows, macro_auc_columns, summary
 Array = jax.Array
 
 #: Threat class name -> the norm name used in labels and summaries.
-_NORMS = {"LinfBall": "linf", "L2Ball": "l2", "L1Ball": "l1", "L0Pixels": "l0", "Patch": "patch"}
+_NORMS = {
+    "LinfBall": "linf",
+    "L2Ball": "l2",
+    "L1Ball": "l1",
+    "L0Pixels": "l0",
+    "Patch": "patch",
+    "BiasFieldThreat": "bias",
+}
 #: Models with more classes than this keep no per-example logits (``[E, N, C]`` would grow
 #: with ``C``), so their rows have no macro AUC.
 MAX_AUC_CLASSES = 64

@@ -146,7 +146,7 @@ def summary_rows(
         succ = np.asarray(per_eps["success"][j], bool)
         att = succ & cc
         row: dict[str, Any] = {"eps": float(e), "eps_label": eps_label(norm, float(e))}
-        if norm not in ("l0", "patch"):
+        if norm not in ("l0", "patch", "bias"):
             row["eps_255"] = round(float(e) * 255, 3)
         row.update(
             num_examples=n,

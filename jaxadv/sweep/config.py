@@ -29,19 +29,20 @@ from typing import Any
 from jaxadv.cli_segmentation import is_segmentation_model
 from jaxadv.sweep import segmentation as seg
 from jaxadv.vocab import (
+    EPS_SCALE,
     GRID_FROM_DATA,
     NORMS,
-    PIXEL_NORMS,
     SpecError,
+    attack_norm,
     check_dataset_name,
     check_model_name,
-    check_rule_spec,
     lookup_attack,
     make_attack,
     parse_durable,
     parse_eps,
     with_durable,
 )
+from jaxadv.vocab_rules import check_rule_spec
 
 FORMAT = "jaxadv-sweep/1"
 
@@ -58,9 +59,11 @@ _TOP = {
     "num_images": "adversarial examples kept per cell for image grids (default 6)",
     "num_examples": "default number of examples per data set (default: all)",
     "split": "default split (default test)",
-    "norm": "default threat model: linf, l2 or l1",
+    "norm": "default threat model: linf, l2, l1, l0, patch or bias (default: each attack's own, "
+    "linf where it supports it)",
     "eps": "default eps grid",
-    "eps_scale": "eps numbers are divided by this (default 255: 1/255 units)",
+    "eps_scale": "eps numbers are divided by this (default 255: 1/255 units; pixel counts and "
+    "bias-field log-amplitudes are not scaled)",
     "num_steps": "default iterations of the attacks whose budget is num_steps (default 20)",
     "restarts": "default restarts of the attacks that have restarts (default 1)",
     "success_margin": "default success margin kappa in logit units (default 0: argmax rule)",
@@ -380,7 +383,7 @@ def validate(raw: Any, *, base_dir: str, source: str) -> SweepConfig:
     scale = raw.get("eps_scale", 255)
     if isinstance(scale, bool) or not isinstance(scale, (int, float)) or scale <= 0:
         raise ConfigError(f"eps_scale: must be a positive number, got {scale!r}")
-    norm = raw.get("norm", "linf")
+    norm = raw.get("norm")  # None: each attack's own default norm (as on the command line)
     default_eps = raw.get("eps")
     out: dict[str, Any] = {
         "format": FORMAT,
@@ -454,11 +457,18 @@ def validate(raw: Any, *, base_dir: str, source: str) -> SweepConfig:
             raise ConfigError(f"{where}: must be a name or a mapping with 'attack'")
         _keys(a, _ATTACK_KEYS, where)
         name = _str(a.get("attack"), f"{where}.attack").lower()
-        anorm = str(a.get("norm", norm)).lower()
+        anorm = a.get("norm", norm)
+        if anorm is None:  # linf where supported, else the attack's own (bias, l0, ...)
+            try:
+                anorm = attack_norm(name)
+            except SpecError as e:
+                raise ConfigError(f"{where}: {e}") from e
+        anorm = str(anorm).lower()
         if anorm not in NORMS:
             raise ConfigError(f"{where}.norm: must be one of {', '.join(NORMS)}, got {anorm!r}")
-        # L0 budgets are pixel counts: no 1/255 units unless the attack says so
-        ascale = a.get("eps_scale", 1 if anorm in PIXEL_NORMS else scale)
+        # pixel counts (L0, patch) and bias-field log-amplitudes are read as written: no 1/255
+        # units unless the attack entry says so
+        ascale = a.get("eps_scale", 1 if EPS_SCALE[anorm] == 1.0 else scale)
         if isinstance(ascale, bool) or not isinstance(ascale, (int, float)) or ascale <= 0:
             raise ConfigError(f"{where}.eps_scale: must be a positive number, got {ascale!r}")
         eps_raw = a.get("eps", default_eps)

@@ -302,6 +302,7 @@ _XLABEL = {
     "l1": "eps (L1)",
     "l0": "changed pixels (L0)",
     "patch": "patch side (pixels)",
+    "bias": "bias-field amplitude (max |log B|)",
 }
 
 

@@ -41,15 +41,14 @@ from jaxadv.sweep.storage import (
 from jaxadv.vocab import (
     GRID_FROM_DATA,
     SpecError,
-    check_model_fits,
     dataset_grid,
     is_black_box,
     load_dataset,
     load_model,
     make_attack,
-    make_rule,
     with_durable,
 )
+from jaxadv.vocab_rules import check_model_fits, make_rule
 
 log = logging.getLogger("jaxadv.sweep")
 
