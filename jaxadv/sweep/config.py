@@ -458,7 +458,9 @@ def validate(raw: Any, *, base_dir: str, source: str) -> SweepConfig:
         _keys(a, _ATTACK_KEYS, where)
         name = _str(a.get("attack"), f"{where}.attack").lower()
         anorm = a.get("norm", norm)
-        if anorm is None:  # linf where supported, else the attack's own (bias, l0, ...)
+        if anorm is None and seg.is_dense(a):  # segmentation attacks: linf by default
+            anorm = "linf"
+        elif anorm is None:  # linf where supported, else the attack's own (bias, l0, ...)
             try:
                 anorm = attack_norm(name)
             except SpecError as e:
