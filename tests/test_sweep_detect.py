@@ -156,6 +156,11 @@ def test_detector_that_does_not_fit_its_model_is_refused_before_any_cell(det_dir
     assert "detector 'kd_nope' (kd_nope.json) on model 'small_cnn_clean'" in msg
     assert "does not fit this model" in msg
     assert not list((tmp_path / "out" / "cells").glob("*.json"))
+    # a layer the model has, but statistics of another size (KD fitted on 128-d 'drop')
+    (det_dir / "kd_bn1.json").write_text(text.replace('"drop"', '"bn1"'))
+    cfg = sweep.load_config(_cfg(det_dir / "nofit2.yaml", detectors=["kd_bn1.json"]))
+    with pytest.raises(sweep.SweepError, match="'kd_bn1' .* does not fit this model"):
+        sweep.run_sweep(cfg, tmp_path / "out2")
 
 
 def test_hashes_without_detectors_are_kept_and_detector_content_is_hashed(det_dir):

@@ -130,7 +130,7 @@ def load_for_model(
             s = det.score(jnp.zeros((1, h, w, k), jnp.float32))
             if s.shape != (1,):
                 raise ValueError(f"its score has shape {s.shape}, expected one number per image")
-        except (TypeError, ValueError) as ex:
+        except (TypeError, ValueError, KeyError) as ex:
             raise error(
                 f"{where}: does not fit this model ({ex}); fit the detector on this model's "
                 "features (jaxadv.detect, with_features) and save it again"
