@@ -6,7 +6,7 @@ Example:
     ['BayesianUncertainty', 'DNNDetector', 'KernelDensity', 'LID', 'LogisticRegression', 'Mahalanobis']
 """
 
-from jaxadv.detect.common import LogisticRegression, fit_logistic, load, save
+from jaxadv.detect.common import LogisticRegression, fit_logistic, load, read, save
 from jaxadv.detect.detectors import (
     LID,
     BayesianUncertainty,
@@ -15,7 +15,7 @@ from jaxadv.detect.detectors import (
     Mahalanobis,
     lid_mle,
 )
-from jaxadv.detect.evaluation import evaluate, tpr_at_tnr
+from jaxadv.detect.evaluation import evaluate, rates, tpr_at_tnr
 
 __all__ = [
     "LID",
@@ -28,6 +28,8 @@ __all__ = [
     "fit_logistic",
     "lid_mle",
     "load",
+    "rates",
+    "read",
     "save",
     "tpr_at_tnr",
 ]

@@ -155,6 +155,24 @@ def save(detector: Any, path: str | pathlib.Path) -> pathlib.Path:
 def load(path: str | pathlib.Path, model: Any) -> Any:
     """Read a detector written by :func:`save` and attach ``model`` (the
     :class:`jaxadv.features.FeatureModel` it was fitted on; its layer names must match)."""
+    det = read(path, model)
+    layers = getattr(det, "layers", None)
+    missing = [n for n in (layers or ()) if n not in model.layers]
+    if missing:
+        raise ValueError(
+            f"the detector reads layers {missing} that the model does not expose "
+            f"(model.layers = {model.layers}); build it with with_features(..., layers=...)"
+        )
+    return det
+
+
+def read(path: str | pathlib.Path, model: Any = None) -> Any:
+    """Read a detector file written by :func:`save` and attach ``model`` without checking it
+    (``None``: check the file alone, e.g. when a sweep config is loaded).
+
+    Raises:
+        ValueError: unreadable, not a detector file, malformed, or not fitted.
+    """
     path = pathlib.Path(path)
     try:
         doc = json.loads(path.read_text())
@@ -168,13 +186,8 @@ def load(path: str | pathlib.Path, model: Any) -> Any:
         raise ValueError(f"{path} holds a malformed or unknown detector ({e!r})") from None
     if type(det).__name__ not in CLASSES or not hasattr(det, "score"):
         raise ValueError(f"{path} does not hold a detector")
-    layers = getattr(det, "layers", None)
-    missing = [n for n in (layers or ()) if n not in model.layers]
-    if missing:
-        raise ValueError(
-            f"the detector reads layers {missing} that the model does not expose "
-            f"(model.layers = {model.layers}); build it with with_features(..., layers=...)"
-        )
+    if not getattr(det, "fitted", False):
+        raise ValueError(f"{path} holds a {type(det).__name__} that is not fitted")
     return det
 
 

@@ -77,10 +77,29 @@ def evaluate(
     for name, det in detectors.items():
         sc = batched(_score, x_clean, det, batch_size=batch_size)
         sa = batched(_score, x_adv[success], det, batch_size=batch_size)
-        labels = np.concatenate([np.zeros(len(sc), bool), np.ones(len(sa), bool)])
-        row = {"auc": auc(np.concatenate([sc, sa]), labels)}
-        for tnr in TNRS:
-            row[f"tpr_at_tnr{round(100 * tnr)}"] = tpr_at_tnr(sc, sa, tnr)
-        row["n_clean"], row["n_adv"] = len(sc), len(sa)
-        out[name] = row
+        out[name] = rates(sc, sa)
     return out
+
+
+def rates(clean_scores: Any, adv_scores: Any) -> dict[str, float]:
+    """AUC and TPR at TNR 90 % / 95 % of scores already computed: ``clean_scores[N]`` (the
+    negatives) and ``adv_scores[M]`` (the positives: successful adversarial examples only). The one
+    definition behind :func:`evaluate` and the detection columns of a sweep report.
+
+    Returns:
+        ``{"auc", "tpr_at_tnr90", "tpr_at_tnr95", "n_clean", "n_adv"}``.
+
+    Example:
+        >>> rates([0.0, 1.0, 2.0], [1.5, 3.0])["auc"]
+        0.8333333333333334
+    """
+    sc = np.asarray(clean_scores, np.float64).reshape(-1)
+    sa = np.asarray(adv_scores, np.float64).reshape(-1)
+    if sc.size == 0 or sa.size == 0:
+        raise ValueError("detection rates need at least one clean and one adversarial score")
+    labels = np.concatenate([np.zeros(len(sc), bool), np.ones(len(sa), bool)])
+    row: dict[str, Any] = {"auc": auc(np.concatenate([sc, sa]), labels)}
+    for tnr in TNRS:
+        row[f"tpr_at_tnr{round(100 * tnr)}"] = tpr_at_tnr(sc, sa, tnr)
+    row["n_clean"], row["n_adv"] = len(sc), len(sa)
+    return row

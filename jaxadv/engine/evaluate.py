@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from jaxadv.engine import dense as D
@@ -92,6 +93,9 @@ class Evaluation:
             the macro AUC under attack; ``None`` otherwise.
         clean_dense: dense evaluations: the per-image ``dice``, ``iou``, ``pixel_accuracy``
             (``target_iou``) ``f32[N]`` of the clean images; ``None`` otherwise.
+        detector_scores: with ``detectors=``: ``{name: (clean f32[N], adv f32[E, N])}``, each
+            detector's score of the clean image and of the adversarial at every budget (budget 0:
+            the clean image); ``None`` otherwise.
     """
 
     eps: np.ndarray
@@ -112,6 +116,7 @@ class Evaluation:
     rule: Any = None
     clean_logits: np.ndarray | None = None
     clean_dense: dict[str, np.ndarray] | None = None
+    detector_scores: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
 
     @property
     def robust_accuracy(self) -> np.ndarray:
@@ -236,6 +241,7 @@ def evaluate(
     stop: Callable[[], bool] | None = None,
     rule: Any = None,
     target: Any = None,
+    detectors: Mapping[str, Any] | None = None,
 ) -> Evaluation:
     """Run ``attack`` on every example of ``data`` at every budget of ``eps``.
 
@@ -271,6 +277,9 @@ def evaluate(
             ``attack`` is the same). Required for multi-label data, refused otherwise.
         target: target masks of a targeted dense attack (``jaxadv.ASMA``): one mask ``[H, W]``
             for every image or one per data-set example ``[N, H, W]``.
+        detectors: fitted feature-space detectors (:mod:`jaxadv.detect`) by name: each scores
+            the clean images and the adversarials of every budget inside the loop (no image is
+            kept), returned in ``detector_scores``. Classification only.
 
     Dense targets: a dense attack (``jaxadv.SegPGD``, ``DAG``, ``ASMA``), a model returning
     per-pixel logits ``[B, H, W, C]`` and masks as labels (a segmentation data set, or
@@ -307,6 +316,8 @@ def evaluate(
         raise ValueError(f"num_adv must be a non-negative integer, got {num_adv!r}")
     dense = D.is_dense(attack, data)
     ds = _as_dataset(data, dense)
+    if detectors and dense:
+        raise ValueError("detectors= scores classifiers' inputs; a dense evaluation has none")
     dense_rule = None
     if dense:
         dense_rule, target = D.resolve(attack, model, ds, rule, target)
@@ -379,6 +390,7 @@ def evaluate(
     run = _Runner(attack, model, ds, e_run, key, mesh, per_dev, adv_index, num_adv, rule)
     # a multi-class model's logits, for the macro AUC under attack (kept under a rule anyway)
     run.keep_logits = rule is None and not dense and 2 < num_classes <= MAX_AUC_CLASSES
+    run.detectors = {n: layout.replicate(d, mesh) for n, d in (detectors or {}).items()}
     if dense:
         run.set_dense(dense_rule, target)
     steps = layout.chunks(idx.size, per_dev * mesh.devices.size)
@@ -390,7 +402,11 @@ def evaluate(
         if i + 1 < len(steps) and stop is not None and stop():
             raise EvaluationStopped
     # clean fields are [b, ...], per-eps fields [E, b, ...]: join on the example axis
-    cat = {f: np.concatenate([p[f] for p in parts], axis=0 if f in _CLEAN else 1) for f in parts[0]}
+    cat = {
+        f: np.concatenate([p[f] for p in parts], axis=0 if f in _CLEAN or f.startswith(_DC) else 1)
+        for f in parts[0]
+    }
+    det = {n: (cat.pop(_DC + n), cat.pop(_DA + n)) for n in run.detectors} or None
     clean_dense = D.split_clean(cat) if dense else None
     empty = np.zeros((0, h, w, k), np.float32)
     return Evaluation(
@@ -412,6 +428,7 @@ def evaluate(
         rule=dense_rule if dense else rule,
         clean_logits=cat.pop("clean_logits", None),
         clean_dense=clean_dense,
+        detector_scores=det,
     )
 
 
@@ -419,6 +436,15 @@ def evaluate(
 _CLEAN = ("y", "clean_correct", "clean_margin", "clean_score", "clean_logits") + tuple(
     f"clean_{k}" for k in programs.DENSE_FIELDS
 )
+
+#: Prefixes of the detector scores' fields (clean ``[b]``, per eps ``[E, b]``) inside the loop.
+_DC, _DA = "clean_det:", "det:"
+
+
+@jax.jit
+def _detector_score(x: jax.Array, det: Any) -> jax.Array:
+    """``x[B, H, W, K] -> f32[B]`` a fitted detector's score (higher: more adversarial)."""
+    return det.score(x).astype(jnp.float32)
 
 
 class _Runner:
@@ -441,6 +467,7 @@ class _Runner:
         self.ssim_win = 11 if min(h, w) >= 11 else 0
         self.dense_rule, self.target = None, None  # dense evaluations: see set_dense
         self.keep_logits = False  # integer labels: keep the logits [.., C] as well
+        self.detectors: dict[str, Any] = {}  # name -> fitted detector (replicated)
         self.sample: np.ndarray | None = None  # adversarials of the first examples
         self.sample_clean: np.ndarray | None = None
         self.steps = 0
@@ -477,6 +504,8 @@ class _Runner:
             dense=self.dense_rule is not None,
             keep_logits=self.keep_logits,
         )
+        for n, det in self.detectors.items():
+            per[_DA + n] = jnp.stack([_detector_score(advs[j], det) for j in range(eps.size)])
         host = layout.to_host({**per, **met})
         if self.dense_rule is not None:  # no positive-class score for a dense target
             host["score"] = np.full(host["success"].shape, np.nan, np.float32)
@@ -491,6 +520,8 @@ class _Runner:
             clean = programs.clean_step(
                 self.model, gx, gy, self.rule, mesh=self.mesh, keep_logits=self.keep_logits
             )
+        for n, det in self.detectors.items():
+            clean[_DC + n] = _detector_score(gx, det)
         host = layout.to_host({**clean, "y": gy})
         return {k: v[:b] for k, v in host.items()}
 
@@ -511,6 +542,7 @@ class _Runner:
         if "clean_logits" in clean:  # per-finding (multi-label) or per-class logits
             out["logits"] = clean["clean_logits"]
         out.update(D.unattacked(clean))
+        out.update({_DA + k[len(_DC) :]: v for k, v in clean.items() if k.startswith(_DC)})
         return out
 
     def _open_sample(self, rows: np.ndarray) -> bool:

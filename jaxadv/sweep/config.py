@@ -27,6 +27,7 @@ from importlib import resources
 from typing import Any
 
 from jaxadv.cli_segmentation import is_segmentation_model
+from jaxadv.sweep import detection as det
 from jaxadv.sweep import segmentation as seg
 from jaxadv.vocab import (
     EPS_SCALE,
@@ -71,6 +72,7 @@ _TOP = {
     "models": "list of models",
     "datasets": "list of data sets",
     "attacks": "list of attacks",
+    "detectors": "fitted detector files (jaxadv.detect.save), each with the model it belongs to",
 }
 _MODEL_KEYS = {"model", "label"}
 _DATA_KEYS = {
@@ -117,6 +119,8 @@ class Cell:
         dataset: the normalised data entry (``label``, ``data``, ``split``, ``num_examples``, ...).
         attack: the normalised attack entry (``label``, ``attack``, ``norm``, ``eps``, ...).
         seed: the PRNG seed; example ``i`` of the data set uses ``fold_in(key(seed), i)``.
+        detectors: the detector entries of the model (``label``, ``detector``, ``model``,
+            ``kind``); empty without ``detectors:``.
     """
 
     id: str
@@ -125,9 +129,10 @@ class Cell:
     dataset: dict
     attack: dict
     seed: int
+    detectors: tuple[dict, ...] = ()
 
     def spec(self) -> dict[str, Any]:
-        return {
+        out = {
             "id": self.id,
             "hash": self.hash,
             "model": self.model,
@@ -135,6 +140,9 @@ class Cell:
             "attack": self.attack,
             "seed": self.seed,
         }
+        if self.detectors:
+            out["detectors"] = [dict(d) for d in self.detectors]
+        return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -200,6 +208,8 @@ class SweepConfig:
             out[m["model"]] = _model_fingerprint(self.resolve(m["model"]))
         for d in self.data["datasets"]:
             out[d["data"]] = _data_fingerprint(self.resolve(d["data"]))
+        for d in self.data.get("detectors") or ():  # a refitted detector recomputes its cells
+            out[d["detector"]] = _data_fingerprint(self.resolve(d["detector"]))
         return out
 
 
@@ -561,6 +571,15 @@ def validate(raw: Any, *, base_dir: str, source: str) -> SweepConfig:
     _unique(attacks, "attacks")
 
     out.update(models=models, datasets=datasets, attacks=attacks)
+    if raw.get("detectors") is not None:  # only when given: configs without it keep their hash
+        resolve = SweepConfig(data=out, base_dir=base_dir, source=source).resolve
+        out["detectors"] = det.parse(raw["detectors"], models, resolve, error=ConfigError)
+        dense = [i for i, a in enumerate(attacks) if seg.is_dense(a)]
+        if dense:
+            raise ConfigError(
+                f"detectors: attacks[{dense[0]}] is a segmentation attack; detectors score "
+                "classifiers' inputs, so give them a classification sweep"
+            )
     try:
         canonical_json(out)
     except (TypeError, ValueError) as e:
@@ -603,8 +622,13 @@ def expand(cfg: SweepConfig) -> list[Cell]:
                     inputs = {"model": fps.get(m["model"]), "data": fps.get(ds["data"])}
                     if any(inputs.values()):  # the files' content decides the results too
                         what["inputs"] = inputs
+                    dets = det.for_model(d, m["label"])
+                    if dets:  # only then: cells without detectors keep their hash
+                        what["detectors"] = [{**e, "content": fps.get(e["detector"])} for e in dets]
                     h = sha256(what)[:16]
-                    cells.append(Cell(cid, h, dict(m), dict(ds), copy.deepcopy(a), int(s)))
+                    cells.append(
+                        Cell(cid, h, dict(m), dict(ds), copy.deepcopy(a), int(s), tuple(dets))
+                    )
     return cells
 
 
@@ -631,6 +655,15 @@ def _check_normalised(d: Any) -> None:
                     "(A-Z a-z 0-9 . _ -, no '__', at most 48 characters)"
                 )
         _unique(list(entries), what)
+    for i, e in enumerate(d.get("detectors") or ()):
+        if not (
+            isinstance(e, Mapping)
+            and is_label(e.get("label"))
+            and isinstance(e.get("detector"), str)
+        ):
+            raise ConfigError(
+                f"detectors[{i}]: must be a mapping with a label and a 'detector' file"
+            )
 
 
 def shard_cells(cells: Sequence[Cell], num_shards: int, shard_index: int) -> list[Cell]:

@@ -44,6 +44,7 @@ from jaxadv.report import (
     jsonl_text,
     md_table,
 )
+from jaxadv.sweep import detection
 from jaxadv.sweep import segmentation as seg
 from jaxadv.sweep.storage import (
     CorruptResultsError,
@@ -107,6 +108,10 @@ def decode(rec: Mapping[str, Any]) -> CellData:
             decode_array(r["logits"], np.float32),
             labels,
         )
+        for row, col in zip(rows, cols, strict=True):
+            row.update(col)
+    if "detectors" in r:  # per detector: AUC / TPR95 on the successful adversarials, per eps
+        cols = detection.summary_columns(r, per_eps["success"], cc)
         for row, col in zip(rows, cols, strict=True):
             row.update(col)
     return CellData(
@@ -468,6 +473,12 @@ def _write_report(
         if any(c.dataset == ds for c in dense):  # segmentation cells: robust Dice vs eps
             png = robustness_figure(dense, [], ds, metric="dice", ylabel="Dice (adversarial)")
             figures.append(("dice", _fig_name("robust_dice_" + ds), png))
+        for name in detection.names(cells):  # detection AUC vs eps per attack
+            mine = [c for c in cells if c.summary and detection.columns(name)[0] in c.summary[0]]
+            if any(c.dataset == ds for c in mine):
+                metric, ylabel = detection.columns(name)[0], f"detection AUC ({name})"
+                png = robustness_figure(mine, [], ds, metric=metric, ylabel=ylabel)
+                figures.append(("detection", _fig_name(f"detection_auc_{name}_{ds}"), png))
     seen = set()
     for c in cells:
         key = (c.model, c.dataset, c.attack)
@@ -527,6 +538,7 @@ def _write_report(
     fig_sections = [
         ("Robust accuracy vs eps", "curves", _text_curves()),
         ("Robust Dice vs eps (segmentation)", "dice", "Mean Dice at the adversarial, over seeds."),
+        ("Detection AUC vs eps", "detection", "Mean over seeds; no point where none succeeded."),
         ("Success vs queries (black-box attacks)", "queries", ""),
         ("Adversarial examples", "images", ""),
     ]
@@ -542,6 +554,10 @@ def _write_report(
         blocks.insert(
             1, ("Segmentation: Dice and IoU vs eps", 2, _seg_text(), seg_rows, seg_cols, "")
         )
+    det_rows = [r for r in rows if any(k.startswith("det_") for k in r)]
+    if det_rows:
+        cols = detection.table_columns(det_rows)
+        blocks.insert(1, ("Detectors", 2, detection.TEXT, det_rows, cols, ""))
     for head, key, text in fig_sections:
         if any(f[0] == key for f in figures):
             blocks.append((head, 2, text, [], [], key))

@@ -27,6 +27,7 @@ from jaxadv._progress import Progress, StopOnSigint
 from jaxadv.engine import EvaluationStopped, evaluate
 from jaxadv.engine.layout import block_size, data_mesh, num_steps
 from jaxadv.engine.summary import PER_EXAMPLE
+from jaxadv.sweep import detection
 from jaxadv.sweep import segmentation as seg
 from jaxadv.sweep.config import Cell, SweepConfig, diff_keys, expand, shard_cells
 from jaxadv.sweep.storage import (
@@ -111,6 +112,13 @@ def _check_data_grids(cells: Sequence[Cell], res: _Resources) -> None:
                 raise SweepError(f"cell {c.id}: attack {c.attack['label']!r}: {e}") from e
 
 
+def _check_detectors(cells: Sequence[Cell], res: _Resources) -> None:
+    """Every detector loads onto its model's features and scores one image, before any cell runs."""
+    for c in cells:
+        if c.detectors:
+            res.detectors(c)
+
+
 def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
@@ -124,6 +132,23 @@ class _Resources:
         self.mesh = mesh
         self._model: tuple[str, Any] | None = None
         self._data: tuple[str, Any] | None = None
+        self._detectors: dict[str, dict[str, Any]] = {}  # by model label
+
+    def detectors(self, cell: Cell) -> dict[str, Any] | None:
+        """The fitted detectors of the cell's model (``None`` without any), checked to fit it."""
+        if not cell.detectors:
+            return None
+        key = cell.model["label"]
+        if key not in self._detectors:
+            ds = self.dataset(cell.dataset)
+            self._detectors[key] = detection.load_for_model(
+                cell.detectors,
+                self.model(cell.model),
+                ds.image_shape,
+                self.cfg.resolve,
+                error=SweepError,
+            )
+        return self._detectors[key]
 
     def model(self, entry: dict, dense: bool = False) -> Any:
         spec = self.cfg.resolve(entry["model"])
@@ -207,6 +232,7 @@ def _run_cell(
             stop=stop,
             rule=rule,
             target=target,
+            detectors=res.detectors(cell),
         )
     except EvaluationStopped:
         return None
@@ -227,6 +253,7 @@ def _run_cell(
         results["logits"] = encode_array(ev.per_eps["logits"].astype(np.float32))
     if dense:  # per-image Dice, IoU, ...; labels: foreground pixels of the true masks
         results.update(seg.results(ev))
+    results.update(detection.results(ev))  # detector scores: clean [N], adversarial [E, N]
     samples = None
     if ev.adv.shape[0]:
         k = ev.adv.shape[0]
@@ -453,6 +480,7 @@ def run_sweep(
 
             try:
                 _check_data_grids(pending, resources)
+                _check_detectors(pending, resources)
                 ui.start(len(pending), _total_batches(pending, resources, bs))
                 for cell in pending:
                     rec = _run_cell(
