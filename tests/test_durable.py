@@ -72,6 +72,7 @@ _MINNORM = {
     "fmn": lambda t: jaxadv.FMN(threat=t, num_steps=60),
     "ddn": lambda t: jaxadv.DDN(threat=t, num_steps=60),
     "deepfool": lambda t: jaxadv.DeepFool(threat=t, overshoot=0.0),
+    "fab": lambda t: jaxadv.FAB(threat=t, num_steps=30),
 }
 
 
@@ -81,6 +82,37 @@ def test_minimum_norm_attacks_aim_at_the_success_margin(name):
     kappa = 0.1
     res = _MINNORM[name](jaxadv.L2Ball(eps=math.inf, success_margin=kappa))(0, model, x, y)
     assert bool(jnp.all(res.success)) and float(jnp.min(res.loss)) > kappa
+
+
+@pytest.mark.parametrize(
+    "threat_cls",
+    [jaxadv.L2Ball, jaxadv.LinfBall, pytest.param(jaxadv.L1Ball, marks=pytest.mark.slow)],
+)
+def test_fab_searches_past_kappa_and_overshoot(threat_cls):
+    model, x, y = _setup()
+    kappa, over = 0.1, 0.05
+    fab = lambda t, o: jaxadv.FAB(threat=t, num_steps=30, overshoot=o)  # noqa: E731
+    plain = fab(threat_cls(eps=math.inf), 0.0)(0, model, x, y)
+    # κ = 0 and no overshoot: the reference's rule, points on the boundary (from above)
+    assert bool(jnp.all(plain.success)) and float(jnp.median(plain.loss)) < over
+    # with κ, a point found at a margin <= κ would be rejected by finalize; FAB's are past it
+    res = fab(threat_cls(eps=math.inf, success_margin=kappa), 0.0)(0, model, x, y)
+    assert bool(jnp.all(res.success)) and float(jnp.min(res.loss)) > kappa
+    # the overshoot: strictly past the boundary by at least the headroom, at a little more norm
+    res = fab(threat_cls(eps=math.inf), over)(0, model, x, y)
+    assert bool(jnp.all(res.success)) and float(jnp.min(res.loss)) > over
+    assert bool(jnp.all(res.norm >= plain.norm * (1 - 1e-3)))
+    assert bool(jnp.all(res.norm <= plain.norm * 1.5 + 0.05))
+    # FAB-T and targeted searches obey the same threshold (targeted FAB only follows the
+    # target's hyperplane, so it gets a 2-class model where no third class gets in the way)
+    m2, x2, y2 = _setup(num_classes=2)
+    t_res = fab(threat_cls(eps=math.inf, success_margin=kappa), 0.0)(0, m2, x2, y2, target=1 - y2)
+    assert bool(jnp.all(t_res.success)) and float(jnp.min(t_res.loss)) > kappa
+    fab_t = jaxadv.FAB(
+        threat=threat_cls(eps=math.inf, success_margin=kappa), num_steps=30, num_target_classes=2
+    )
+    ft_res = fab_t(0, model, x, y)
+    assert bool(jnp.all(ft_res.success)) and float(jnp.min(ft_res.loss)) > kappa
 
 
 @pytest.mark.parametrize("bad", [-0.1, math.nan, math.inf, "0.1", True])
