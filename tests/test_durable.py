@@ -322,3 +322,29 @@ def test_grid_rounds_away_from_x_when_nearest_loses_the_success():
     res = jax.jit(finalize)(small, model, x, adv, y)
     assert not bool(res.success[0])
     np.testing.assert_array_equal(res.adv, x)
+
+
+def test_cli_grid_dataset_is_the_data_sets_bit_depth(tmp_path, capsys):
+    """``--grid dataset`` (as a sweep's ``grid: dataset``): the stored images' bit depth; data
+    stored as floats give a one-line error."""
+    import json
+
+    from jaxadv.cli import main
+
+    out = tmp_path / "run"
+    argv = ["attack", "--attack", "fgsm", "--num-examples", "4", "--eps", "8", "--quiet"]
+    assert main([*argv, "--grid", "dataset", "--out", str(out)]) == 0
+    threat = json.loads((out / "results.json").read_text())["manifest"]["attack_config"]["threat"]
+    assert threat["grid"] == 8  # the embedded PneumoniaMNIST images are stored as uint8
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for split in ("train", "val", "test"):
+        arrays[f"{split}_images"] = rng.random((6, 28, 28), dtype=np.float32)
+        arrays[f"{split}_labels"] = rng.integers(0, 2, (6, 1))
+    np.savez(tmp_path / "floats.npz", **arrays)
+    floats = ["--data", str(tmp_path / "floats.npz"), "--grid", "dataset"]
+    assert main([*argv, *floats, "--out", str(tmp_path / "f")]) == 2
+    err = capsys.readouterr().err
+    assert "not stored as uint8/uint16 images (float32)" in err and "Traceback" not in err
+    assert main([*argv, "--grid", "float32", "--out", str(tmp_path / "g")]) == 2
+    assert "or 'dataset'" in capsys.readouterr().err
