@@ -75,7 +75,8 @@ def test_versions_build_the_reference_stages(version, norm):
     assert [_describe(a) for a in aa.attacks] == EXPECTED[(version, norm)]
     assert aa.eot_draws == (20 if version == "rand" else 1)
     fab = [a for a in aa.attacks if isinstance(a, jaxadv.FAB)]
-    assert all((f.alpha_max, f.eta, f.beta) == (0.1, 1.05, 0.9) for f in fab)
+    # ... and no overshoot: the official FAB has none (FAB's own default is 1e-3)
+    assert all((f.alpha_max, f.eta, f.beta, f.overshoot) == (0.1, 1.05, 0.9, 0.0) for f in fab)
     sq = [a for a in aa.attacks if isinstance(a, jaxadv.Square)]
     assert all(float(s.p_init) == pytest.approx(0.8) for s in sq)
 

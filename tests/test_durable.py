@@ -38,7 +38,7 @@ def _setup(num_classes=3, n=8, seed=0, grid=None):
 def test_fmn_overshoot_puts_points_strictly_past_the_boundary(threat_cls):
     model, x, y = _setup()
     over = 0.05
-    plain = jaxadv.FMN(threat=threat_cls(eps=math.inf), num_steps=60)(0, model, x, y)
+    plain = jaxadv.FMN(threat=threat_cls(eps=math.inf), num_steps=60, overshoot=0.0)(0, model, x, y)
     durable_ = jaxadv.FMN(threat=threat_cls(eps=math.inf), num_steps=60, overshoot=over)(
         0, model, x, y
     )

@@ -164,6 +164,9 @@ def _stage(name, threat, s, num_steps, square_queries, fab_restarts):
             alpha_max=f["alpha_max"],
             eta=f["eta"],
             beta=f["beta"],
+            # the official FAB has no overshoot: the stage stays the reference's, point for point
+            # (benchmarks/autoattack.py); a success_margin κ still moves its target past κ
+            overshoot=0.0,
         )
     if name == "square":
         square = REGISTRY["Square"]
