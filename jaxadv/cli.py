@@ -306,6 +306,7 @@ def _cmd_attack(args: argparse.Namespace) -> int:
         check_attack(attack)  # e.g. apgd-dlr: refused before any loading
     out = _out_dir(args.out)
     ds = _dataset(args.data, args.split, args.image_size, args.channels)
+    attack = _spec(cli_durable.apply_data_grid, attack, args, ds)  # --grid dataset
     rule = _spec(make_rule, args.multilabel, args.finding, args.target_set, ds)
     model = _model(args.model)
     _spec(check_model_fits, model, ds, rule, f"model {args.model!r}")

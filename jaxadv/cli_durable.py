@@ -23,7 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--grid",
         default=None,
         help="quantise adversarial images to this storage grid inside the attack (8, 12, 16, "
-        "uint8, uint16); success is decided on the quantised image",
+        "uint8, uint16, or 'dataset': the bit depth of the data set's stored images); success "
+        "is decided on the quantised image",
     )
     parser.add_argument(
         "--recheck",
@@ -38,12 +39,28 @@ def apply(attack: Any, args: argparse.Namespace) -> Any:
     """``attack`` with ``--success-margin`` / ``--grid`` set on its threat model (the one parser,
     :func:`jaxadv.vocab.parse_durable`; raises ``SpecError`` for a bad value, before any
     loading)."""
-    from jaxadv.vocab import parse_durable, with_durable
+    from jaxadv.vocab import GRID_FROM_DATA, parse_durable, with_durable
 
-    changes = parse_durable(getattr(args, "success_margin", None), getattr(args, "grid", None))
+    changes = parse_durable(
+        getattr(args, "success_margin", None), getattr(args, "grid", None), dataset_ok=True
+    )
+    if changes.get("grid") == GRID_FROM_DATA:
+        del changes["grid"]  # set by apply_data_grid once the data set is loaded
     if not changes or attack is None:
         return attack
     return with_durable(attack, changes)
+
+
+def apply_data_grid(attack: Any, args: argparse.Namespace, ds: Any) -> Any:
+    """``attack`` with ``--grid dataset`` resolved to the bit depth of ``ds``'s stored images
+    (:func:`jaxadv.vocab.dataset_grid`, as sweeps resolve ``grid: dataset``); unchanged for any
+    other ``--grid``. Raises ``SpecError`` for data stored as floats."""
+    from jaxadv.vocab import GRID_FROM_DATA, dataset_grid, parse_durable, with_durable
+
+    grid = parse_durable(None, getattr(args, "grid", None), dataset_ok=True).get("grid")
+    if grid != GRID_FROM_DATA or attack is None:
+        return attack
+    return with_durable(attack, {"grid": dataset_grid(ds)})
 
 
 def evaluate_kwargs(args: argparse.Namespace, n: int) -> dict[str, Any]:

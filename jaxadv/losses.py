@@ -86,9 +86,20 @@ def label_success(pred: Array, y: Array, target: Array | None = None) -> Array:
     return pred == target
 
 
-def is_adversarial(logits: Array, y: Array, target: Array | None = None) -> Array:
-    """Success criterion ``[B]``: misclassified (untargeted) or classified as ``target``."""
-    return label_success(jnp.argmax(logits, axis=1), y, target)
+def is_adversarial(
+    logits: Array, y: Array, target: Array | None = None, *, success_margin: float = 0.0
+) -> Array:
+    """Success criterion ``[B]``: misclassified (untargeted) or classified as ``target``.
+
+    ``success_margin`` κ (a threat's static setting, issue 19): above 0, success is instead
+    ``margin > κ`` on finite logits (:func:`margin`, or :func:`margin_targeted` with ``target``),
+    the rule :func:`jaxadv.result.finalize` applies; at 0 it is exactly the argmax rule.
+    """
+    if success_margin == 0:
+        return label_success(jnp.argmax(logits, axis=1), y, target)
+    m = margin(logits, y) if target is None else margin_targeted(logits, target)
+    finite = jnp.all(jnp.isfinite(logits), axis=1)
+    return (m.astype(jnp.float32) > success_margin) & finite
 
 
 LOSSES: dict[str, tuple[LossFn, LossFn]] = {

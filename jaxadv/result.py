@@ -128,7 +128,7 @@ def finalize(threat, model, x, adv, y, *, target=None, queries=None, rule=None) 
         yy, ll = jnp.tile(y, reps), jnp.tile(lbl, reps)
         tt = None if target is None else jnp.tile(target, reps)
         m = margin(logits, ll).astype(jnp.float32)
-        won = L.is_adversarial(logits, yy, tt) if kappa == 0 else m > kappa
+        won = L.is_adversarial(logits, yy, tt, success_margin=kappa)
         return won & jnp.all(jnp.isfinite(logits), axis=1), m, logits
 
     if threat.grid is None:

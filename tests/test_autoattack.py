@@ -75,7 +75,8 @@ def test_versions_build_the_reference_stages(version, norm):
     assert [_describe(a) for a in aa.attacks] == EXPECTED[(version, norm)]
     assert aa.eot_draws == (20 if version == "rand" else 1)
     fab = [a for a in aa.attacks if isinstance(a, jaxadv.FAB)]
-    assert all((f.alpha_max, f.eta, f.beta) == (0.1, 1.05, 0.9) for f in fab)
+    # ... and no overshoot: the official FAB has none (FAB's own default is 1e-3)
+    assert all((f.alpha_max, f.eta, f.beta, f.overshoot) == (0.1, 1.05, 0.9, 0.0) for f in fab)
     sq = [a for a in aa.attacks if isinstance(a, jaxadv.Square)]
     assert all(float(s.p_init) == pytest.approx(0.8) for s in sq)
 
@@ -364,3 +365,49 @@ def test_the_rand_version_attacks_the_expectation_and_judges_one_draw():
     # pass
     judge = judging_view(model)
     np.testing.assert_array_equal(res.success, jnp.argmax(judge(res.adv), axis=1) != y)
+
+
+# ------------------------------------------------------------------------- success margin κ
+def _capped_model():
+    """3 classes, true class 0 (logit 0). Class 1 (the runner-up, APGD-T's first target) can
+    win, but only by at most 0.1; class 2 (the second target) can win by far more."""
+
+    def apply(w, x):
+        p, q = x[:, 0, 0, 0], x[:, 0, 1, 0]
+        z1 = 0.1 * jnp.tanh(10 * (p - 0.1))
+        return jnp.stack([jnp.zeros_like(p), z1, w * (q - 0.2)], axis=1)
+
+    return jaxadv.from_apply(apply, jnp.float32(5.0))
+
+
+@pytest.mark.parametrize("compact", [True, False])
+def test_apgd_t_tries_the_next_target_when_one_breaks_only_below_kappa(compact):
+    model = _capped_model()
+    x = jnp.zeros((3, 2, 2, 1), jnp.float32)
+    y = jnp.zeros((3,), jnp.int32)
+    kappa = 0.2
+    threat = jaxadv.LinfBall(eps=0.5, success_margin=kappa)
+    aa = jaxadv.AutoAttack.standard(threat, version="custom", attacks=("apgd-t",), num_steps=8)
+    keys = example_keys(jax.random.key(0), 3)
+    res = aa(jax.random.key(0), model, x, y) if compact else aa.run(keys, model, x, y)
+    # target 1 alone never clears κ = 0.2 (its APGD run makes class 1 win by <= 0.1); only
+    # target 2, run when target 1's point is judged with κ as finalize judges it, breaks them
+    assert bool(jnp.all(res.success)) and float(jnp.min(res.loss)) > kappa
+
+
+@pytest.mark.parametrize("compact", [True, False])
+def test_a_clean_error_inside_kappa_is_attacked(compact):
+    """A clean misclassification by a margin <= κ is no success yet: the stages must see it."""
+    names = ("apgd-ce", "fab")
+    x, y, code, _ = _counting_batch(2, b=6, seed=1)
+    x[:, 0, 0, 0] = 0.55  # every point clean-misclassified, margin 2 * 0.05 = 0.1
+    code[:] = 0
+    x[:, 0, 0, 1] = 0.05  # stage 0 breaks every point it sees (to margin 1.0)
+    threat = jaxadv.LinfBall(eps=1.0, success_margin=0.2)
+    stages = tuple(Scripted(threat=threat, stage=s) for s in range(2))
+    aa = jaxadv.AutoAttack(threat=threat, attacks=stages, names=names, version="custom")
+    model = _flag_model()
+    keys = example_keys(jax.random.key(0), 6)
+    res = aa(jax.random.key(0), model, x, y) if compact else aa.run(keys, model, jnp.asarray(x), y)
+    np.testing.assert_array_equal(res.queries, np.full(6, 2 + 1))  # stage 0 saw every point
+    assert bool(jnp.all(res.success)) and float(jnp.min(res.loss)) > 0.2

@@ -38,7 +38,7 @@ def _setup(num_classes=3, n=8, seed=0, grid=None):
 def test_fmn_overshoot_puts_points_strictly_past_the_boundary(threat_cls):
     model, x, y = _setup()
     over = 0.05
-    plain = jaxadv.FMN(threat=threat_cls(eps=math.inf), num_steps=60)(0, model, x, y)
+    plain = jaxadv.FMN(threat=threat_cls(eps=math.inf), num_steps=60, overshoot=0.0)(0, model, x, y)
     durable_ = jaxadv.FMN(threat=threat_cls(eps=math.inf), num_steps=60, overshoot=over)(
         0, model, x, y
     )
@@ -72,6 +72,7 @@ _MINNORM = {
     "fmn": lambda t: jaxadv.FMN(threat=t, num_steps=60),
     "ddn": lambda t: jaxadv.DDN(threat=t, num_steps=60),
     "deepfool": lambda t: jaxadv.DeepFool(threat=t, overshoot=0.0),
+    "fab": lambda t: jaxadv.FAB(threat=t, num_steps=30),
 }
 
 
@@ -81,6 +82,37 @@ def test_minimum_norm_attacks_aim_at_the_success_margin(name):
     kappa = 0.1
     res = _MINNORM[name](jaxadv.L2Ball(eps=math.inf, success_margin=kappa))(0, model, x, y)
     assert bool(jnp.all(res.success)) and float(jnp.min(res.loss)) > kappa
+
+
+@pytest.mark.parametrize(
+    "threat_cls",
+    [jaxadv.L2Ball, jaxadv.LinfBall, pytest.param(jaxadv.L1Ball, marks=pytest.mark.slow)],
+)
+def test_fab_searches_past_kappa_and_overshoot(threat_cls):
+    model, x, y = _setup()
+    kappa, over = 0.1, 0.05
+    fab = lambda t, o: jaxadv.FAB(threat=t, num_steps=30, overshoot=o)  # noqa: E731
+    plain = fab(threat_cls(eps=math.inf), 0.0)(0, model, x, y)
+    # κ = 0 and no overshoot: the reference's rule, points on the boundary (from above)
+    assert bool(jnp.all(plain.success)) and float(jnp.median(plain.loss)) < over
+    # with κ, a point found at a margin <= κ would be rejected by finalize; FAB's are past it
+    res = fab(threat_cls(eps=math.inf, success_margin=kappa), 0.0)(0, model, x, y)
+    assert bool(jnp.all(res.success)) and float(jnp.min(res.loss)) > kappa
+    # the overshoot: strictly past the boundary by at least the headroom, at a little more norm
+    res = fab(threat_cls(eps=math.inf), over)(0, model, x, y)
+    assert bool(jnp.all(res.success)) and float(jnp.min(res.loss)) > over
+    assert bool(jnp.all(res.norm >= plain.norm * (1 - 1e-3)))
+    assert bool(jnp.all(res.norm <= plain.norm * 1.5 + 0.05))
+    # FAB-T and targeted searches obey the same threshold (targeted FAB only follows the
+    # target's hyperplane, so it gets a 2-class model where no third class gets in the way)
+    m2, x2, y2 = _setup(num_classes=2)
+    t_res = fab(threat_cls(eps=math.inf, success_margin=kappa), 0.0)(0, m2, x2, y2, target=1 - y2)
+    assert bool(jnp.all(t_res.success)) and float(jnp.min(t_res.loss)) > kappa
+    fab_t = jaxadv.FAB(
+        threat=threat_cls(eps=math.inf, success_margin=kappa), num_steps=30, num_target_classes=2
+    )
+    ft_res = fab_t(0, model, x, y)
+    assert bool(jnp.all(ft_res.success)) and float(jnp.min(ft_res.loss)) > kappa
 
 
 @pytest.mark.parametrize("bad", [-0.1, math.nan, math.inf, "0.1", True])
@@ -290,3 +322,29 @@ def test_grid_rounds_away_from_x_when_nearest_loses_the_success():
     res = jax.jit(finalize)(small, model, x, adv, y)
     assert not bool(res.success[0])
     np.testing.assert_array_equal(res.adv, x)
+
+
+def test_cli_grid_dataset_is_the_data_sets_bit_depth(tmp_path, capsys):
+    """``--grid dataset`` (as a sweep's ``grid: dataset``): the stored images' bit depth; data
+    stored as floats give a one-line error."""
+    import json
+
+    from jaxadv.cli import main
+
+    out = tmp_path / "run"
+    argv = ["attack", "--attack", "fgsm", "--num-examples", "4", "--eps", "8", "--quiet"]
+    assert main([*argv, "--grid", "dataset", "--out", str(out)]) == 0
+    threat = json.loads((out / "results.json").read_text())["manifest"]["attack_config"]["threat"]
+    assert threat["grid"] == 8  # the embedded PneumoniaMNIST images are stored as uint8
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for split in ("train", "val", "test"):
+        arrays[f"{split}_images"] = rng.random((6, 28, 28), dtype=np.float32)
+        arrays[f"{split}_labels"] = rng.integers(0, 2, (6, 1))
+    np.savez(tmp_path / "floats.npz", **arrays)
+    floats = ["--data", str(tmp_path / "floats.npz"), "--grid", "dataset"]
+    assert main([*argv, *floats, "--out", str(tmp_path / "f")]) == 2
+    err = capsys.readouterr().err
+    assert "not stored as uint8/uint16 images (float32)" in err and "Traceback" not in err
+    assert main([*argv, "--grid", "float32", "--out", str(tmp_path / "g")]) == 2
+    assert "or 'dataset'" in capsys.readouterr().err

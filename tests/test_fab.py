@@ -92,7 +92,10 @@ def test_boundary_step_is_the_minimal_box_constrained_projection(p):
 @pytest.mark.parametrize(("threat_cls", "dual"), NORMS)
 def test_untargeted_reaches_the_analytic_minimal_distance(threat_cls, dual):
     model, w, x, z, y = _linear()
-    res = jaxadv.FAB(threat=threat_cls(eps=jnp.inf), num_steps=30)(jax.random.key(0), model, x, y)
+    # overshoot 0: the paper's rule, whose fixed point is the analytic distance (the default
+    # 1e-3 logit headroom adds 1e-3 / ||w_j - w_y|| to these tiny distances)
+    fab = jaxadv.FAB(threat=threat_cls(eps=jnp.inf), num_steps=30, overshoot=0.0)
+    res = fab(jax.random.key(0), model, x, y)
     best = [
         min(_pair_distance(w, z[i], y[i], j, dual) for j in range(4) if j != y[i]) for i in range(5)
     ]
@@ -107,7 +110,7 @@ def test_untargeted_reaches_the_analytic_minimal_distance(threat_cls, dual):
 def test_targeted_hits_the_target_at_the_analytic_distance(threat_cls, dual):
     model, w, x, z, y = _linear(c=3, dead=(2,))  # class 2 never competes
     target = 1 - jnp.asarray(y)
-    res = jaxadv.FAB(threat=threat_cls(eps=jnp.inf), num_steps=30)(
+    res = jaxadv.FAB(threat=threat_cls(eps=jnp.inf), num_steps=30, overshoot=0.0)(
         jax.random.key(0), model, x, y, target=target
     )
     np.testing.assert_array_equal(jnp.argmax(model(res.adv), axis=1), target)
@@ -121,7 +124,9 @@ def test_targeted_hits_the_target_at_the_analytic_distance(threat_cls, dual):
 def test_fab_t_finds_the_closest_of_its_targets(threat_cls, dual):
     """FAB-T with every wrong class as a target reaches the closest class's hyperplane."""
     model, w, x, z, y = _linear()
-    fab_t = jaxadv.FAB(threat=threat_cls(eps=jnp.inf), num_steps=30, num_target_classes=3)
+    fab_t = jaxadv.FAB(
+        threat=threat_cls(eps=jnp.inf), num_steps=30, num_target_classes=3, overshoot=0.0
+    )
     res = fab_t(jax.random.key(0), model, x, y)
     assert bool(jnp.all(res.success))
     # the first target (runner-up logit) already succeeds; its distance bounds the result
@@ -173,7 +178,12 @@ def test_matches_the_reference_implementation(norm, targeted):
     xt = torch.from_numpy(np.array(x)).permute(0, 3, 1, 2)
     ref_adv = ref.perturb(xt, torch.from_numpy(y)).permute(0, 2, 3, 1).numpy()
     threat = {"Linf": jaxadv.LinfBall, "L2": jaxadv.L2Ball, "L1": jaxadv.L1Ball}[norm](eps=10.0)
-    ours = jaxadv.FAB(threat=threat, num_steps=30, num_target_classes=3 if targeted else None)
+    ours = jaxadv.FAB(
+        threat=threat,
+        num_steps=30,
+        num_target_classes=3 if targeted else None,
+        overshoot=0.0,  # the reference has none
+    )
     res = ours(jax.random.key(0), model, x, y)
     np.testing.assert_allclose(res.adv, ref_adv, atol=1e-5)
 

@@ -18,6 +18,8 @@ the last one) and the gradient evaluations charged (the ones spent) differ.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -52,17 +54,18 @@ def _advance(atk, run, model, x, y, start, stop, target):
     return atk.advance(run, model, x, y, start, stop, target)
 
 
-@jax.jit
-def _targets(model, x, y):
+@functools.partial(jax.jit, static_argnames="kappa")
+def _targets(model, x, y, kappa):
     """APGD-T's target order (as :meth:`APGDT.run` computes it): ``order[B, C]`` ascending and
-    whether ``x`` is already misclassified."""
+    whether ``x`` is already broken (past the success margin ``kappa``)."""
     logits = model(x)
-    return jnp.argsort(logits, axis=1), L.is_adversarial(logits, y)
+    return jnp.argsort(logits, axis=1), L.is_adversarial(logits, y, success_margin=kappa)
 
 
-@jax.jit
-def _misclassified(model, x, y):
-    return L.is_adversarial(model(x), y)
+@functools.partial(jax.jit, static_argnames="kappa")
+def _misclassified(model, x, y, kappa):
+    """Broken, as finalize judges (margin past the threat's ``success_margin`` ``kappa``)."""
+    return L.is_adversarial(model(x), y, success_margin=kappa)
 
 
 @jax.jit
@@ -110,7 +113,8 @@ def _apgd_rows(atk: APGD, keys, model, x, y, target, cap: int):
 
 def _apgdt_rows(atk: APGDT, keys, model, x, y, cap: int):
     """APGD-T on the rows of ``x``: target ``j`` only on the rows no earlier target broke."""
-    order, succ = _targets(model, x, y)
+    kappa = atk.threat.success_margin
+    order, succ = _targets(model, x, y, kappa)
     order, succ = np.asarray(order), np.asarray(succ).copy()
     c = order.shape[1]
     n_t = min(atk.num_target_classes, c - 1)
@@ -125,7 +129,7 @@ def _apgdt_rows(atk: APGDT, keys, model, x, y, cap: int):
         t = np.where(t == np.asarray(y)[rows], order[rows, c - 1], t)
         tkeys = jax.vmap(lambda k, j=j: jax.random.fold_in(k, 1000 + j))(keys[rows])
         point, _, tq = _apgd_rows(inner, tkeys, model, x[rows], y[rows], jnp.asarray(t), cap)
-        broke = np.asarray(_misclassified(model, point, y[rows]))
+        broke = np.asarray(_misclassified(model, point, y[rows], kappa))
         q[rows] += tq + 1
         won = np.nonzero(broke)[0]
         adv = adv.at[rows[won]].set(point[won])

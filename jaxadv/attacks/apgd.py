@@ -52,11 +52,12 @@ class APGDRun:
     queries: Array
 
 
-def _apgd_begin(model, x, y, lbl, target, loss_fn, x0, eps, num_steps) -> APGDRun:
-    """The state before the first step: the gradient at ``x0`` (one evaluation)."""
+def _apgd_begin(model, x, y, lbl, target, loss_fn, x0, eps, num_steps, kappa=0.0) -> APGDRun:
+    """The state before the first step: the gradient at ``x0`` (one evaluation). ``kappa``: the
+    threat's ``success_margin``, so a point counts as broken only past it (as finalize judges)."""
     b = x.shape[0]
     g, loss, logits = loss_grad(model, loss_fn, x0, lbl)
-    succ = L.is_adversarial(logits, y, target)
+    succ = L.is_adversarial(logits, y, target, success_margin=kappa)
     step = jnp.broadcast_to(2.0 * jnp.asarray(eps, x.dtype), (b,))
     state = APGDState(
         xa=x0,
@@ -84,7 +85,9 @@ def _apgd_single(threat, model, x, y, lbl, target, loss_fn, x0, num_steps, rho, 
     """One APGD run from ``x0``. Returns the driver's :class:`~jaxadv.attacks.driver.Loop`: the
     best point per example (success first, then loss) and the gradient evaluations
     (``num_steps + 1``)."""
-    run = _apgd_begin(model, x, y, lbl, target, loss_fn, x0, threat.eps, num_steps)
+    run = _apgd_begin(
+        model, x, y, lbl, target, loss_fn, x0, threat.eps, num_steps, threat.success_margin
+    )
     return _apgd_advance(
         threat,
         model,
@@ -123,7 +126,7 @@ def _apgd_advance(
         z = threat.project(x, s.xa + threat.ascent_step(s.g, s.step))
         xn = threat.project(x, s.xa + a * (z - s.xa) + (1 - a) * (s.xa - s.x_prev))
         g, loss, logits = loss_grad(model, loss_fn, xn, lbl)
-        succ = L.is_adversarial(logits, y, target)
+        succ = L.is_adversarial(logits, y, target, success_margin=threat.success_margin)
         improved = loss > s.loss_max
         x_max = bsel(improved, xn, s.x_max)
         g_max = bsel(improved, g, s.g_max)
@@ -253,7 +256,18 @@ class APGD(AbstractAttack):
         x0 = self.threat.random_init(rkeys, x) if self.random_start else x
         loss_fn = self._loss_fn(y, target)
         lbl = y if target is None else target
-        return _apgd_begin(model, x, y, lbl, target, loss_fn, x0, self.threat.eps, self.num_steps)
+        return _apgd_begin(
+            model,
+            x,
+            y,
+            lbl,
+            target,
+            loss_fn,
+            x0,
+            self.threat.eps,
+            self.num_steps,
+            self.threat.success_margin,
+        )
 
     def advance(self, run: APGDRun, model, x, y, start, stop, target=None) -> APGDRun:
         """Steps ``start .. stop - 1`` (may be traced) of the run :meth:`begin` started. Row for
@@ -338,6 +352,7 @@ class APGDT(AbstractAttack):
         n_t = min(self.num_target_classes, c - 1)
         order = jnp.argsort(logits0, axis=1)  # ascending: the top class is last
         inner = self.inner()
+        kappa = self.threat.success_margin  # a target broken only at margin <= κ is no success
 
         def per_target(j, state):
             adv, succ = state
@@ -346,10 +361,11 @@ class APGDT(AbstractAttack):
             t = jnp.where(t == y, order[:, c - 1], t)
             tkeys = jax.vmap(lambda k: jax.random.fold_in(k, 1000 + j))(keys)
             cand = inner.run_from(tkeys, model, x, y, t)[0].point
-            cand_succ = L.is_adversarial(model(cand), y)
+            cand_succ = L.is_adversarial(model(cand), y, success_margin=kappa)
             take = cand_succ & ~succ
             return bsel(take, cand, adv), succ | cand_succ
 
-        adv, _ = jax.lax.fori_loop(0, n_t, per_target, (x, L.is_adversarial(logits0, y)))
+        clean = L.is_adversarial(logits0, y, success_margin=kappa)
+        adv, _ = jax.lax.fori_loop(0, n_t, per_target, (x, clean))
         q = jnp.full((b,), 1 + n_t * (self.num_restarts * (self.num_steps + 1) + 1), jnp.int32)
         return finalize(self.threat, model, x, adv, y, queries=q)

@@ -50,8 +50,8 @@ def _success(logits: Array, y: Array, target: Array | None = None, kappa: float 
     """The library's success rule on finite logits only (a NaN row's argmax is 0: read naively it
     could count as misclassified and steer the search). ``kappa``: the threat's
     ``success_margin`` (static), so the search aims past the margin :func:`finalize` demands."""
-    ok = L.is_adversarial(logits, y, target) & jnp.all(jnp.isfinite(logits), axis=1)
-    return ok if kappa == 0 else ok & (_margin(logits, y, target) > kappa)
+    ok = L.is_adversarial(logits, y, target, success_margin=kappa)
+    return ok & jnp.all(jnp.isfinite(logits), axis=1)
 
 
 def _margin(logits: Array, y: Array, target: Array | None) -> Array:

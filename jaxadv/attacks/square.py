@@ -154,7 +154,11 @@ class Square(AbstractAttack):
         def score(xa):
             lp = bb.log_probs(model, xa)
             pred = jnp.argmax(lp, axis=-1).astype(jnp.int32)
-            return loss_fn(lp, lbl).astype(dt), bb.is_adversarial_label(pred, y, target)
+            if threat.success_margin == 0:
+                return loss_fn(lp, lbl).astype(dt), bb.is_adversarial_label(pred, y, target)
+            # κ > 0: the margin of the log-probabilities is the logits' margin (a shared shift)
+            ok = L.is_adversarial(lp, y, target, success_margin=threat.success_margin)
+            return loss_fn(lp, lbl).astype(dt), ok
 
         loss0, succ0 = score(x)
         queries = jnp.ones((b,), jnp.int32)
