@@ -153,12 +153,30 @@ def decode_array(v: Any, dtype: Any) -> np.ndarray:
     return arr.astype(dtype)
 
 
+def _encode_u8(a: np.ndarray) -> str:
+    """A uint8 array as base64 of its ``.npy`` buffer."""
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(a, np.uint8), allow_pickle=False)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _decode_u8(s: Any, what: str, ndim: int, shape: str) -> np.ndarray:
+    """The uint8 array of rank ``ndim`` that :func:`_encode_u8` wrote (``what`` and ``shape``
+    name it in errors)."""
+    if not isinstance(s, str):
+        raise ValueError(f"{what} must be a base64 string, got {type(s).__name__}")
+    try:
+        arr = np.load(io.BytesIO(base64.b64decode(s, validate=True)), allow_pickle=False)
+    except (binascii.Error, ValueError, OSError, EOFError) as e:
+        raise ValueError(f"unreadable {what} ({e})") from e
+    if arr.dtype != np.uint8 or arr.ndim != ndim:
+        raise ValueError(f"{what} must be uint8 {shape}, got {arr.dtype}{list(arr.shape)}")
+    return arr
+
+
 def encode_images(a: np.ndarray) -> str:
     """uint8 images as base64 of an ``.npy`` buffer (compact, exact for display)."""
-    buf = io.BytesIO()
-    u8 = np.clip(np.round(np.asarray(a, np.float32) * 255), 0, 255).astype(np.uint8)
-    np.save(buf, u8, allow_pickle=False)
-    return base64.b64encode(buf.getvalue()).decode()
+    return _encode_u8(np.clip(np.round(np.asarray(a, np.float32) * 255), 0, 255))
 
 
 def decode_images(s: str) -> np.ndarray:
@@ -167,15 +185,7 @@ def decode_images(s: str) -> np.ndarray:
     Raises:
         ValueError: not base64 of a ``uint8`` ``.npy`` array of rank 4.
     """
-    if not isinstance(s, str):
-        raise ValueError(f"images must be a base64 string, got {type(s).__name__}")
-    try:
-        arr = np.load(io.BytesIO(base64.b64decode(s, validate=True)), allow_pickle=False)
-    except (binascii.Error, ValueError, OSError, EOFError) as e:
-        raise ValueError(f"unreadable images ({e})") from e
-    if arr.dtype != np.uint8 or arr.ndim != 4:
-        raise ValueError(f"images must be uint8 [n, H, W, K], got {arr.dtype}{list(arr.shape)}")
-    return arr.astype(np.float32) / 255.0
+    return _decode_u8(s, "images", 4, "[n, H, W, K]").astype(np.float32) / 255.0
 
 
 def encode_masks(m: np.ndarray) -> str:
@@ -183,9 +193,7 @@ def encode_masks(m: np.ndarray) -> str:
     a = np.asarray(m)
     if a.ndim != 3 or (a.size and (a.min() < 0 or a.max() > 255)):
         raise ValueError(f"masks must be [n, H, W] class ids in [0, 255], got shape {a.shape}")
-    buf = io.BytesIO()
-    np.save(buf, a.astype(np.uint8), allow_pickle=False)
-    return base64.b64encode(buf.getvalue()).decode()
+    return _encode_u8(a)
 
 
 def decode_masks(s: Any) -> np.ndarray:
@@ -194,15 +202,7 @@ def decode_masks(s: Any) -> np.ndarray:
     Raises:
         ValueError: not base64 of a ``uint8`` ``.npy`` array of rank 3.
     """
-    if not isinstance(s, str):
-        raise ValueError(f"masks must be a base64 string, got {type(s).__name__}")
-    try:
-        arr = np.load(io.BytesIO(base64.b64decode(s, validate=True)), allow_pickle=False)
-    except (binascii.Error, ValueError, OSError, EOFError) as e:
-        raise ValueError(f"unreadable masks ({e})") from e
-    if arr.dtype != np.uint8 or arr.ndim != 3:
-        raise ValueError(f"masks must be uint8 [n, H, W], got {arr.dtype}{list(arr.shape)}")
-    return arr.astype(np.int32)
+    return _decode_u8(s, "masks", 3, "[n, H, W]").astype(np.int32)
 
 
 # ----------------------------------------------------------------------------- cell records
