@@ -33,6 +33,17 @@ def pneumonia_path() -> pathlib.Path:
     return PNEUMONIA
 
 
+def float_images_npz(path: pathlib.Path) -> pathlib.Path:
+    """A small MedMNIST-layout file whose images are stored as float32 (no integer grid)."""
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for split in ("train", "val", "test"):
+        arrays[f"{split}_images"] = rng.random((6, 28, 28), dtype=np.float32)
+        arrays[f"{split}_labels"] = rng.integers(0, 2, (6, 1))
+    np.savez(path, **arrays)
+    return path
+
+
 def linear_model(num_classes: int = 2, shape=(4, 4, 1), seed: int = 0):
     """A linear classifier ``logits = flat(x) @ W + b`` as a jaxadv Model."""
     import jaxadv

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import linear_model
+from conftest import float_images_npz, linear_model
 
 import jaxadv
 from jaxadv import durable
@@ -336,12 +336,7 @@ def test_cli_grid_dataset_is_the_data_sets_bit_depth(tmp_path, capsys):
     assert main([*argv, "--grid", "dataset", "--out", str(out)]) == 0
     threat = json.loads((out / "results.json").read_text())["manifest"]["attack_config"]["threat"]
     assert threat["grid"] == 8  # the embedded PneumoniaMNIST images are stored as uint8
-    rng = np.random.default_rng(0)
-    arrays = {}
-    for split in ("train", "val", "test"):
-        arrays[f"{split}_images"] = rng.random((6, 28, 28), dtype=np.float32)
-        arrays[f"{split}_labels"] = rng.integers(0, 2, (6, 1))
-    np.savez(tmp_path / "floats.npz", **arrays)
+    float_images_npz(tmp_path / "floats.npz")
     floats = ["--data", str(tmp_path / "floats.npz"), "--grid", "dataset"]
     assert main([*argv, *floats, "--out", str(tmp_path / "f")]) == 2
     err = capsys.readouterr().err

@@ -10,6 +10,7 @@ import jax
 import numpy as np
 import pytest
 import yaml
+from conftest import float_images_npz
 
 from jaxadv import sweep
 from jaxadv.cli import main
@@ -91,12 +92,7 @@ def test_bad_margin_or_grid_is_one_clear_error(patch, msg, tmp_path, capsys):
 
 
 def test_grid_dataset_on_float_images_fails_before_any_cell(tmp_path, capsys):
-    rng = np.random.default_rng(0)
-    arrays = {}
-    for split in ("train", "val", "test"):
-        arrays[f"{split}_images"] = rng.random((6, 28, 28), dtype=np.float32)
-        arrays[f"{split}_labels"] = rng.integers(0, 2, (6, 1))
-    np.savez(tmp_path / "floats.npz", **arrays)
+    float_images_npz(tmp_path / "floats.npz")
     cfg = {
         **GRID,
         "seeds": [0],
