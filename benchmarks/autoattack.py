@@ -17,7 +17,9 @@ Per target and norm (L∞ and L2) each implementation runs the standard ensemble
 APGD-T with 9 targets, FAB-T / jaxadv's third stage, Square with 5000 queries; 100 steps) on all
 test images; reported: robust accuracy after every stage (jaxadv by the stage names of
 ``res.info['stage_success']``), the examples one implementation breaks and the other does not (by
-data-set index), and wall time. The official code is the package ``pyautoattack`` 0.2.0 (a
+data-set index), wall time, and ``recheck_flips``: how many of jaxadv's reported successes the same
+model run eagerly (``jaxadv.durable.recheck``, outside the attack's compiled programs) rejects
+(issue 19). The official code is the package ``pyautoattack`` 0.2.0 (a
 repackaging of fra31/auto-attack, see RESULTS.md for which upstream code it matches), run with
 ``batch_size`` = all images, ``seed=0``; torch runs at its faster thread count (1 or 2, measured
 first on the official APGD-CE stage). On a binary model the official code and torchattacks cannot
@@ -185,6 +187,9 @@ def run_jaxadv(target, threat, steps: int, queries: int, repeats: int) -> dict:
         log.setLevel(level)
     clean = np.asarray(jnp.argmax(target.model(x), axis=1) == y)
     broken = np.asarray(res.info["stage_success"])  # [B, S], cumulative
+    # issue 19: how many reported successes the same model, run eagerly (op by op, outside the
+    # attack's compiled programs), rejects
+    rc = jaxadv.durable.recheck(target.model, res.adv, y, res.success, mode="eager")
     labels = [stage_label(a) for a in aa.attacks]
     steady = statistics.median(times)
     per_stage = [statistics.median(s.get(i, 0.0) for s in stage_s) for i in range(len(labels))]
@@ -197,6 +202,7 @@ def run_jaxadv(target, threat, steps: int, queries: int, repeats: int) -> dict:
         "compile_s": max(first - steady, 0.0),
         "stage_s": per_stage,
         "final": np.asarray(~res.success),
+        "recheck_flips": int(rc["num_flipped"]),
     }
 
 
@@ -467,6 +473,7 @@ def compare(target_name: str, norm: str, eps: float, runs: dict[str, dict]) -> d
         }
         if lib == "jaxadv":
             row["compile_s"] = common.rnd(r["compile_s"], 3)
+            row["recheck_flips"] = r["recheck_flips"]
         else:
             row["over_jaxadv"] = common.rnd(r["steady_s"] / ours["steady_s"], 3)
             row["over_jaxadv_min"] = common.rnd(r["min_s"] / ours["min_s"], 3)
@@ -635,6 +642,7 @@ TABLE_COLS = {
         "steady_s",
         "stage_s",
         "over_jaxadv",
+        "recheck_flips",
         "note",
         "skipped",
     ),
