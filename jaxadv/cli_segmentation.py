@@ -128,9 +128,15 @@ def load(args: Any, attack: Any, *, options: dict[str, Any]) -> dict[str, Any]:
     ds = load_segmentation(args.data, split=args.split, masks=options.get("masks"))
     model = load_model(args.model)
     n = len(ds) if args.num_examples is None else min(args.num_examples, len(ds))
+    return {"model": model, "data": ds, "num_examples": n, "target": default_target(attack, ds)}
+
+
+def default_target(attack: Any, ds: Any) -> np.ndarray | None:
+    """The target of a targeted dense attack on ``ds`` (``jaxadv attack`` and sweeps): the
+    all-background mask ``int32[H, W]``, which erases every foreground region; ``None`` for an
+    untargeted attack."""
     h, w, _ = ds.image_shape
-    target = np.zeros((h, w), np.int32) if type(attack).needs_target else None
-    return {"model": model, "data": ds, "num_examples": n, "target": target}
+    return np.zeros((h, w), np.int32) if type(attack).needs_target else None
 
 
 def write_results(ev: Any, args: Any, attack: Any, out: pathlib.Path) -> list[dict[str, Any]]:
@@ -176,6 +182,7 @@ __all__ = [
     "is_segmentation_model",
     "load_model",
     "check",
+    "default_target",
     "load",
     "make_attack",
     "write_results",

@@ -165,13 +165,12 @@ def load_data(spec: str, entry: Mapping[str, Any]) -> Any:
 
 
 def build(a: Mapping[str, Any], ds: Any) -> tuple[Any, np.ndarray | None]:
-    """The dense attack of a normalised entry and its target masks (``int32[H, W]`` all
-    background for a targeted attack, as ``jaxadv attack`` does; else ``None``)."""
+    """The dense attack of a normalised entry and its target masks, as ``jaxadv attack`` builds
+    them (:func:`jaxadv.cli_segmentation.default_target`)."""
     from jaxadv import cli_segmentation
 
     attack = cli_segmentation.make_attack(a["attack"], a["norm"], a["num_steps"], a["options"])
-    h, w, _ = ds.image_shape
-    return attack, (np.zeros((h, w), np.int32) if type(attack).needs_target else None)
+    return attack, cli_segmentation.default_target(attack, ds)
 
 
 def results(ev: Any) -> dict[str, Any]:
