@@ -207,26 +207,23 @@ def summary_columns(
     return rows
 
 
+def _labels_in(keys: Any) -> list[str]:
+    """The detector labels of the ``det_<label>_auc`` columns among ``keys``, in order (the
+    inverse of :func:`columns`)."""
+    return [k[4:-4] for k in dict.fromkeys(keys) if k.startswith("det_") and k.endswith("_auc")]
+
+
 def names(cells: Sequence[Any]) -> list[str]:
     """Detector labels found in the cells' summary rows, in order of appearance."""
-    out: dict[str, None] = {}
-    for c in cells:
-        for k in c.summary[0] if c.summary else ():
-            if k.startswith("det_") and k.endswith("_auc"):
-                out[k[4:-4]] = None
-    return list(out)
+    return _labels_in(k for c in cells for k in (c.summary[0] if c.summary else ()))
 
 
 def table_columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     """Columns of the report's detection table."""
-    dets = [k[4:-4] for k in dict.fromkeys(k for r in rows for k in r) if _is_auc(k)]
+    dets = _labels_in(k for r in rows for k in r)
     return ["model", "dataset", "attack", "seed", "eps_label", "robust_accuracy"] + [
         c for n in dets for c in columns(n)
     ]
-
-
-def _is_auc(k: str) -> bool:
-    return k.startswith("det_") and k.endswith("_auc")
 
 
 TEXT = (
