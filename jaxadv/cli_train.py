@@ -139,7 +139,7 @@ def _teacher(spec: str, ds: Any, temperature: float):
     import jax
     import numpy as np
 
-    from jaxadv import checkpoint, vocab, vocab_rules
+    from jaxadv import _validate, checkpoint, vocab, vocab_rules
 
     name = f"--distill-from {spec!r}"
     try:
@@ -155,9 +155,10 @@ def _teacher(spec: str, ds: Any, temperature: float):
                     temperature,
                 )
         h, w, k = ds.image_shape
-        try:
-            jax.eval_shape(teacher, jax.ShapeDtypeStruct((1, h, w, k), np.float32))
-        except Exception as e:  # noqa: BLE001 - any failure here is a teacher that does not fit
+        try:  # the project's one output-shape probe; the message keeps the cause's first line
+            _validate.trace_output(teacher, jax.ShapeDtypeStruct((1, h, w, k), np.float32))
+        except ValueError as probe:
+            e = probe.__cause__ or probe
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise CLIError(
                 f"{name} cannot run on the training images ({h}x{w}x{k}): {first}; train the "
