@@ -36,8 +36,8 @@ def eps_label(norm: str, eps: float) -> str:
     """A budget as people write it: ``8/255`` (L-inf), ``0.5`` (L2, L1), ``3 px`` (L0)."""
     if norm == "l0":
         return f"{eps:g} px"
-    if norm == "patch":
-        return f"{eps:g}x{eps:g} px"
+    if norm == "patch":  # a side in pixels; below 1, a universal patch's area fraction
+        return f"{eps:g}x{eps:g} px" if eps >= 1 else f"{100 * eps:.3g}% area"
     if norm == "linf":
         return f"{round(eps * 255, 3):g}/255"
     return f"{eps:.4g}"

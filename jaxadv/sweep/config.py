@@ -29,6 +29,7 @@ from typing import Any
 from jaxadv.cli_segmentation import is_segmentation_model
 from jaxadv.sweep import detection as det
 from jaxadv.sweep import segmentation as seg
+from jaxadv.sweep import universal as univ
 from jaxadv.vocab import (
     EPS_SCALE,
     GRID_FROM_DATA,
@@ -101,6 +102,7 @@ _ATTACK_KEYS = {
     "target_set",
     "success_margin",
     "grid",
+    "fit",
 }
 
 
@@ -467,6 +469,21 @@ def validate(raw: Any, *, base_dir: str, source: str) -> SweepConfig:
             raise ConfigError(f"{where}: must be a name or a mapping with 'attack'")
         _keys(a, _ATTACK_KEYS, where)
         name = _str(a.get("attack"), f"{where}.attack").lower()
+        uname = univ.universal_name(name)
+        if uname is not None:  # fitted on a training split: jaxadv/sweep/universal.py
+            entry = univ.attack_entry(
+                a,
+                where,
+                name=uname,
+                norm=a.get("norm", norm),
+                eps=a.get("eps", default_eps),
+                scale=scale,
+            )
+            entry["label"] = _label(_str(a.get("label", entry["label"]), f"{where}.label"))
+            attacks.append(entry)
+            continue
+        if a.get("fit") is not None:
+            raise ConfigError(f"{where}.fit: only universal attacks (patch, uap) are fitted")
         anorm = a.get("norm", norm)
         if anorm is None and seg.is_dense(a):  # segmentation attacks: linf by default
             anorm = "linf"
@@ -598,6 +615,7 @@ def validate(raw: Any, *, base_dir: str, source: str) -> SweepConfig:
             check_dataset_name(cfg.resolve(d["data"]))
         except SpecError as e:
             raise ConfigError(f"datasets[{i}]: {e}") from e
+    univ.check_config(cfg)  # universal attacks: classifiers, a fit split
     seg.check_tasks(cfg)  # one task per config: segmentation or classification
     return cfg
 

@@ -46,6 +46,7 @@ from jaxadv.report import (
 )
 from jaxadv.sweep import detection
 from jaxadv.sweep import segmentation as seg
+from jaxadv.sweep import universal as univ
 from jaxadv.sweep.storage import (
     CorruptResultsError,
     SweepDir,
@@ -77,6 +78,7 @@ class CellData:
     rule: str = ""  # the multi-label rule ("" for integer labels)
     durable: dict[str, Any] = dataclasses.field(default_factory=dict)  # success_margin, grid
     dense: bool = False  # a segmentation cell (per_eps also holds dice, iou, ... and drops)
+    universal: dict | None = None  # a universal cell's fits (jaxadv/sweep/universal.py)
 
 
 def decode(rec: Mapping[str, Any]) -> CellData:
@@ -110,6 +112,7 @@ def decode(rec: Mapping[str, Any]) -> CellData:
         )
         for row, col in zip(rows, cols, strict=True):
             row.update(col)
+    univ.update_rows(rec, rows, per_eps["success"])  # area labels, targeted success, fit
     if "detectors" in r:  # per detector: AUC / TPR95 on the successful adversarials, per eps
         cols = detection.summary_columns(r, per_eps["success"], cc)
         for row, col in zip(rows, cols, strict=True):
@@ -134,6 +137,7 @@ def decode(rec: Mapping[str, Any]) -> CellData:
         rule=rule,
         durable=_durable(rec),
         dense=dense,
+        universal=rec.get("universal") if isinstance(rec.get("universal"), dict) else None,
     )
 
 
@@ -464,8 +468,10 @@ def _write_report(
     figures: list[tuple[str, str, bytes]] = []  # (section, file name, png)
     datasets = list(dict.fromkeys(c.dataset for c in cells))
     for ds in datasets:
-        png = robustness_figure(cells, wc_rows, ds)
-        figures.append(("curves", _fig_name("robust_accuracy_" + ds), png))
+        curve = [c for c in cells if not univ.is_area(c)]  # patch areas: their own figure
+        if any(c.dataset == ds for c in curve):
+            png = robustness_figure(curve, wc_rows, ds)
+            figures.append(("curves", _fig_name("robust_accuracy_" + ds), png))
         q = queries_figure(cells, ds)
         if q is not None:
             figures.append(("queries", _fig_name("success_vs_queries_" + ds), q))
@@ -488,6 +494,8 @@ def _write_report(
         if png is not None:
             seen.add(key)
             figures.append(("images", _fig_name("examples_" + c.model, c.dataset, c.attack), png))
+    uni_figs, uni_blocks = univ.report_parts(cells, rows)
+    figures += [(sec, _fig_name(name[:-4]), png) for sec, name, png in uni_figs]
     for _, name, png in figures:
         write_in(outdir, name, png)
 
@@ -554,6 +562,7 @@ def _write_report(
         blocks.insert(
             1, ("Segmentation: Dice and IoU vs eps", 2, _seg_text(), seg_rows, seg_cols, "")
         )
+    blocks[1:1] = uni_blocks
     det_rows = [r for r in rows if any(k.startswith("det_") for k in r)]
     if det_rows:
         cols = detection.table_columns(det_rows)

@@ -29,6 +29,7 @@ from jaxadv.engine.layout import block_size, data_mesh, num_steps
 from jaxadv.engine.summary import PER_EXAMPLE
 from jaxadv.sweep import detection
 from jaxadv.sweep import segmentation as seg
+from jaxadv.sweep import universal as univ
 from jaxadv.sweep.config import Cell, SweepConfig, diff_keys, expand, shard_cells
 from jaxadv.sweep.storage import (
     CELL_FORMAT,
@@ -182,6 +183,7 @@ def _run_cell(
     num_images: int,
     progress: Progress,
     stop: Callable[[], bool],
+    fits_dir: Any = None,
 ) -> dict[str, Any] | None:
     """Compute one cell; ``None`` when stopped before it finished."""
     from jaxadv.vocab import attack_config
@@ -192,9 +194,15 @@ def _run_cell(
     model = res.model(cell.model, dense)
     ds = res.dataset(cell.dataset, dense)
     idx = example_indices(ds, cell.dataset)
-    rule, target = None, None
+    rule, target, extra = None, None, {}
+    universal = univ.is_universal(a)  # fitted on a training split: jaxadv/sweep/universal.py
     if dense:
         attack, target = seg.build(a, ds)
+    elif universal:
+        try:
+            attack, idx = univ.build(a, max(a["eps"]), ds.image_shape[:2]), univ.indices(a, ds, idx)
+        except ValueError as e:  # e.g. a patch area too large for these images
+            raise SweepError(f"cell {cell.id}: {e}") from e
     else:
         attack = make_attack(
             a["attack"],
@@ -217,27 +225,42 @@ def _run_cell(
     ndev = res.mesh.devices.size
     progress.start_cell(cell.id, num_steps(idx.shape[0], batch_size, ndev))
     try:
-        ev = evaluate(
-            attack,
-            model,
-            ds,
-            a["eps"],
-            key=jax.random.key(cell.seed),
-            mesh=res.mesh,
-            cascade=bool(a.get("cascade", False)),
-            batch_size=batch_size,
-            indices=idx,
-            num_adv=num_images,
-            progress=lambda done, total: progress.batch(),
-            stop=stop,
-            rule=rule,
-            target=target,
-            detectors=res.detectors(cell),
-        )
+        if universal:
+            ev, extra = univ.evaluate_cell(
+                cell,
+                model,
+                ds,
+                idx,
+                resolve=res.cfg.resolve,
+                fits_dir=fits_dir,
+                mesh=res.mesh,
+                batch_size=batch_size,
+                num_adv=num_images,
+                progress=lambda done, total: progress.batch(),
+                stop=stop,
+            )
+        else:
+            ev = evaluate(
+                attack,
+                model,
+                ds,
+                a["eps"],
+                key=jax.random.key(cell.seed),
+                mesh=res.mesh,
+                cascade=bool(a.get("cascade", False)),
+                batch_size=batch_size,
+                indices=idx,
+                num_adv=num_images,
+                progress=lambda done, total: progress.batch(),
+                stop=stop,
+                rule=rule,
+                target=target,
+                detectors=res.detectors(cell),
+            )
     except EvaluationStopped:
         return None
-    except ValueError as e:  # a segmentation model meeting data it cannot take
-        if not dense:
+    except ValueError as e:  # a segmentation model meeting data it cannot take; a patch too large
+        if not (dense or universal):
             raise
         raise SweepError(f"cell {cell.id}: {e}") from e
     results: dict[str, Any] = {
@@ -273,6 +296,7 @@ def _run_cell(
         # the multi-label rule, or a segmentation attack's per-image rule
         **({"rule": ev.rule.describe()} if ev.rule is not None else {}),
         "attack_config": attack_config(attack, a["eps"]),
+        **extra,  # a universal cell's fits and rule
         "results": results,
         "summary": ev.summary(),
         "samples": samples,
@@ -490,6 +514,7 @@ def run_sweep(
                         num_images=cfg.num_images,
                         progress=ui,
                         stop=stop,
+                        fits_dir=store.root / "fits",
                     )
                     if rec is None:
                         interrupted = True
