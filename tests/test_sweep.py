@@ -200,7 +200,8 @@ def test_registered_attacks_by_name_and_l0_budgets():
 def test_attack_default_norms_and_bias_field_budgets(tmp_path):
     """Without a norm, an attack runs under its own default (as on the command line): linf where
     supported, l0 for OnePixel, bias for the bias field, whose log-amplitudes are read as written
-    (not in 1/255); universal attacks are refused with how to fit them; a bias-field cell runs."""
+    (not in 1/255); universal attacks need a train split (tests/test_sweep_universal.py); a
+    bias-field cell runs."""
     bias = {"attack": "bias-field", "eps": [0, 0.4], "options": {"degree": 2}}
     cfg = sweep.load_config({**GRID, "seeds": [0], "attacks": ["fgsm", bias]})
     fg, bf = cfg.data["attacks"]
@@ -212,9 +213,11 @@ def test_attack_default_norms_and_bias_field_budgets(tmp_path):
     )  # configs that named the old default keep their hash
     one = {"attack": "onepixel", "eps": [1], "options": {"num_generations": 2}}
     assert sweep.load_config({**GRID, "attacks": [one]}).data["attacks"][0]["norm"] == "l0"
-    for name in ("patch", "uap"):
-        with pytest.raises(sweep.ConfigError, match=r"attacks\[0\]: attack '.*' is universal"):
-            sweep.load_config({**GRID, "attacks": [name]})
+    # universal attacks are fitted on a train split, which the embedded default lacks
+    with pytest.raises(sweep.ConfigError, match=r"attacks\[0\]\.fit\.split: .*test split only"):
+        sweep.load_config({**GRID, "attacks": ["uap"]})
+    with pytest.raises(sweep.ConfigError, match=r"attacks\[0\]\.eps: .*fractions of the image"):
+        sweep.load_config({**GRID, "attacks": ["patch"]})
     with pytest.raises(sweep.ConfigError, match="log-amplitudes"):
         sweep.load_config({**GRID, "attacks": [{**bias, "eps": [0, 8]}]})
     with pytest.raises(sweep.ConfigError, match="supports norm bias"):

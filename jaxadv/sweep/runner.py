@@ -223,7 +223,8 @@ def _run_cell(
         ) from e
     black_box = a["black_box"] if a["black_box"] is not None else is_black_box(attack)
     ndev = res.mesh.devices.size
-    progress.start_cell(cell.id, num_steps(idx.shape[0], batch_size, ndev))
+    evals = len(a["eps"]) if universal else 1  # a universal cell: one evaluation per budget
+    progress.start_cell(cell.id, num_steps(idx.shape[0], batch_size, ndev) * evals)
     try:
         if universal:
             ev, extra = univ.evaluate_cell(

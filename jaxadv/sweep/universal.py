@@ -311,7 +311,8 @@ def evaluate_cell(
             fitted = attack.fit(
                 jax.random.fold_in(key, j), model, train, checkpoint=ckpt, mesh=mesh
             )
-            fitted.save(path)
+            if jax.process_index() == 0:  # every process fits the same (same key); one writes
+                fitted.save(path)
             ckpt.unlink(missing_ok=True)
         fit_s = time.perf_counter() - t0
         if stop():
