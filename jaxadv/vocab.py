@@ -403,7 +403,8 @@ def check_per_image(entry: AttackName) -> None:
         f"attack {entry.name!r} is universal: one perturbation is fitted on a training split, "
         f"then applied to held-out images, so it cannot run as a per-image attack here. In "
         f"Python: {use}; then fitted(key, model, x, y) or jaxadv.evaluate(fitted, model, "
-        "test_data, [0])"
+        "test_data, [0]). A sweep config fits it on a train split: {attack: "
+        f"{entry.name}, eps: [...], fit: {{epochs: 5}}}} (docs/sweeps.md)"
     )
 
 
