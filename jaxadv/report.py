@@ -268,8 +268,13 @@ def image_grid_png(
     labels: Sequence[str] | None = None,
     amplify: float | None = None,
     title: str = "",
+    field: bool = False,
 ) -> bytes:
-    """PNG of a grid with rows clean, adversarial, amplified perturbation (centred at grey)."""
+    """PNG of a grid with rows clean, adversarial, amplified perturbation (centred at grey).
+
+    ``field``: the third row is the multiplicative field of a bias-field attack instead,
+    ``log(adv / clean)`` (mean over channels; blank where the clean pixel is below 4/255, where
+    the ratio says nothing), drawn red (brighter) / blue (darker) on a symmetric scale."""
     clean, adv = np.asarray(clean), np.asarray(adv)
     n = clean.shape[0]
     delta = adv - clean
@@ -277,13 +282,21 @@ def image_grid_png(
         m = float(np.abs(delta).max()) if delta.size else 0.0
         amplify = 0.5 / m if m > 0 else 1.0
     pert = np.clip(0.5 + amplify * delta, 0, 1)
+    third = f"perturbation ×{amplify:.0f}"
+    if field:
+        logb = log_field(clean, adv)[..., None]
+        lim = float(np.nanmax(np.abs(logb))) if np.isfinite(logb).any() else 0.0
+        lim = lim if lim > 0 else 1.0
+        pert, third = logb, f"log field ±{lim:.2g}"
     fig, axes = figure(3, max(n, 1), figsize=(1.6 * max(n, 1), 5.2))
-    rows = [("clean", clean), ("adversarial", adv), (f"perturbation ×{amplify:.0f}", pert)]
+    rows = [("clean", clean), ("adversarial", adv), (third, pert)]
     for r, (name, imgs) in enumerate(rows):
         for i in range(n):
             ax = axes[r, i]
             img = imgs[i]
-            if img.shape[-1] == 1:
+            if field and r == 2:
+                ax.imshow(img[..., 0], cmap="RdBu_r", vmin=-lim, vmax=lim)
+            elif img.shape[-1] == 1:
                 ax.imshow(img[..., 0], cmap="gray", vmin=0, vmax=1)
             else:
                 ax.imshow(np.clip(img, 0, 1))
@@ -297,6 +310,15 @@ def image_grid_png(
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     return figure_png(fig, dpi=110)
+
+
+def log_field(clean: np.ndarray, adv: np.ndarray, floor: float = 4 / 255) -> np.ndarray:
+    """``log(adv / clean)`` ``[n, H, W]`` (mean over channels): the multiplicative field of a
+    bias-field attack, seen in its images; NaN where a clean pixel is below ``floor``."""
+    clean, adv = np.asarray(clean, np.float64), np.asarray(adv, np.float64)
+    lit = clean >= floor
+    ratio = np.where(lit, adv, 1.0) / np.where(lit, clean, 1.0)
+    return np.where(lit.all(-1), np.log(np.maximum(ratio, 1e-6)).mean(-1), np.nan)
 
 
 def image_grid(path: str | os.PathLike, clean: np.ndarray, adv: np.ndarray, **kw: Any) -> None:
@@ -319,6 +341,7 @@ __all__ = [
     "image_grid_png",
     "jsonable",
     "jsonl_text",
+    "log_field",
     "manifest",
     "md_table",
     "plot_curves",

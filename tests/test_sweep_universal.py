@@ -153,3 +153,22 @@ def test_config_hash_tracks_fit_settings(tmp_path):
     more["fit"]["epochs"] = 2
     b = sweep.load_config(_cfg(tmp_path, [more]))
     assert a.cells()[0].id == b.cells()[0].id and a.cells()[0].hash != b.cells()[0].hash
+
+
+def test_bias_field_examples_draw_the_field():
+    """The report's bias-field examples draw log(adv / clean): the field itself where the clean
+    pixel is lit, blank (NaN) where it is dark."""
+    from jaxadv.report import image_grid_png, log_field
+
+    rng = np.random.default_rng(0)
+    clean = rng.uniform(0.1, 0.6, (2, 8, 8, 3))
+    clean[0, 0, 0, 1] = 0.0  # a dark pixel: no ratio there
+    r, c = np.meshgrid(np.linspace(-1, 1, 8), np.linspace(-1, 1, 8), indexing="ij")
+    f = 0.3 * r - 0.2 * c * r  # a smooth log-field, |f| <= 0.5
+    adv = clean * np.exp(f)[None, ..., None]
+    got = log_field(clean, adv)
+    assert np.isnan(got[0, 0, 0]) and np.isfinite(got).sum() == 2 * 64 - 1
+    np.testing.assert_allclose(got[1], f, atol=1e-12)
+    np.testing.assert_allclose(got[0][np.isfinite(got[0])], f[np.isfinite(got[0])], atol=1e-12)
+    png = image_grid_png(clean, adv, field=True)
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"

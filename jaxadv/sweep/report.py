@@ -410,6 +410,7 @@ def image_grid_png_of(c: CellData) -> bytes | None:
         labels=labels,
         title=f"{c.model} / {c.dataset} / {c.attack} at eps {eps_label(c.norm, c.eps[j])} "
         "(✗: the attack succeeded)",
+        field=c.norm == "bias",  # a bias-field cell: draw the field itself
     )
 
 
