@@ -66,6 +66,7 @@ def test_config_entries_and_errors(tmp_path):
         ({**PATCH, "num_steps": 5}, r"attacks\[0\]\.num_steps: does not apply"),
         ({**PATCH, "fit": {"steps": 5}}, r"attacks\[0\]\.fit: unknown key\(s\) steps"),
         ({**PATCH, "fit": {"epochs": 0}}, r"attacks\[0\]\.fit\.epochs: must be an integer >= 1"),
+        ({**PATCH, "fit": {"num_examples": 4}}, r"fit: num_examples=4 is below batch_size=32"),
         ({**PATCH, "fit": {"split": "test"}}, r"fit split 'test' is the split evaluated"),
         (
             {**PATCH, "fit": {"split": "extra"}},

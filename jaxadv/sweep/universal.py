@@ -138,6 +138,11 @@ def attack_entry(
             isinstance(v, bool) or not isinstance(v, int) or v < 1
         ):
             raise ConfigError(f"{where}.fit.{k}: must be an integer >= 1, got {v!r}")
+    if fit["num_examples"] is not None and fit["num_examples"] < fit["batch_size"]:
+        raise ConfigError(
+            f"{where}.fit: num_examples={fit['num_examples']} is below batch_size="
+            f"{fit['batch_size']} (every fit step takes a full batch); lower batch_size"
+        )
     if not isinstance(fit["split"], str) or not fit["split"].strip():
         raise ConfigError(
             f"{where}.fit.split: must be a split name such as train, got {fit['split']!r}"
@@ -248,7 +253,10 @@ def indices(entry: Mapping[str, Any], ds: Any, idx: np.ndarray) -> np.ndarray:
     if entry["attack"] != "patch":
         return idx
     target = int(entry["options"].get("target", 1))
-    return idx[np.asarray(ds.labels())[idx] != target]
+    keep = idx[np.asarray(ds.labels())[idx] != target]
+    if not keep.size:
+        raise ValueError(f"no evaluated image has a label other than the patch's target {target}")
+    return keep
 
 
 def _image(fitted: Any) -> np.ndarray:
