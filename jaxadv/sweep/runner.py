@@ -561,5 +561,6 @@ def _total_batches(cells: Sequence[Cell], res: _Resources, bs: int) -> int:
         if key not in sizes:
             ds = res.dataset(c.dataset, seg.is_dense(c.attack))
             sizes[key] = int(example_indices(ds, c.dataset).shape[0])
-        total += num_steps(max(sizes[key], 1), bs, res.mesh.devices.size)
+        evals = len(c.attack["eps"]) if univ.is_universal(c.attack) else 1  # one per budget
+        total += num_steps(max(sizes[key], 1), bs, res.mesh.devices.size) * evals
     return total
