@@ -22,6 +22,7 @@ budget, fit time, fit examples and files; its ``rule`` keeps patch cells apart f
 
 from __future__ import annotations
 
+import logging
 import math
 import pathlib
 import time
@@ -29,6 +30,8 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+
+log = logging.getLogger("jaxadv.sweep")
 
 #: Keys of an attack entry that a universal attack does not take.
 _NO_UNIVERSAL = (
@@ -323,6 +326,9 @@ def evaluate_cell(
                 fitted.save(path)
             ckpt.unlink(missing_ok=True)
         fit_s = time.perf_counter() - t0
+        if b:
+            what = f"fitted on {n_fit} {fit['split']} images" if refit else f"loaded from {path}"
+            log.info("%s: budget %g %s (%.1fs)", cell.id, b, what, fit_s)
         if stop():
             raise EvaluationStopped()
         evs.append(
