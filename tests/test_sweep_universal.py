@@ -134,6 +134,18 @@ def test_fit_apply_resume_and_report(tmp_path, monkeypatch):
     assert {k: r["results_sha256"] for k, r in recs.items()} == before
     assert all(not f["fitted"] for r in recs.values() for f in r["universal"]["fits"])
 
+    # a damaged fit file is fitted again (the same fit: deterministic by key), the others loaded
+    monkeypatch.undo()
+    (out / u["fits"][0]["file"]).write_bytes(b"truncated")
+    for p in storage.SweepDir(out).cell_files():
+        if "__patch__" in p.name:
+            p.unlink()
+    sweep.run_sweep(cfg, out)
+    recs = storage.SweepDir(out).load(strict=True)
+    patch = next(r for r in recs.values() if r["cell"]["attack"]["attack"] == "patch")
+    assert [f["fitted"] for f in patch["universal"]["fits"]] == [True, False]
+    assert {k: r["results_sha256"] for k, r in recs.items()} == before
+
     html = write_report(out)
     md = (html.parent / "report.md").read_text()
     assert "## Universal attacks (fitted on a training split)" in md

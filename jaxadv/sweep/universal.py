@@ -262,6 +262,27 @@ def indices(entry: Mapping[str, Any], ds: Any, idx: np.ndarray) -> np.ndarray:
     return keep
 
 
+def _load(path: pathlib.Path) -> Any:
+    """A saved fit, or ``None`` (with a warning) when the file cannot be read: it is refitted."""
+    from jaxadv.attacks.universal import load_fitted
+
+    try:
+        return load_fitted(path)
+    except Exception as e:  # noqa: BLE001 - a damaged fit file is refitted, never fatal
+        log.warning("cannot read the saved fit %s (%s); fitting again", path, e)
+        return None
+
+
+def _save(fitted: Any, path: pathlib.Path) -> None:
+    """``fitted.save`` under a temporary name, then renamed (a killed run leaves no half file)."""
+    import os
+
+    tmp = path.with_name(path.stem + ".tmp.npz")
+    fitted.save(tmp)
+    os.replace(tmp.with_suffix(".png"), path.with_suffix(".png"))
+    os.replace(tmp, path)
+
+
 def _image(fitted: Any) -> np.ndarray:
     """The fitted perturbation as a ``[0, 1]`` image: the patch (white outside its mask), or
     ``0.5 + delta / (2 max |delta|)``."""
@@ -292,7 +313,6 @@ def evaluate_cell(
 
     import jax
 
-    from jaxadv.attacks.universal import load_fitted
     from jaxadv.engine import EvaluationStopped, evaluate
     from jaxadv.sweep.storage import encode_images
     from jaxadv.vocab import load_dataset
@@ -311,20 +331,24 @@ def evaluate_cell(
     last = int(np.argmax(a["eps"]))
     for j, b in enumerate(a["eps"]):
         path = fits_dir / f"{cell.id}.{cell.hash}.b{j}.npz"
-        t0, refit = time.perf_counter(), not path.exists()
-        if b == 0:  # the clean row (uap only): nothing to fit
-            fitted = None
-        elif not refit:
-            fitted = load_fitted(path)
-        else:
+        t0, fitted = time.perf_counter(), None
+        if b and path.exists():
+            fitted = _load(path)
+        refit = bool(b) and fitted is None
+        if refit:
+            writer = jax.process_index() == 0  # every process fits the same (same key); one writes
             ckpt = path.with_name(path.stem + ".ckpt.npz")
             attack = build(a, b, ds.image_shape[:2])
             fitted = attack.fit(
-                jax.random.fold_in(key, j), model, train, checkpoint=ckpt, mesh=mesh
+                jax.random.fold_in(key, j),
+                model,
+                train,
+                checkpoint=ckpt if writer else None,
+                mesh=mesh,
             )
-            if jax.process_index() == 0:  # every process fits the same (same key); one writes
-                fitted.save(path)
-            ckpt.unlink(missing_ok=True)
+            if writer:
+                _save(fitted, path)
+                ckpt.unlink(missing_ok=True)
         fit_s = time.perf_counter() - t0
         if b:
             what = f"fitted on {n_fit} {fit['split']} images" if refit else f"loaded from {path}"
@@ -347,7 +371,7 @@ def evaluate_cell(
             )
         )
         info = {"budget": float(b), "file": f"fits/{path.name}" if b else None}
-        info.update(fitted=bool(refit and b), fit_seconds=round(fit_s, 3) if refit and b else None)
+        info.update(fitted=refit, fit_seconds=round(fit_s, 3) if refit else None)
         if fitted is not None and a["attack"] == "patch":
             info["scale"] = float(fitted.attack.scale_min)
         fits.append(info)
