@@ -84,6 +84,7 @@ _DATA_KEYS = {
     "subset_seed",
     "image_size",
     "channels",
+    "masks",
 }
 _ATTACK_KEYS = {
     "attack",
@@ -457,6 +458,8 @@ def validate(raw: Any, *, base_dir: str, source: str) -> SweepConfig:
                 "channels": channels,
             }
         )
+        if d.get("masks") is not None:  # only when given: configs without it keep their hash
+            datasets[-1]["masks"] = _str(d["masks"], f"{where}.masks")
     _unique(datasets, "datasets")
 
     attacks = []
