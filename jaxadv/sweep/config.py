@@ -596,12 +596,13 @@ def validate(raw: Any, *, base_dir: str, source: str) -> SweepConfig:
             check_model_name(spec)
         except SpecError as e:
             raise ConfigError(f"models[{i}]: {e}") from e
+    if seg.check_tasks(cfg):  # one task per config; segmentation data is checked there
+        return cfg
     for i, d in enumerate(datasets):
         try:
             check_dataset_name(cfg.resolve(d["data"]))
         except SpecError as e:
             raise ConfigError(f"datasets[{i}]: {e}") from e
-    seg.check_tasks(cfg)  # one task per config: segmentation or classification
     return cfg
 
 

@@ -99,9 +99,12 @@ def attack_entry(
     return entry
 
 
-def check_tasks(cfg: Any) -> None:
+def check_tasks(cfg: Any) -> bool:
     """Every model and attack of ``cfg`` is of one task; a segmentation config reads ``.npz`` data
     with ``{split}_images`` / ``{split}_masks`` or image + mask folders (``masks:``).
+
+    Returns:
+        Whether ``cfg`` is a segmentation config (its data sets are then checked here).
 
     Raises:
         ConfigError: naming the offending entry.
@@ -132,9 +135,10 @@ def check_tasks(cfg: Any) -> None:
                     f"datasets[{i}].masks: only segmentation models read mask folders; leave it "
                     "out for classifiers"
                 )
-        return
+        return False
     for i, ds in enumerate(d["datasets"]):
         _check_data(cfg, ds, f"datasets[{i}]")
+    return True
 
 
 def _check_data(cfg: Any, ds: Mapping[str, Any], where: str) -> None:
@@ -156,6 +160,13 @@ def _check_data(cfg: Any, ds: Mapping[str, Any], where: str) -> None:
         raise ConfigError(
             f"{where}.image_size: segmentation .npz data is used at its own size (image_size "
             "resizes image + mask folders only)"
+        )
+    named = ds["data"] == "default" or ds["data"].startswith("tfds:")
+    if not named and not p.exists():
+        raise ConfigError(
+            f"{where}.data: no file or folder {str(p)!r} (relative paths are read from the "
+            "config's folder, or from the current folder for a built-in config); point data: at "
+            "a segmentation .npz or an image folder with masks:"
         )
     if p.suffix != ".npz" or not p.is_file():
         raise ConfigError(
