@@ -155,6 +155,57 @@ def test_segmentation_report_rows_equal_the_engine_summary(ran, files):
     assert "Segmentation: Dice and IoU vs eps" in md and "Robust Dice vs eps" in md
 
 
+def _png_folders(files, root):
+    """The ``.npz`` test split written as an image folder and a mask folder (same stems)."""
+    from PIL import Image
+
+    with np.load(files / "seg.npz") as z:
+        imgs, masks = z["test_images"], z["test_masks"]
+    (root / "img").mkdir()
+    (root / "msk").mkdir()
+    for i, (im, m) in enumerate(zip(imgs, masks, strict=True)):
+        Image.fromarray(im).save(root / "img" / f"case{i}.png")
+        Image.fromarray(m).save(root / "msk" / f"case{i}_mask.png")
+    return root / "img", root / "msk"
+
+
+def test_image_and_mask_folders_give_the_npz_rows(ran, files, tmp_path):
+    """``datasets: [{data: IMAGES, masks: MASKS}]`` reads PNG folders through the one loader
+    (``load_segmentation``); the same pixels give the same rows as the ``.npz``."""
+    _, out, _, model = ran
+    img, msk = _png_folders(files, tmp_path)
+    raw = _cfg(files, attacks=["segpgd"])
+    raw["datasets"] = [{"data": str(img), "masks": str(msk), "num_examples": 5, "label": "pngs"}]
+    cfg = sweep.load_config(raw)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(cli_segmentation, "load_model", lambda spec: model)
+        assert sweep.run_sweep(cfg, tmp_path / "o").complete
+    got = SweepDir(tmp_path / "o").load()["unet__pngs__segpgd__seed0"]["results"]
+    want = SweepDir(out).load()["unet__seg-test__segpgd__seed0"]["results"]
+    for k in ("dice", "clean_dice", "iou", "success"):
+        np.testing.assert_array_equal(np.asarray(got[k]), np.asarray(want[k]), err_msg=k)
+    # a config without masks: keeps its hash (the key is only stored when given)
+    assert "masks" not in sweep.load_config(_cfg(files)).data["datasets"][0]
+
+
+def test_bad_mask_folder_entries_are_refused(files, tmp_path):
+    img, msk = _png_folders(files, tmp_path)
+    bad = [
+        ({"data": str(img), "masks": str(tmp_path / "nope")}, "datasets[0].masks: with masks:"),
+        ({"data": str(files / "seg.npz"), "masks": str(msk)}, "datasets[0].data: with masks:"),
+        ({"data": str(img)}, "datasets[0]: a segmentation model needs a segmentation .npz"),
+        ({"data": str(files / "seg.npz"), "image_size": 4}, "image_size resizes image + mask"),
+    ]
+    for entry, msg in bad:
+        with pytest.raises(sweep.ConfigError, match=re.escape(msg)):
+            sweep.load_config(_cfg(files, datasets=[entry]))
+    with pytest.raises(sweep.ConfigError, match=re.escape("datasets[0].masks: only segmentation")):
+        sweep.load_config(
+            _cfg(files, models=["small_cnn_clean"], attacks=["fgsm"],
+                 datasets=[{"data": "default", "masks": str(msk)}])
+        )  # fmt: skip
+
+
 @pytest.mark.slow
 def test_a_real_unet_checkpoint_end_to_end(files, tmp_path):
     _save_unet(tmp_path / "unet.msgpack")

@@ -85,6 +85,7 @@ _DATA_KEYS = {
     "subset_seed",
     "image_size",
     "channels",
+    "masks",
 }
 _ATTACK_KEYS = {
     "attack",
@@ -459,6 +460,8 @@ def validate(raw: Any, *, base_dir: str, source: str) -> SweepConfig:
                 "channels": channels,
             }
         )
+        if d.get("masks") is not None:  # only when given: configs without it keep their hash
+            datasets[-1]["masks"] = _str(d["masks"], f"{where}.masks")
     _unique(datasets, "datasets")
 
     attacks = []
@@ -610,13 +613,14 @@ def validate(raw: Any, *, base_dir: str, source: str) -> SweepConfig:
             check_model_name(spec)
         except SpecError as e:
             raise ConfigError(f"models[{i}]: {e}") from e
+    if seg.check_tasks(cfg):  # one task per config; segmentation data is checked there
+        return cfg
     for i, d in enumerate(datasets):
         try:
             check_dataset_name(cfg.resolve(d["data"]))
         except SpecError as e:
             raise ConfigError(f"datasets[{i}]: {e}") from e
-    univ.check_config(cfg)  # universal attacks: classifiers, a fit split
-    seg.check_tasks(cfg)  # one task per config: segmentation or classification
+    univ.check_config(cfg)  # universal attacks: no detectors, a fit split
     return cfg
 
 

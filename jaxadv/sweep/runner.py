@@ -164,7 +164,8 @@ class _Resources:
             spec = self.cfg.resolve(entry["data"])
             if dense:
                 try:
-                    ds = seg.load_data(spec, entry)
+                    masks = entry.get("masks")
+                    ds = seg.load_data(spec, entry, masks and self.cfg.resolve(masks))
                 except (OSError, ValueError) as e:
                     raise SweepError(f"data set {entry['label']!r}: {e}") from e
             else:

@@ -1,6 +1,6 @@
-"""Segmentation cells of a sweep: a model returning per-pixel logits, a segmentation ``.npz`` and a
-dense attack (``segpgd``, ``pgd-ce``, ``dag``, ``asma``: the names of ``jaxadv attack``,
-:data:`jaxadv.cli_segmentation.DENSE_ATTACKS`).
+"""Segmentation cells of a sweep: a model returning per-pixel logits, segmentation data (an
+``.npz``, or image + mask folders) and a dense attack (``segpgd``, ``pgd-ce``, ``dag``, ``asma``:
+the names of ``jaxadv attack``, :data:`jaxadv.cli_segmentation.DENSE_ATTACKS`).
 
 The config, the runner, the storage check and the report each call in here for the parts that
 differ from a classifier cell; the rest (one :func:`jaxadv.evaluate` call per cell, resume, files,
@@ -74,7 +74,10 @@ def attack_entry(
         raise ConfigError(f"{where}.cascade: segmentation attacks run every budget independently")
     options = dict(a.get("options") or {})
     if "masks" in options:
-        raise ConfigError(f"{where}.options.masks: segmentation sweeps read .npz data files")
+        raise ConfigError(
+            f"{where}.options.masks: a mask folder belongs to the data set: "
+            "datasets: [{data: IMAGE_FOLDER, masks: MASK_FOLDER}]"
+        )
     steps = a.get("num_steps", num_steps)
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ConfigError(f"{where}.num_steps: must be an integer >= 1, got {steps!r}")
@@ -96,9 +99,12 @@ def attack_entry(
     return entry
 
 
-def check_tasks(cfg: Any) -> None:
+def check_tasks(cfg: Any) -> bool:
     """Every model and attack of ``cfg`` is of one task; a segmentation config reads ``.npz`` data
-    with ``{split}_images`` / ``{split}_masks``.
+    with ``{split}_images`` / ``{split}_masks`` or image + mask folders (``masks:``).
+
+    Returns:
+        Whether ``cfg`` is a segmentation config (its data sets are then checked here).
 
     Raises:
         ConfigError: naming the offending entry.
@@ -123,30 +129,63 @@ def check_tasks(cfg: Any) -> None:
                 "a config of their own"
             )
     if not seg_models:
-        return
+        for i, ds in enumerate(d["datasets"]):
+            if ds.get("masks") is not None:
+                raise ConfigError(
+                    f"datasets[{i}].masks: only segmentation models read mask folders; leave it "
+                    "out for classifiers"
+                )
+        return False
     for i, ds in enumerate(d["datasets"]):
-        where = f"datasets[{i}]"
-        spec = cfg.resolve(ds["data"])
-        if ds.get("image_size") is not None:
-            raise ConfigError(f"{where}.image_size: segmentation .npz data is used at its own size")
-        p = pathlib.Path(spec)
-        if p.suffix != ".npz" or not p.is_file():
-            raise ConfigError(
-                f"{where}: a segmentation model needs a segmentation .npz with {{split}}_images / "
-                f"{{split}}_masks (e.g. ../shared/data/isic2017_seg.npz), got {ds['data']!r}"
-            )
-        from jaxadv.data._npz import open_npz
+        _check_data(cfg, ds, f"datasets[{i}]")
+    return True
 
-        try:
-            _, keys = open_npz(p)
-        except (OSError, ValueError) as e:
-            raise ConfigError(f"{where}: {e}") from e
-        want = [f"{ds['split']}_images", f"{ds['split']}_masks"]
-        if not set(want) <= set(keys):
-            raise ConfigError(
-                f"{where}: {ds['data']!r} has no {' / '.join(want)} (it holds {sorted(keys)}); a "
-                "segmentation model needs masks"
-            )
+
+def _check_data(cfg: Any, ds: Mapping[str, Any], where: str) -> None:
+    """A segmentation data entry is an ``.npz`` with ``{split}_images`` / ``{split}_masks``, or an
+    image folder with ``masks:`` a mask folder (``image_size`` resizes folder data only)."""
+    from jaxadv.sweep.config import ConfigError
+
+    p = pathlib.Path(cfg.resolve(ds["data"]))
+    if ds.get("masks") is not None:
+        m = pathlib.Path(cfg.resolve(ds["masks"]))
+        for what, folder in (("data", p), ("masks", m)):
+            if not folder.is_dir():
+                raise ConfigError(
+                    f"{where}.{what}: with masks: the data is an image folder and masks a folder "
+                    f"of masks of the same stems, got {ds[what]!r} (not a folder)"
+                )
+        return
+    if ds.get("image_size") is not None:
+        raise ConfigError(
+            f"{where}.image_size: segmentation .npz data is used at its own size (image_size "
+            "resizes image + mask folders only)"
+        )
+    named = ds["data"] == "default" or ds["data"].startswith("tfds:")
+    if not named and not p.exists():
+        raise ConfigError(
+            f"{where}.data: no file or folder {str(p)!r} (relative paths are read from the "
+            "config's folder, or from the current folder for a built-in config); point data: at "
+            "a segmentation .npz or an image folder with masks:"
+        )
+    if p.suffix != ".npz" or not p.is_file():
+        raise ConfigError(
+            f"{where}: a segmentation model needs a segmentation .npz with {{split}}_images / "
+            f"{{split}}_masks (e.g. ../shared/data/isic2017_seg.npz) or an image folder with "
+            f"masks: a mask folder, got {ds['data']!r}"
+        )
+    from jaxadv.data._npz import open_npz
+
+    try:
+        _, keys = open_npz(p)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{where}: {e}") from e
+    want = [f"{ds['split']}_images", f"{ds['split']}_masks"]
+    if not set(want) <= set(keys):
+        raise ConfigError(
+            f"{where}: {ds['data']!r} has no {' / '.join(want)} (it holds {sorted(keys)}); a "
+            "segmentation model needs masks"
+        )
 
 
 # ----------------------------------------------------------------------------- runner
@@ -157,11 +196,19 @@ def load_model(spec: str) -> Any:
     return cli_segmentation.load_model(spec)
 
 
-def load_data(spec: str, entry: Mapping[str, Any]) -> Any:
-    """The segmentation data set of a resolved data spec and its normalised entry."""
+def load_data(spec: str, entry: Mapping[str, Any], masks: str | None = None) -> Any:
+    """The segmentation data set of a resolved data spec and its normalised entry; ``masks``: the
+    resolved mask folder of an image-folder entry."""
     from jaxadv.data import load_segmentation
 
-    return load_segmentation(spec, split=entry["split"], channels=entry.get("channels"))
+    size = entry.get("image_size")
+    return load_segmentation(
+        spec,
+        split=entry["split"],
+        masks=masks,
+        channels=entry.get("channels"),
+        size=None if size is None else (size, size),
+    )
 
 
 def build(a: Mapping[str, Any], ds: Any) -> tuple[Any, np.ndarray | None]:

@@ -172,12 +172,12 @@ def attack_entry(
 
 
 def check_config(cfg: Any) -> None:
-    """Universal attacks meet classifiers only, no detectors, and data with the fit split.
+    """Universal attacks meet no detectors, and data with the fit split (a segmentation model is
+    refused before, by :func:`jaxadv.sweep.segmentation.check_tasks`: they are classifier attacks).
 
     Raises:
         ConfigError: naming the entry, before anything is loaded or fitted.
     """
-    from jaxadv.cli_segmentation import is_segmentation_model
     from jaxadv.sweep.config import ConfigError
 
     d = cfg.data
@@ -185,12 +185,6 @@ def check_config(cfg: Any) -> None:
     if not uni:
         return
     i, a = uni[0]
-    for j, m in enumerate(d["models"]):
-        if is_segmentation_model(cfg.resolve(m["model"])):
-            raise ConfigError(
-                f"attacks[{i}]: the universal attack {a['attack']!r} needs a classifier; models[{j}] "
-                f"({m['label']!r}) is a segmentation model"
-            )
     if d.get("detectors"):
         raise ConfigError(f"attacks[{i}]: detectors are not scored on universal cells; drop one")
     for i, a in uni:
