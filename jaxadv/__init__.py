@@ -52,7 +52,7 @@ from jaxadv.multilabel import MultiLabel
 from jaxadv.result import AttackResult
 from jaxadv.sanity import SanityWarning, check_model
 from jaxadv.segmentation import dice, iou, pixel_accuracy
-from jaxadv.surrogate import Ensemble, transfer
+from jaxadv.surrogate import Ensemble, QueriedSurrogate, surrogate_from_queries, transfer
 from jaxadv.threats import L0Pixels, L1Ball, L2Ball, LinfBall, Patch
 
 __version__ = "0.1.0"
@@ -83,6 +83,7 @@ __all__ = [
     "EOTLogits",
     "RandomAffine",
     "Ensemble",
+    "QueriedSurrogate",
     "EpsCurve",
     "Evaluation",
     "FAB",
@@ -128,6 +129,7 @@ __all__ = [
     "multilabel",
     "robust_accuracy",
     "ssim",
+    "surrogate_from_queries",
     "transfer",
     "sweep_eps",
     # segmentation (dense targets)

@@ -4,15 +4,19 @@ The realistic attacker of a hospital model has no access to it: they train their
 or another architecture) and hope the adversarial examples transfer (Finlayson et al., 2019;
 Bortsova et al., 2021). :func:`transfer` runs any attack on the surrogate and hands the result to
 :func:`jaxadv.result.finalize` on the *target*, so success, margin and norm are the target's.
+:func:`surrogate_from_queries` builds such a surrogate from the target's answers alone (Papernot et
+al., 2017: label-only queries on unlabelled images, with a query budget).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxadv import _validate
 from jaxadv._struct import pytree_dataclass, replace
@@ -134,3 +138,155 @@ def transfer(
 @jax.jit
 def _finalize(threat, model, x, adv, y, target):
     return finalize(threat, model, x, adv, y, target=target)
+
+
+@dataclasses.dataclass(frozen=True)
+class QueriedSurrogate:
+    """The result of :func:`surrogate_from_queries`.
+
+    Attributes:
+        model: the trained surrogate as a :class:`jaxadv.Model` (eval mode, its normalisation).
+        queries: target queries spent on training labels (= the budget).
+        agreement: fraction of ``eval_x`` on which surrogate and target predict the same class
+            (``None`` without ``eval_x``); ``eval_queries`` target queries were spent measuring it.
+        eval_queries: target queries spent on ``eval_x`` (0 without it).
+        label_counts: how many training images the target put in each class (``[C]``): a target
+            that answers one class only gives a useless surrogate.
+        history: :func:`jaxadv.train.train`'s per-epoch records.
+    """
+
+    model: Any
+    queries: int
+    agreement: float | None
+    eval_queries: int
+    label_counts: tuple[int, ...]
+    history: list
+
+
+def _target_labels(target: Any, x: np.ndarray, batch_size: int) -> np.ndarray:
+    """The target's top-1 class of every image (one query each), in fixed-size blocks."""
+    from jaxadv.detect.common import batched
+
+    fn = jax.jit(lambda xb: jnp.argmax(target(xb), axis=1))
+    return np.asarray(batched(fn, x, batch_size=batch_size), np.int32)
+
+
+def surrogate_from_queries(
+    key: Any,
+    target: Any,
+    module: Any,
+    x: Any,
+    *,
+    budget: int,
+    epochs: int = 10,
+    batch_size: int = 64,
+    learning_rate: float = 1e-3,
+    val_fraction: float = 0.1,
+    eval_x: Any = None,
+    mean: Sequence[float] | float | None = None,
+    std: Sequence[float] | float | None = None,
+    query_batch_size: int = 256,
+) -> QueriedSurrogate:
+    """Train ``module`` on the labels a black-box ``target`` gives to unlabelled images.
+
+    The attacker holds a pool of unlabelled images ``x`` (e.g. the train split without its labels,
+    or images from another hospital), queries the target's top-1 class on ``budget`` of them (a
+    seeded random choice: one query per image, the target's logits are never read beyond their
+    argmax) and trains ``module`` on those answers with :func:`jaxadv.train.train` (plain
+    cross-entropy, Adam; ``val_fraction`` of the queried images select the best epoch by
+    agreement, so no true label and no extra query is used). Use the result with
+    :func:`transfer`.
+
+    Args:
+        key: PRNG key or int seed: the choice of queried images, the hold-out and training.
+        target: the black-box model ``x -> logits[B, C]`` (only its argmax is used).
+        module: a fresh Flax NNX classifier of the attacker's chosen architecture, trained in place
+            (pixel input after ``(x - mean) / std``), returning ``C`` logits like the target.
+        x: the unlabelled pool ``[N, H, W, K]`` float in ``[0, 1]`` (NumPy or JAX).
+        budget: target queries for training labels, ``1 < budget <= N``.
+        epochs, batch_size, learning_rate: of the training (see :func:`jaxadv.train.train`).
+        val_fraction: share of the queried images held out for model selection, in ``[0, 1)``.
+        eval_x: optional images (not in ``x``) on which to measure agreement with the target; each
+            costs one more query, reported as ``eval_queries``, never counted in ``queries``.
+        mean, std: the module's input normalisation (recorded in the returned model).
+        query_batch_size: images per target call.
+
+    Returns:
+        A :class:`QueriedSurrogate`.
+
+    Raises:
+        ValueError: a budget outside ``(1, N]``, a bad ``val_fraction``, images that are not float
+            in ``[0, 1]``, or a module whose class count differs from the target's (all before any
+            query).
+
+    Example:
+        >>> import jax, jax.numpy as jnp, jaxadv
+        >>> from flax import nnx
+        >>> from jaxadv.nn import SmallCNN
+        >>> w = jax.random.normal(jax.random.key(0), (784, 2))
+        >>> target = jaxadv.from_apply(lambda w, x: x.reshape(x.shape[0], -1) @ w, w)
+        >>> pool = jax.random.uniform(jax.random.key(1), (40, 28, 28, 1))
+        >>> sur = jaxadv.surrogate_from_queries(
+        ...     0, target, SmallCNN(2, 1, width=4, rngs=nnx.Rngs(0)), pool, budget=32, epochs=1,
+        ...     batch_size=16)
+        >>> sur.queries, sum(sur.label_counts)
+        (32, 32)
+    """
+    from jaxadv.models import from_nnx
+    from jaxadv.train import train
+
+    target = as_model(target)
+    key = _validate.normalize_key(key)
+    x = np.asarray(x)
+    _validate.check_images(x, name="x")
+    n = x.shape[0]
+    if isinstance(budget, bool) or not isinstance(budget, (int, np.integer)) or not 1 < budget <= n:
+        raise ValueError(
+            f"surrogate_from_queries: budget must be an integer in (1, {n}] (the pool has {n} "
+            f"images), got {budget!r}"
+        )
+    if not 0.0 <= float(val_fraction) < 1.0:
+        raise ValueError(
+            f"surrogate_from_queries: val_fraction must be in [0, 1), got {val_fraction}"
+        )
+    if eval_x is not None:
+        eval_x = np.asarray(eval_x)
+        _validate.check_images(eval_x, name="eval_x")
+    t_classes = _out_shape(target, jnp.asarray(x[:1]), "target")[1]
+    probe = from_nnx(module, mean=mean, std=std)
+    s_classes = _out_shape(probe, jnp.asarray(x[:1]), "surrogate")[1]
+    if s_classes != t_classes:
+        raise ValueError(
+            f"surrogate_from_queries: the module returns {s_classes} logits but the target has "
+            f"{t_classes} classes; build the surrogate with num_classes={t_classes}"
+        )
+    k_pick, k_split, k_train = jax.random.split(key, 3)
+    pick = np.asarray(jax.random.permutation(k_pick, n))[:budget]
+    xq = x[np.sort(pick)]
+    yq = _target_labels(target, xq, query_batch_size)
+    n_val = int(round(float(val_fraction) * budget))
+    order = np.asarray(jax.random.permutation(k_split, budget))
+    val = None
+    if n_val > 0 and budget - n_val > 0:
+        v, t = order[:n_val], order[n_val:]
+        val = (xq[v], yq[v])
+        xq, yq = xq[t], yq[t]
+    history = train(
+        module, xq, yq, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
+        key=k_train, val=val, mean=mean, std=std, monitor="accuracy",
+    )  # fmt: skip
+    model = from_nnx(module, mean=mean, std=std)
+    agreement = None
+    if eval_x is not None:
+        want = _target_labels(target, eval_x, query_batch_size)
+        got = _target_labels(model, eval_x, query_batch_size)
+        agreement = float(np.mean(want == got))
+    counts = np.bincount(np.concatenate([yq] + ([val[1]] if val else [])), minlength=t_classes)
+    return QueriedSurrogate(
+        model=model,
+        queries=int(budget),
+        agreement=agreement,
+        eval_queries=0 if eval_x is None else int(eval_x.shape[0]),
+        label_counts=tuple(int(c) for c in counts),
+        history=history,
+    )

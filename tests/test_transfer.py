@@ -5,6 +5,7 @@ independent reference."""
 from __future__ import annotations
 
 import io
+import re
 
 import jax
 import jax.numpy as jnp
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 import scipy.ndimage as nd
 from conftest import linear_model
+from flax import nnx
 from PIL import Image
 from scipy import stats
 
@@ -171,6 +173,89 @@ def test_transfer_is_judged_on_the_target():
     tgt = (y + 1) % 3
     t = jaxadv.transfer(atk, target, target, 0, x, y, target_labels=tgt)
     np.testing.assert_array_equal(t.success, jnp.argmax(target(t.adv), axis=1) == tgt)
+
+
+# ------------------------------------------------------------------- surrogate from queries
+class _Net(nnx.Module):
+    """A one-hidden-layer NNX classifier on 8x8x1 images (fast to compile)."""
+
+    def __init__(self, num_classes=3, *, rngs):
+        self.l1 = nnx.Linear(64, 32, rngs=rngs)
+        self.l2 = nnx.Linear(32, num_classes, rngs=rngs)
+
+    def __call__(self, x):
+        return self.l2(jnp.tanh(self.l1(x.reshape(x.shape[0], -1))))
+
+
+def _centred_apply(p, x):
+    return _mlp_apply(p, x - 0.5)
+
+
+@pytest.fixture(scope="module")
+def queried():
+    # inputs centred: the three classes are about equally frequent on uniform images
+    target = jaxadv.from_apply(_centred_apply, _mlp().params)
+    pool = np.asarray(jax.random.uniform(jax.random.key(3), (600, *SHAPE)))
+    held = np.asarray(jax.random.uniform(jax.random.key(4), (300, *SHAPE)))
+    run = {
+        b: jaxadv.surrogate_from_queries(
+            7, target, _Net(rngs=nnx.Rngs(0)), pool, budget=b, epochs=30, batch_size=32,
+            learning_rate=3e-3, eval_x=held,
+        )
+        for b in (20, 500)
+    }  # fmt: skip
+    return target, pool, held, run
+
+
+@pytest.mark.slow  # trains three small surrogates (~2 min on 2 loaded cores)
+def test_surrogate_from_queries_learns_the_target_and_counts_queries(queried):
+    target, pool, held, run = queried
+    small, big = run[20], run[500]
+    assert (small.queries, big.queries) == (20, 500)
+    assert small.eval_queries == big.eval_queries == 300
+    assert sum(big.label_counts) == 500 and len(big.label_counts) == 3
+    # the agreement is recomputed here from the two models, not read from the result
+    agree = float(np.mean(np.argmax(target(held), 1) == np.argmax(big.model(held), 1)))
+    assert big.agreement == pytest.approx(agree)
+    chance = max(np.bincount(np.argmax(target(held), 1), minlength=3)) / len(held)
+    assert big.agreement > max(0.7, chance + 0.3), (big.agreement, chance)  # measured 0.81 vs 0.39
+    assert big.agreement > small.agreement  # more queries buy a better copy
+    # the surrogate is usable for a transfer attack on the target
+    x, y = _data(target, n=64, seed=5)
+    atk = jaxadv.PGD(threat=jaxadv.LinfBall(eps=0.3), num_steps=10)
+    res = jaxadv.transfer(atk, big.model, target, 0, x, y)
+    assert float(np.mean(res.success)) > 0.5
+
+
+@pytest.mark.slow  # trains three small surrogates (~2 min on 2 loaded cores)
+def test_surrogate_from_queries_is_deterministic_by_key(queried):
+    target, pool, _, run = queried
+    again = jaxadv.surrogate_from_queries(
+        7, target, _Net(rngs=nnx.Rngs(0)), pool, budget=20, epochs=30, batch_size=32,
+        learning_rate=3e-3,
+    )  # fmt: skip
+    x = pool[:16]
+    np.testing.assert_array_equal(np.asarray(again.model(x)), np.asarray(run[20].model(x)))
+    assert again.agreement is None and again.eval_queries == 0
+
+
+@pytest.mark.parametrize(
+    ("kw", "msg"),
+    [
+        ({"budget": 1}, "budget must be an integer in (1, 600]"),
+        ({"budget": 601}, "budget must be an integer in (1, 600]"),
+        ({"budget": True}, "budget must be an integer"),
+        ({"budget": 10, "val_fraction": 1.0}, "val_fraction must be in [0, 1)"),
+        ({"budget": 10, "num_classes": 2}, "returns 2 logits but the target has 3 classes"),
+    ],
+)
+def test_surrogate_from_queries_errors(kw, msg):
+    pool = np.asarray(jax.random.uniform(jax.random.key(3), (600, *SHAPE)))
+    net = _Net(num_classes=kw.pop("num_classes", 3), rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match=re.escape(msg)):
+        jaxadv.surrogate_from_queries(0, _mlp(), net, pool, epochs=1, **kw)
+    with pytest.raises(ValueError, match="x"):
+        jaxadv.surrogate_from_queries(0, _mlp(), net, pool * np.nan, budget=10, epochs=1)
 
 
 def test_transfer_mismatch_errors():
