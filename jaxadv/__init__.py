@@ -52,7 +52,7 @@ from jaxadv.multilabel import MultiLabel
 from jaxadv.result import AttackResult
 from jaxadv.sanity import SanityWarning, check_model
 from jaxadv.segmentation import dice, iou, pixel_accuracy
-from jaxadv.surrogate import Ensemble, transfer
+from jaxadv.surrogate import Ensemble, Transfer, transfer
 from jaxadv.threats import L0Pixels, L1Ball, L2Ball, LinfBall, Patch
 
 __version__ = "0.1.0"
@@ -129,6 +129,7 @@ __all__ = [
     "robust_accuracy",
     "ssim",
     "transfer",
+    "Transfer",
     "sweep_eps",
     # segmentation (dense targets)
     "ASMA",
