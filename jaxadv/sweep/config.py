@@ -29,6 +29,7 @@ from typing import Any
 from jaxadv.cli_segmentation import is_segmentation_model
 from jaxadv.sweep import detection as det
 from jaxadv.sweep import segmentation as seg
+from jaxadv.sweep import transfer as tr
 from jaxadv.vocab import (
     EPS_SCALE,
     GRID_FROM_DATA,
@@ -73,6 +74,7 @@ _TOP = {
     "datasets": "list of data sets",
     "attacks": "list of attacks",
     "detectors": "fitted detector files (jaxadv.detect.save), each with the model it belongs to",
+    "surrogate": "models (labels of models:, 'all', or ensembles) every attack is crafted on",
 }
 _MODEL_KEYS = {"model", "label"}
 _DATA_KEYS = {
@@ -101,6 +103,7 @@ _ATTACK_KEYS = {
     "target_set",
     "success_margin",
     "grid",
+    "surrogate",
 }
 
 
@@ -121,6 +124,8 @@ class Cell:
         seed: the PRNG seed; example ``i`` of the data set uses ``fold_in(key(seed), i)``.
         detectors: the detector entries of the model (``label``, ``detector``, ``model``,
             ``kind``); empty without ``detectors:``.
+        surrogate: the surrogate entry (``label``, ``models``) of a transfer cell, crafted on it
+            and evaluated on ``model`` (:mod:`jaxadv.sweep.transfer`); ``None``: white box.
     """
 
     id: str
@@ -130,6 +135,7 @@ class Cell:
     attack: dict
     seed: int
     detectors: tuple[dict, ...] = ()
+    surrogate: dict | None = None
 
     def spec(self) -> dict[str, Any]:
         out = {
@@ -142,6 +148,8 @@ class Cell:
         }
         if self.detectors:
             out["detectors"] = [dict(d) for d in self.detectors]
+        if self.surrogate:
+            out["surrogate"] = copy.deepcopy(self.surrogate)
         return out
 
 
@@ -548,6 +556,10 @@ def validate(raw: Any, *, base_dir: str, source: str) -> SweepConfig:
         if own.get("grid") is not None:
             default_label += f"-{own['grid']}" + ("bit" if isinstance(own["grid"], int) else "")
         entry["label"] = _label(_str(a.get("label", default_label), f"{where}.label"))
+        if a.get("surrogate") is not None:  # only when given: keeps the hash of other entries
+            entry["surrogate"] = tr.parse(
+                a["surrogate"], models, f"{where}.surrogate", error=ConfigError
+            )
         try:  # build it once now: unknown names and bad options fail before anything runs
             built = make_attack(
                 name,
@@ -571,6 +583,9 @@ def validate(raw: Any, *, base_dir: str, source: str) -> SweepConfig:
     _unique(attacks, "attacks")
 
     out.update(models=models, datasets=datasets, attacks=attacks)
+    if raw.get("surrogate") is not None:  # only when given: configs without it keep their hash
+        out["surrogate"] = tr.parse(raw["surrogate"], models, "surrogate", error=ConfigError)
+    tr.check(out, error=ConfigError)
     if raw.get("detectors") is not None:  # only when given: configs without it keep their hash
         resolve = SweepConfig(data=out, base_dir=base_dir, source=source).resolve
         out["detectors"] = det.parse(raw["detectors"], models, resolve, error=ConfigError)
@@ -599,12 +614,13 @@ def validate(raw: Any, *, base_dir: str, source: str) -> SweepConfig:
         except SpecError as e:
             raise ConfigError(f"datasets[{i}]: {e}") from e
     seg.check_tasks(cfg)  # one task per config: segmentation or classification
+    tr.check_models(cfg, error=ConfigError)
     return cfg
 
 
 # ----------------------------------------------------------------------------- expansion
 def expand(cfg: SweepConfig) -> list[Cell]:
-    """All cells in a fixed order (models, then data sets, then attacks, then seeds)."""
+    """All cells in a fixed order (models, data sets, attacks, surrogates, then seeds)."""
     d = cfg.data
     _check_normalised(d)
     fps = cfg.input_fingerprints()
@@ -612,23 +628,25 @@ def expand(cfg: SweepConfig) -> list[Cell]:
     seen: dict[str, str] = {}
     for m in d["models"]:
         for ds in d["datasets"]:
-            for a in d["attacks"]:
+            for a, sur in [(x, t) for x in d["attacks"] for t in tr.for_attack(d, x)]:
                 for s in d["seeds"]:
-                    cid = f"{m['label']}__{ds['label']}__{a['label']}__seed{s}"
+                    cid = tr.cell_id(m["label"], ds["label"], a["label"], s, sur)
                     if cid.casefold() in seen:  # cannot happen for a validated config
                         raise ConfigError(f"cells {seen[cid.casefold()]} and {cid} share an id")
                     seen[cid.casefold()] = cid
-                    what = {"model": m, "dataset": ds, "attack": a, "seed": s}
+                    a_ = {k: v for k, v in a.items() if k != "surrogate"}  # the cell's own below
+                    what = {"model": m, "dataset": ds, "attack": a_, "seed": s}
                     inputs = {"model": fps.get(m["model"]), "data": fps.get(ds["data"])}
                     if any(inputs.values()):  # the files' content decides the results too
                         what["inputs"] = inputs
                     dets = det.for_model(d, m["label"])
                     if dets:  # only then: cells without detectors keep their hash
                         what["detectors"] = [{**e, "content": fps.get(e["detector"])} for e in dets]
+                    if sur:  # only then: white-box cells keep their hash
+                        what["surrogate"] = tr.hashed(sur, fps)
                     h = sha256(what)[:16]
-                    cells.append(
-                        Cell(cid, h, dict(m), dict(ds), copy.deepcopy(a), int(s), tuple(dets))
-                    )
+                    a_, dets_ = copy.deepcopy(a_), tuple(dets)
+                    cells.append(Cell(cid, h, dict(m), dict(ds), a_, int(s), dets_, sur))
     return cells
 
 
