@@ -270,7 +270,7 @@ def heatmaps(rows: Sequence[Mapping[str, Any]]) -> list[tuple[str, bytes]]:
         surr = list(dict.fromkeys(r["surrogate"] for r in mine))
         tgt = list(dict.fromkeys(r["target"] for r in mine))
         # inches: a panel is 0.8 per target plus room for the surrogate names and a colour bar
-        lw, bh, pw, ph = 1.8, 1.3, 0.8 * len(tgt), 0.6 * len(surr)
+        lw, bh, pw, ph = 1.8, 1.0, 0.8 * len(tgt), 0.6 * len(surr)
         width, height = len(eps) * (lw + pw) + 1.2, bh + ph + 0.4
         fig, axes = figure(1, len(eps), figsize=(width, height))
         fig.subplots_adjust(
