@@ -93,6 +93,16 @@ class Transfer:
     Attributes:
         attack: the attack run on the surrogate (white box on it).
         surrogate: a model or an :class:`Ensemble` (see :func:`as_surrogate`).
+
+    Example:
+        >>> import jax, numpy as np, jaxadv
+        >>> w = jax.random.normal(jax.random.key(0), (16, 2))
+        >>> f = jaxadv.from_apply(lambda w, x: x.reshape(x.shape[0], -1) @ w, w)
+        >>> x, y = np.full((4, 4, 4, 1), 0.5, np.float32), np.array([0, 1, 0, 1])
+        >>> pgd = jaxadv.PGD(threat=jaxadv.LinfBall(eps=0.0), num_steps=3)
+        >>> atk = jaxadv.Transfer(attack=pgd, surrogate=f.with_params(w + 0.1))
+        >>> jaxadv.evaluate(atk, f, (x, y), [0.0, 0.1], key=0).robust_accuracy.shape
+        (2,)
     """
 
     attack: Any
