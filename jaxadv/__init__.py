@@ -52,7 +52,13 @@ from jaxadv.multilabel import MultiLabel
 from jaxadv.result import AttackResult
 from jaxadv.sanity import SanityWarning, check_model
 from jaxadv.segmentation import dice, iou, pixel_accuracy
-from jaxadv.surrogate import Ensemble, QueriedSurrogate, surrogate_from_queries, transfer
+from jaxadv.surrogate import (
+    Ensemble,
+    QueriedSurrogate,
+    Transfer,
+    surrogate_from_queries,
+    transfer,
+)
 from jaxadv.threats import L0Pixels, L1Ball, L2Ball, LinfBall, Patch
 
 __version__ = "0.1.0"
@@ -131,6 +137,7 @@ __all__ = [
     "ssim",
     "surrogate_from_queries",
     "transfer",
+    "Transfer",
     "sweep_eps",
     # segmentation (dense targets)
     "ASMA",

@@ -377,6 +377,8 @@ def _sweep_table(root: str) -> str:
     cols = ("model", "dataset", "attack", "seed", "eps_label", "clean_accuracy", "robust_accuracy")
     if any("dice" in r for r in rows):  # segmentation cells: the attack's rule, and Dice
         cols += ("clean_dice", "dice")
+    if any("surrogate" in r for r in rows):  # transfer cells: crafted on the surrogate
+        cols = cols[:3] + ("surrogate",) + cols[3:]
     return report.format_table(rows, cols)
 
 

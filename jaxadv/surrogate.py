@@ -20,7 +20,7 @@ import numpy as np
 
 from jaxadv import _validate
 from jaxadv._struct import pytree_dataclass, replace
-from jaxadv.attacks.base import finite_budget
+from jaxadv.attacks.base import example_keys, finite_budget, run_jit
 from jaxadv.models import as_model
 from jaxadv.result import AttackResult, finalize
 
@@ -65,6 +65,67 @@ def as_surrogate(surrogate: Any) -> Any:
             raise ValueError("transfer: the surrogate ensemble is empty; pass at least one model")
         return Ensemble(models=tuple(as_model(m) for m in surrogate))
     return as_model(surrogate)
+
+
+def check_pair(surrogate: Any, target: Any, x: Any) -> None:
+    """Raise a one-line ``ValueError`` unless ``surrogate`` (every member of an ensemble) and
+    ``target`` take images shaped like ``x[B, H, W, K]`` and return logits with the same class
+    count. Only shapes are traced (``jax.eval_shape``): nothing is computed."""
+    t_shape = _out_shape(target, x, "target")
+    members = surrogate.models if isinstance(surrogate, Ensemble) else (surrogate,)
+    for i, m in enumerate(members):
+        role = f"surrogate {i}" if isinstance(surrogate, Ensemble) else "surrogate"
+        s_shape = _out_shape(m, x, role)
+        if s_shape[1] != t_shape[1]:
+            raise ValueError(
+                f"transfer: the {role} has {s_shape[1]} classes but the target has {t_shape[1]}; "
+                "a transfer attack needs the same label space (map the labels in a wrapper)"
+            )
+
+
+@pytree_dataclass
+class Transfer:
+    """An attack value that crafts on ``surrogate`` and is judged on the model it is called with.
+
+    ``Transfer(attack, surrogate).run(keys, target, x, y)`` runs ``attack`` on the surrogate and
+    hands ``adv`` to :func:`jaxadv.result.finalize` on the *target*, exactly like
+    :func:`transfer`; being an attack value (``threat``, ``with_eps``, ``run``), it goes through
+    :func:`jaxadv.evaluate` (padding, sharding, eps grid, cascade) unchanged: this is how
+    ``jaxadv sweep`` runs its ``surrogate:`` cells. Check the pair first with :func:`check_pair`
+    (:func:`jaxadv.evaluate` checks the inputs against the target only).
+
+    Attributes:
+        attack: the attack run on the surrogate (white box on it).
+        surrogate: a model or an :class:`Ensemble` (see :func:`as_surrogate`).
+
+    Example:
+        >>> import jax, numpy as np, jaxadv
+        >>> w = jax.random.normal(jax.random.key(0), (16, 2))
+        >>> f = jaxadv.from_apply(lambda w, x: x.reshape(x.shape[0], -1) @ w, w)
+        >>> x, y = np.full((4, 4, 4, 1), 0.5, np.float32), np.array([0, 1, 0, 1])
+        >>> pgd = jaxadv.PGD(threat=jaxadv.LinfBall(eps=0.0), num_steps=3)
+        >>> atk = jaxadv.Transfer(attack=pgd, surrogate=f.with_params(w + 0.1))
+        >>> jaxadv.evaluate(atk, f, (x, y), [0.0, 0.1], key=0).robust_accuracy.shape
+        (2,)
+    """
+
+    attack: Any
+    surrogate: Any
+
+    @property
+    def threat(self) -> Any:
+        return self.attack.threat
+
+    def with_eps(self, eps: Any) -> Transfer:
+        """The same transfer attack with a new budget (no retrace)."""
+        return replace(self, attack=self.attack.with_eps(eps))
+
+    def run(self, keys: Array, model: Any, x: Array, y: Array, *, target=None) -> AttackResult:
+        """Pure and jittable: ``adv`` from the surrogate, every other field from ``model``."""
+        res = self.attack.run(keys, self.surrogate, x, y, target=target)
+        out = finalize(self.attack.threat, model, x, res.adv, y, target=target)
+        info = {**out.info, "surrogate_success": res.success, "surrogate_queries": res.queries}
+        return replace(out, info=info)
 
 
 def transfer(
@@ -116,28 +177,14 @@ def transfer(
     surrogate = as_surrogate(surrogate)
     target = as_model(target)
     key, x, y, tl = _validate.normalize_inputs(key, x, y, target_labels)
-    t_shape = _out_shape(target, x, "target")
-    members = surrogate.models if isinstance(surrogate, Ensemble) else (surrogate,)
-    for i, m in enumerate(members):
-        role = f"surrogate {i}" if isinstance(surrogate, Ensemble) else "surrogate"
-        s_shape = _out_shape(m, x, role)
-        if s_shape[1] != t_shape[1]:
-            raise ValueError(
-                f"transfer: the {role} has {s_shape[1]} classes but the target has {t_shape[1]}; "
-                "a transfer attack needs the same label space (map the labels in a wrapper)"
-            )
+    check_pair(surrogate, target, x)
     if validate:
         _validate.check_attack_inputs(attack.threat, target, x, y, tl)
-    res = attack(key, surrogate, x, y, target=tl, validate=validate, index_offset=index_offset)
-    threat = finite_budget(attack, x).threat
-    out = _finalize(threat, target, x, res.adv, y, tl)
-    info = {**out.info, "surrogate_success": res.success, "surrogate_queries": res.queries}
-    return replace(out, info=info)
-
-
-@jax.jit
-def _finalize(threat, model, x, adv, y, target):
-    return finalize(threat, model, x, adv, y, target=target)
+        attack.check_inputs(surrogate, x, y, tl)
+    keys = example_keys(key, x.shape[0], index_offset)
+    return run_jit(
+        Transfer(attack=finite_budget(attack, x), surrogate=surrogate), keys, target, x, y, tl
+    )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -85,8 +85,15 @@ def test_config_entries_and_errors(tmp_path):
         sweep.load_config(no_train)
     seg = _cfg(tmp_path, [UAP])
     seg["models"] = ["unet_isic"]
-    with pytest.raises(sweep.ConfigError, match=r"universal attack 'uap' needs a classifier"):
+    with pytest.raises(sweep.ConfigError, match=r"'uap' is a classifier attack but models\[0\]"):
         sweep.load_config(seg)
+    sur = _cfg(tmp_path, [UAP, "fgsm"])
+    sur["surrogate"] = "all"
+    with pytest.raises(sweep.ConfigError, match=r"is fitted on its target, not crafted on a"):
+        sweep.load_config(sur)
+    own = _cfg(tmp_path, [{**UAP, "surrogate": "all"}])
+    with pytest.raises(sweep.ConfigError, match=r"attacks\[0\]\.surrogate: does not apply"):
+        sweep.load_config(own)
 
 
 @pytest.mark.slow

@@ -160,6 +160,26 @@ def test_transfer_with_surrogate_equal_target_is_the_white_box_attack():
 
 
 @pytest.mark.slow
+def test_transfer_attack_value_through_the_engine():
+    """``Transfer`` goes through ``jaxadv.evaluate`` (the sweep's path): with surrogate == target
+    the per-example results equal the white-box evaluation's (queries aside), and another
+    surrogate gives exactly ``transfer()`` at each eps."""
+    model, other = _mlp(), _mlp(seed=5)
+    x, y = _data(model, n=6)
+    pgd = jaxadv.PGD(threat=jaxadv.LinfBall(eps=0.0), num_steps=3)  # random start: keys matter
+    grid = [0.0, 0.05, 0.2]
+    white = jaxadv.evaluate(pgd, model, (x, y), grid, key=3, batch_size=4)
+    diag = jaxadv.evaluate(jaxadv.Transfer(attack=pgd, surrogate=model), model, (x, y), grid, key=3)
+    for k in ("success", "norm", "margin", "l2", "linf"):
+        np.testing.assert_array_equal(diag.per_eps[k], white.per_eps[k], err_msg=k)
+    np.testing.assert_array_equal(diag.per_eps["queries"][1:], 1)  # the target evaluates once
+    ev = jaxadv.evaluate(jaxadv.Transfer(attack=pgd, surrogate=other), model, (x, y), grid, key=3)
+    for j, e in enumerate(grid[1:], start=1):
+        res = jaxadv.transfer(pgd.with_eps(e), other, model, 3, x, y)
+        np.testing.assert_array_equal(ev.per_eps["success"][j], np.asarray(res.success))
+
+
+@pytest.mark.slow
 def test_transfer_is_judged_on_the_target():
     target = _mlp(seed=0)
     surrogate = _mlp(seed=5)

@@ -29,7 +29,19 @@ from typing import Any
 from jaxadv.cli_segmentation import is_segmentation_model
 from jaxadv.sweep import detection as det
 from jaxadv.sweep import segmentation as seg
+from jaxadv.sweep import transfer as tr
 from jaxadv.sweep import universal as univ
+from jaxadv.sweep._fields import (  # noqa: F401  (ConfigError, is_label, MAX_LABEL: public here)
+    MAX_LABEL,
+    ConfigError,
+    _as_list,
+    _int,
+    _keys,
+    _label,
+    _str,
+    _unique,
+    is_label,
+)
 from jaxadv.vocab import (
     EPS_SCALE,
     GRID_FROM_DATA,
@@ -74,6 +86,7 @@ _TOP = {
     "datasets": "list of data sets",
     "attacks": "list of attacks",
     "detectors": "fitted detector files (jaxadv.detect.save), each with the model it belongs to",
+    "surrogate": "models (labels of models:, 'all', or ensembles) every attack is crafted on",
 }
 _MODEL_KEYS = {"model", "label"}
 _DATA_KEYS = {
@@ -104,11 +117,8 @@ _ATTACK_KEYS = {
     "success_margin",
     "grid",
     "fit",
+    "surrogate",
 }
-
-
-class ConfigError(ValueError):
-    """The sweep config is invalid; the message names the offending entry and what to do."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,6 +134,8 @@ class Cell:
         seed: the PRNG seed; example ``i`` of the data set uses ``fold_in(key(seed), i)``.
         detectors: the detector entries of the model (``label``, ``detector``, ``model``,
             ``kind``); empty without ``detectors:``.
+        surrogate: the surrogate entry (``label``, ``models``) of a transfer cell, crafted on it
+            and evaluated on ``model`` (:mod:`jaxadv.sweep.transfer`); ``None``: white box.
     """
 
     id: str
@@ -133,6 +145,7 @@ class Cell:
     attack: dict
     seed: int
     detectors: tuple[dict, ...] = ()
+    surrogate: dict | None = None
 
     def spec(self) -> dict[str, Any]:
         out = {
@@ -145,6 +158,8 @@ class Cell:
         }
         if self.detectors:
             out["detectors"] = [dict(d) for d in self.detectors]
+        if self.surrogate:
+            out["surrogate"] = copy.deepcopy(self.surrogate)
         return out
 
 
@@ -309,74 +324,6 @@ def _parse(text: str, suffix: str, where: str) -> Any:
 
 
 # ----------------------------------------------------------------------------- validation
-def _int(v: Any, where: str, *, lo: int = 0, none_ok: bool = False) -> int | None:
-    if v is None and none_ok:
-        return None
-    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-        raise ConfigError(f"{where}: must be an integer >= {lo}, got {v!r}")
-    return int(v)
-
-
-def _str(v: Any, where: str) -> str:
-    if not isinstance(v, str) or not v.strip():
-        raise ConfigError(f"{where}: must be a non-empty string, got {v!r}")
-    return v.strip()
-
-
-def _keys(entry: Mapping[str, Any], allowed: set[str], where: str) -> None:
-    unknown = sorted(set(entry) - allowed)
-    if unknown:
-        raise ConfigError(
-            f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}"
-        )
-
-
-#: Longest label; longer ones are shortened and given a hash of the original (cell ids name files).
-MAX_LABEL = 48
-
-
-def _label(s: str) -> str:
-    """A label as it appears in cell ids and file names: characters outside ``[A-Za-z0-9._-]``
-    become ``-``, runs of ``_`` become one (``__`` separates the parts of a cell id), no leading
-    or trailing ``-._``, and at most :data:`MAX_LABEL` characters (a longer label keeps its start
-    and gains 8 hex digits of its SHA-256)."""
-    out = re.sub(r"[^A-Za-z0-9._-]+", "-", s)
-    out = re.sub(r"_{2,}", "_", out).strip("-._") or "x"
-    if len(out) > MAX_LABEL:
-        tag = hashlib.sha256(s.encode("utf-8", "surrogatepass")).hexdigest()[:8]
-        out = f"{out[: MAX_LABEL - 9].rstrip('-._')}-{tag}"
-    return out
-
-
-def is_label(s: Any) -> bool:
-    """True when ``s`` is already a normalised label (what :func:`_label` returns)."""
-    return isinstance(s, str) and _label(s) == s
-
-
-def _as_list(v: Any, where: str) -> list:
-    if v is None:
-        raise ConfigError(f"{where}: missing (give at least one entry)")
-    items = [v] if isinstance(v, (str, Mapping)) else v
-    if not isinstance(items, Sequence) or not items:
-        raise ConfigError(f"{where}: must be a non-empty list, got {v!r}")
-    return list(items)
-
-
-def _unique(entries: list[dict], what: str) -> None:
-    # Labels name files: compared without case (case-insensitive file systems) and after
-    # _label has replaced the characters a file name cannot hold.
-    seen: dict[str, int] = {}
-    for i, e in enumerate(entries):
-        key = e["label"].casefold()
-        if key in seen:
-            raise ConfigError(
-                f"{what}[{i}] and {what}[{seen[key]}] share the label {e['label']!r} (labels are "
-                "compared ignoring case, after replacing characters other than A-Z a-z 0-9 . _ -); "
-                "give one of them a distinct 'label'"
-            )
-        seen[key] = i
-
-
 def validate(raw: Any, *, base_dir: str, source: str) -> SweepConfig:
     """Check a parsed config and fill in defaults. See the module docstring for the format."""
     if not isinstance(raw, Mapping):
@@ -568,6 +515,10 @@ def validate(raw: Any, *, base_dir: str, source: str) -> SweepConfig:
         if own.get("grid") is not None:
             default_label += f"-{own['grid']}" + ("bit" if isinstance(own["grid"], int) else "")
         entry["label"] = _label(_str(a.get("label", default_label), f"{where}.label"))
+        if a.get("surrogate") is not None:  # only when given: keeps the hash of other entries
+            entry["surrogate"] = tr.parse(
+                a["surrogate"], models, f"{where}.surrogate", error=ConfigError
+            )
         try:  # build it once now: unknown names and bad options fail before anything runs
             built = make_attack(
                 name,
@@ -591,6 +542,9 @@ def validate(raw: Any, *, base_dir: str, source: str) -> SweepConfig:
     _unique(attacks, "attacks")
 
     out.update(models=models, datasets=datasets, attacks=attacks)
+    if raw.get("surrogate") is not None:  # only when given: configs without it keep their hash
+        out["surrogate"] = tr.parse(raw["surrogate"], models, "surrogate", error=ConfigError)
+    tr.check(out, error=ConfigError)
     if raw.get("detectors") is not None:  # only when given: configs without it keep their hash
         resolve = SweepConfig(data=out, base_dir=base_dir, source=source).resolve
         out["detectors"] = det.parse(raw["detectors"], models, resolve, error=ConfigError)
@@ -613,6 +567,7 @@ def validate(raw: Any, *, base_dir: str, source: str) -> SweepConfig:
             check_model_name(spec)
         except SpecError as e:
             raise ConfigError(f"models[{i}]: {e}") from e
+    tr.check_models(cfg, error=ConfigError)  # surrogates: classifiers only
     if seg.check_tasks(cfg):  # one task per config; segmentation data is checked there
         return cfg
     for i, d in enumerate(datasets):
@@ -626,7 +581,7 @@ def validate(raw: Any, *, base_dir: str, source: str) -> SweepConfig:
 
 # ----------------------------------------------------------------------------- expansion
 def expand(cfg: SweepConfig) -> list[Cell]:
-    """All cells in a fixed order (models, then data sets, then attacks, then seeds)."""
+    """All cells in a fixed order (models, data sets, attacks, surrogates, then seeds)."""
     d = cfg.data
     _check_normalised(d)
     fps = cfg.input_fingerprints()
@@ -634,23 +589,25 @@ def expand(cfg: SweepConfig) -> list[Cell]:
     seen: dict[str, str] = {}
     for m in d["models"]:
         for ds in d["datasets"]:
-            for a in d["attacks"]:
+            for a, sur in [(x, t) for x in d["attacks"] for t in tr.for_attack(d, x)]:
                 for s in d["seeds"]:
-                    cid = f"{m['label']}__{ds['label']}__{a['label']}__seed{s}"
+                    cid = tr.cell_id(m["label"], ds["label"], a["label"], s, sur)
                     if cid.casefold() in seen:  # cannot happen for a validated config
                         raise ConfigError(f"cells {seen[cid.casefold()]} and {cid} share an id")
                     seen[cid.casefold()] = cid
-                    what = {"model": m, "dataset": ds, "attack": a, "seed": s}
+                    a_ = {k: v for k, v in a.items() if k != "surrogate"}  # the cell's own below
+                    what = {"model": m, "dataset": ds, "attack": a_, "seed": s}
                     inputs = {"model": fps.get(m["model"]), "data": fps.get(ds["data"])}
                     if any(inputs.values()):  # the files' content decides the results too
                         what["inputs"] = inputs
                     dets = det.for_model(d, m["label"])
                     if dets:  # only then: cells without detectors keep their hash
                         what["detectors"] = [{**e, "content": fps.get(e["detector"])} for e in dets]
+                    if sur:  # only then: white-box cells keep their hash
+                        what["surrogate"] = tr.hashed(sur, fps)
                     h = sha256(what)[:16]
-                    cells.append(
-                        Cell(cid, h, dict(m), dict(ds), copy.deepcopy(a), int(s), tuple(dets))
-                    )
+                    a_, dets_ = copy.deepcopy(a_), tuple(dets)
+                    cells.append(Cell(cid, h, dict(m), dict(ds), a_, int(s), dets_, sur))
     return cells
 
 

@@ -13,6 +13,7 @@ No device code is imported: writing a report needs neither the runner nor the at
 * ``worst_case.csv``: robust accuracy under the worst case over attacks (and seeds) per model, data
   set, threat model and eps, with how many examples each attack alone broke;
 * ``worst_case_examples.csv``: per example, whether it survived every attack and which broke it.
+* ``transfer_matrix.csv`` (``surrogate:`` sweeps): target robust accuracy per surrogate and target.
 
 Segmentation cells (:mod:`jaxadv.sweep.segmentation`) add the per-image Dice / IoU columns to these
 rows, a Dice / IoU table, robust Dice vs eps and mask overlays in place of the image grids.
@@ -44,7 +45,7 @@ from jaxadv.report import (
     jsonl_text,
     md_table,
 )
-from jaxadv.sweep import detection
+from jaxadv.sweep import detection, transfer
 from jaxadv.sweep import segmentation as seg
 from jaxadv.sweep import universal as univ
 from jaxadv.sweep.storage import (
@@ -79,6 +80,12 @@ class CellData:
     durable: dict[str, Any] = dataclasses.field(default_factory=dict)  # success_margin, grid
     dense: bool = False  # a segmentation cell (per_eps also holds dice, iou, ... and drops)
     universal: dict | None = None  # a universal cell's fits (jaxadv/sweep/universal.py)
+    surrogate: str = ""  # a transfer cell's surrogate label (jaxadv.sweep.transfer)
+
+    @property
+    def attack_name(self) -> str:
+        """The attack label, with its surrogate for a transfer cell (a curve, a worst-case term)."""
+        return f"{self.attack} from {self.surrogate}" if self.surrogate else self.attack
 
 
 def decode(rec: Mapping[str, Any]) -> CellData:
@@ -138,6 +145,7 @@ def decode(rec: Mapping[str, Any]) -> CellData:
         durable=_durable(rec),
         dense=dense,
         universal=rec.get("universal") if isinstance(rec.get("universal"), dict) else None,
+        surrogate=str((c.get("surrogate") or {}).get("label", "")),
     )
 
 
@@ -188,6 +196,7 @@ def cell_table_rows(cells: Sequence[CellData]) -> list[dict[str, Any]]:
                     "model": c.model,
                     "dataset": c.dataset,
                     "attack": c.attack,
+                    **({"surrogate": c.surrogate} if c.surrogate else {}),
                     "norm": c.norm,
                     "seed": c.seed,
                     "black_box": c.black_box,
@@ -229,13 +238,13 @@ def worst_case(cells: Sequence[CellData]) -> tuple[list[dict], list[dict]]:
                 j = c.eps.index(e)
                 succ = c.per_eps["success"][j]
                 idx_sets.append(set(c.indices.tolist()))
-                per_attack.setdefault(c.attack, []).append(float((~succ).mean()))
+                per_attack.setdefault(c.attack_name, []).append(float((~succ).mean()))
                 for i, s, y, cc in zip(c.indices, succ, c.labels, c.clean_correct, strict=True):
                     i = int(i)
                     label[i], clean[i] = label_value(y), bool(cc)
                     broken.setdefault(i, set())
                     if s:
-                        broken[i].add(c.attack)
+                        broken[i].add(c.attack_name)
             common = sorted(set.intersection(*idx_sets)) if idx_sets else []
             if not common:
                 continue
@@ -330,8 +339,8 @@ def robustness_figure(
     fig, axes = figure(1, len(panels), figsize=(4.6 * len(panels), 3.6))
     for ax, (model, norm) in zip(axes[0], panels, strict=True):
         mine = [c for c in mine_ds if c.model == model and c.norm == norm]
-        for attack in dict.fromkeys(c.attack for c in mine):
-            runs = [c for c in mine if c.attack == attack]
+        for attack in dict.fromkeys(c.attack_name for c in mine):
+            runs = [c for c in mine if c.attack_name == attack]
             eps = _x(norm, runs[0].eps)
             accs = np.asarray([[s[metric] for s in c.summary] for c in runs], np.float64)
             order = np.argsort(eps)
@@ -465,6 +474,9 @@ def _write_report(
     write_in(outdir, "examples.jsonl", jsonl_text(example_lines(cells)))
     write_in(outdir, "worst_case.csv", csv_text(wc_rows))
     write_in(outdir, "worst_case_examples.csv", csv_text(wc_examples))
+    tm_rows = transfer.matrices(cells)  # surrogate x target, per data set, attack and eps
+    if tm_rows:
+        write_in(outdir, "transfer_matrix.csv", csv_text(tm_rows))
 
     figures: list[tuple[str, str, bytes]] = []  # (section, file name, png)
     datasets = list(dict.fromkeys(c.dataset for c in cells))
@@ -486,15 +498,16 @@ def _write_report(
                 metric, ylabel = detection.columns(name)[0], f"detection AUC ({name})"
                 png = robustness_figure(mine, [], ds, metric=metric, ylabel=ylabel)
                 figures.append(("detection", _fig_name(f"detection_auc_{name}_{ds}"), png))
+    figures += [("transfer", _fig_name(n), png) for n, png in transfer.heatmaps(tm_rows)]
     seen = set()
     for c in cells:
-        key = (c.model, c.dataset, c.attack)
+        key = (c.model, c.dataset, c.attack_name)
         if key in seen:
             continue
         png = seg.overlay_png(c) if c.dense else image_grid_png_of(c)
         if png is not None:
             seen.add(key)
-            figures.append(("images", _fig_name("examples_" + c.model, c.dataset, c.attack), png))
+            figures.append(("images", _fig_name("examples_" + c.model, *key[1:]), png))
     uni_figs, uni_blocks = univ.report_parts(cells, rows)
     figures += [(sec, _fig_name(name[:-4]), png) for sec, name, png in uni_figs]
     for _, name, png in figures:
@@ -535,6 +548,9 @@ def _write_report(
     ]
     durable_cols = [k for k in ("success_margin", "grid") if any(k in r for r in rows)]
     res_cols[3:3] = durable_cols
+    if tm_rows:  # transfer cells: the surrogate each was crafted on
+        res_cols.insert(3, "surrogate")
+        size_cols.insert(3, "surrogate")
     wc_cols = [c for c in columns(wc_rows, wc_first) if c not in ("eps", "eps_255")]
     title = f"jaxadv sweep: {cfg.get('name')}"
     missing_note = (
@@ -548,6 +564,7 @@ def _write_report(
         ("Robust accuracy vs eps", "curves", _text_curves()),
         ("Robust Dice vs eps (segmentation)", "dice", "Mean Dice at the adversarial, over seeds."),
         ("Detection AUC vs eps", "detection", "Mean over seeds; no point where none succeeded."),
+        ("Transfer matrices (heat maps)", "transfer", transfer.TEXT),
         ("Success vs queries (black-box attacks)", "queries", ""),
         ("Adversarial examples", "images", ""),
     ]
@@ -568,6 +585,9 @@ def _write_report(
     if det_rows:
         cols = detection.table_columns(det_rows)
         blocks.insert(1, ("Detectors", 2, detection.TEXT, det_rows, cols, ""))
+    for i, (head, trows, tcols) in enumerate(transfer.tables(tm_rows)):
+        text = "" if i else transfer.TEXT
+        blocks.insert(1 + i, (f"Transfer matrix: {head}", 2, text, trows, tcols, ""))
     for head, key, text in fig_sections:
         if any(f[0] == key for f in figures):
             blocks.append((head, 2, text, [], [], key))

@@ -27,7 +27,8 @@ from jaxadv._progress import Progress, StopOnSigint
 from jaxadv.engine import EvaluationStopped, evaluate
 from jaxadv.engine.layout import block_size, data_mesh, num_steps
 from jaxadv.engine.summary import PER_EXAMPLE
-from jaxadv.sweep import detection
+from jaxadv.surrogate import Transfer
+from jaxadv.sweep import detection, transfer
 from jaxadv.sweep import segmentation as seg
 from jaxadv.sweep import universal as univ
 from jaxadv.sweep.config import Cell, SweepConfig, diff_keys, expand, shard_cells
@@ -120,6 +121,17 @@ def _check_detectors(cells: Sequence[Cell], res: _Resources) -> None:
             res.detectors(c)
 
 
+def _check_surrogates(cells: Sequence[Cell], res: _Resources) -> None:
+    """Every transfer cell's surrogate and target take the data set's images and agree on the class
+    count, before any cell runs (shapes only)."""
+    for c in cells:
+        if c.surrogate:
+            shape = res.dataset(c.dataset).image_shape
+            bad = transfer.check_pair(c, res.surrogate(c), res.model(c.model), shape)
+            if bad:
+                raise SweepError(bad)
+
+
 def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
@@ -134,6 +146,13 @@ class _Resources:
         self._model: tuple[str, Any] | None = None
         self._data: tuple[str, Any] | None = None
         self._detectors: dict[str, dict[str, Any]] = {}  # by model label
+        self._surrogates: dict[str, Any] = {}  # surrogate models by file
+
+    def surrogate(self, cell: Cell) -> Any:
+        """The surrogate of a transfer cell (an ensemble for several models)."""
+        return transfer.load(
+            cell.surrogate, lambda m: load_model(self.cfg.resolve(m["model"])), self._surrogates
+        )
 
     def detectors(self, cell: Cell) -> dict[str, Any] | None:
         """The fitted detectors of the cell's model (``None`` without any), checked to fit it."""
@@ -223,6 +242,9 @@ def _run_cell(
             f"cell {cell.id}: {e} (data set {cell.dataset['label']!r}, attack {a['label']!r})"
         ) from e
     black_box = a["black_box"] if a["black_box"] is not None else is_black_box(attack)
+    crafted = attack  # recorded in the cell; a transfer cell runs it on the surrogate
+    if cell.surrogate:
+        attack = Transfer(attack=attack, surrogate=res.surrogate(cell))
     ndev = res.mesh.devices.size
     evals = len(a["eps"]) if universal else 1  # a universal cell: one evaluation per budget
     progress.start_cell(cell.id, num_steps(idx.shape[0], batch_size, ndev) * evals)
@@ -297,7 +319,7 @@ def _run_cell(
         "num_classes": int(ev.num_classes),
         # the multi-label rule, or a segmentation attack's per-image rule
         **({"rule": ev.rule.describe()} if ev.rule is not None else {}),
-        "attack_config": attack_config(attack, a["eps"]),
+        "attack_config": attack_config(crafted, a["eps"]),
         **extra,  # a universal cell's fits and rule
         "results": results,
         "summary": ev.summary(),
@@ -507,6 +529,7 @@ def run_sweep(
             try:
                 _check_data_grids(pending, resources)
                 _check_detectors(pending, resources)
+                _check_surrogates(pending, resources)
                 ui.start(len(pending), _total_batches(pending, resources, bs))
                 for cell in pending:
                     rec = _run_cell(

@@ -255,9 +255,13 @@ def check_cell_fields(rec: dict[str, Any]) -> str | None:
             return f"cell.{k}.label is missing or not a normalised label"
     if not _is_int(c.get("seed")) or c["seed"] < 0:
         return f"cell.seed must be an integer >= 0, got {c.get('seed')!r}"
-    want = (
-        f"{c['model']['label']}__{c['dataset']['label']}__{c['attack']['label']}__seed{c['seed']}"
-    )
+    from jaxadv.sweep import transfer
+
+    bad = transfer.check_record(c)
+    if bad:
+        return bad
+    labels = (c["model"]["label"], c["dataset"]["label"], c["attack"]["label"], c["seed"])
+    want = transfer.cell_id(*labels, c.get("surrogate"))
     if c.get("id") != want:
         return f"cell.id {c.get('id')!r} does not match its labels and seed ({want!r})"
     if not isinstance(c.get("hash"), str):

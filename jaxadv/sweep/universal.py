@@ -44,6 +44,7 @@ _NO_UNIVERSAL = (
     "target_set",
     "success_margin",
     "grid",
+    "surrogate",
 )
 #: Attack settings the budget or ``fit:`` decide.
 _OWNED = {
@@ -185,6 +186,12 @@ def check_config(cfg: Any) -> None:
     if not uni:
         return
     i, a = uni[0]
+    if d.get("surrogate"):
+        raise ConfigError(
+            f"attacks[{i}]: the universal attack {a['attack']!r} is fitted on its target, not "
+            "crafted on a surrogate; put surrogate: on the other attacks' entries instead of the "
+            "top level"
+        )
     if d.get("detectors"):
         raise ConfigError(f"attacks[{i}]: detectors are not scored on universal cells; drop one")
     for i, a in uni:
