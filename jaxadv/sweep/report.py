@@ -578,7 +578,7 @@ def _write_report(
     if seg_rows:  # robust accuracy above is the fraction of images the attack's rule misses
         seg_cols = seg.table_columns(seg_rows)
         blocks.insert(
-            1, ("Segmentation: Dice and IoU vs eps", 2, _seg_text(), seg_rows, seg_cols, "")
+            1, ("Segmentation: Dice and IoU vs eps", 2, seg.REPORT_TEXT, seg_rows, seg_cols, "")
         )
     blocks[1:1] = uni_blocks
     det_rows = [r for r in rows if any(k.startswith("det_") for k in r)]
@@ -683,15 +683,6 @@ def _manifest_rows(manifest: dict[str, Any], num_finished: int) -> tuple[list[di
 def _row_cells(cells: Sequence[CellData]) -> list[CellData]:
     """The cell of each row of :func:`cell_table_rows` (one per cell and eps)."""
     return [c for c in cells for _ in c.summary]
-
-
-def _seg_text() -> str:
-    return (
-        "Means over images of the per-image Dice / IoU / pixel accuracy at the adversarial "
-        "(clean_*: on the clean image; *_drop: mean per-image drop). success_rate: images on which "
-        "the attack's rule holds; robust accuracy above is its complement. *_mean_all: over every "
-        "image."
-    )
 
 
 def _text_curves() -> str:

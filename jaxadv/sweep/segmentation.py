@@ -188,6 +188,15 @@ def _check_data(cfg: Any, ds: Mapping[str, Any], where: str) -> None:
         )
 
 
+#: The report's note under the segmentation table.
+REPORT_TEXT = (
+    "Means over images of the per-image Dice / IoU / pixel accuracy at the adversarial "
+    "(clean_*: on the clean image; *_drop: mean per-image drop). success_rate: images on which "
+    "the attack's rule holds; robust accuracy above is its complement. *_mean_all: over every "
+    "image."
+)
+
+
 # ----------------------------------------------------------------------------- runner
 def load_model(spec: str) -> Any:
     """The segmentation model of a resolved model spec."""
