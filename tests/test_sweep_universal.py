@@ -87,7 +87,7 @@ def test_config_entries_and_errors(tmp_path):
     seg["models"] = ["unet_isic"]
     with pytest.raises(sweep.ConfigError, match=r"'uap' is a classifier attack but models\[0\]"):
         sweep.load_config(seg)
-    sur = _cfg(tmp_path, [UAP, "fgsm"])
+    sur = _cfg(tmp_path, [UAP, {"attack": "fgsm", "eps": [8]}])
     sur["surrogate"] = "all"
     with pytest.raises(sweep.ConfigError, match=r"is fitted on its target, not crafted on a"):
         sweep.load_config(sur)
