@@ -24,6 +24,19 @@ Array = jax.Array
 _TINY = 1e-12
 
 
+def momentum_step(
+    threat: Any, x: Array, xa: Array, m: Array, g: Array, *, decay: Array, step_size: Array
+) -> tuple[Array, Array]:
+    """The MI-FGSM update, the one momentum rule of the library (:class:`MIFGSM`, and HFC /
+    the adaptive attack of :mod:`jaxadv.attacks.hfc`): ``m ← decay·m + g / mean|g|`` (the
+    paper's L1 normalisation, per example), then ``xa ← proj(xa + ascent_step(m, step_size))``
+    in the threat's norm. ``decay = 0`` is BIM / I-FGSM. Returns ``(xa, m)``."""
+    b = g.shape[0]
+    mean_abs = jnp.mean(jnp.abs(g.reshape(b, -1)), axis=1)
+    m = decay * m + g / bcast(jnp.maximum(mean_abs, _TINY), g)
+    return threat.project(x, xa + threat.ascent_step(m, step_size)), m
+
+
 @register
 @pytree_dataclass
 class MIFGSM(AbstractAttack):
@@ -145,13 +158,11 @@ class MIFGSM(AbstractAttack):
             g, per, logits = loss_grad(lambda z: model(view(i, z)), loss_fn, xg, lbl)
             if kernel is not None:
                 g = T.separable_filter(g, kernel, mode="constant")
-            mean_abs = jnp.mean(jnp.abs(g.reshape(b, -1)), axis=1)
-            m = decay * m + g / bcast(jnp.maximum(mean_abs, _TINY), g)
+            xn, m = momentum_step(threat, x, xa, m, g, decay=decay, step_size=step)
             if rescore:
                 logits = model(xa)
                 per = loss_fn(logits, lbl)
             succ = L.is_adversarial(logits, y, target)
-            xn = threat.project(x, xa + threat.ascent_step(m, step))
             return (xn, m), Scored(point=xa, success=succ, score=per)
 
         out = iterate(
