@@ -87,19 +87,39 @@ def label_success(pred: Array, y: Array, target: Array | None = None) -> Array:
 
 
 def is_adversarial(
-    logits: Array, y: Array, target: Array | None = None, *, success_margin: float = 0.0
+    logits: Array,
+    y: Array,
+    target: Array | None = None,
+    *,
+    success_margin: float = 0.0,
+    overshoot: float | Array | None = None,
 ) -> Array:
     """Success criterion ``[B]``: misclassified (untargeted) or classified as ``target``.
 
     ``success_margin`` κ (a threat's static setting, issue 19): above 0, success is instead
     ``margin > κ`` on finite logits (:func:`margin`, or :func:`margin_targeted` with ``target``),
     the rule :func:`jaxadv.result.finalize` applies; at 0 it is exactly the argmax rule.
+
+    ``overshoot`` (a minimum-norm attack's leaf, may be traced): the search-time rule of FMN, FAB,
+    CW and DDN, which count a point only when its margin exceeds ``κ + overshoot`` so that the
+    point they return lies strictly past the boundary; when ``κ + overshoot`` is 0 it is the
+    argmax rule, bit for bit. ``None`` (the default) is :func:`finalize`'s rule above.
     """
-    if success_margin == 0:
-        return label_success(jnp.argmax(logits, axis=1), y, target)
+    if overshoot is None:
+        if success_margin == 0:
+            return label_success(jnp.argmax(logits, axis=1), y, target)
+        thr = success_margin
+    else:
+        # f32 whatever the logits' dtype: the threshold the verdicts compare against is the one
+        # finalize uses for kappa, so a margin just past it here is past it there
+        thr = jnp.asarray(success_margin, jnp.float32) + jnp.asarray(overshoot)
+        thr = thr.astype(jnp.float32)
     m = margin(logits, y) if target is None else margin_targeted(logits, target)
     finite = jnp.all(jnp.isfinite(logits), axis=1)
-    return (m.astype(jnp.float32) > success_margin) & finite
+    by_margin = (m.astype(jnp.float32) > thr) & finite
+    if overshoot is None:
+        return by_margin
+    return jnp.where(thr > 0, by_margin, label_success(jnp.argmax(logits, axis=1), y, target))
 
 
 LOSSES: dict[str, tuple[LossFn, LossFn]] = {

@@ -224,6 +224,57 @@ def test_save_load_bit_exact(separable, tmp_path):
         D.load(tmp_path / "LID.json", from_feature_fn(_fn, model.params, ["in"]))
 
 
+def test_saved_detector_records_its_model(separable, tmp_path):
+    """The file records the model a detector was fitted on; another model is refused, a file
+    without the record (older jaxadv) still loads with a warning."""
+    import json
+
+    model, _, _, fitted = separable
+    det = fitted["MAHA"]
+    path = D.save(det, tmp_path / "maha.json", model_name="tiny")
+    ident = json.loads(path.read_text())["model"]
+    assert ident == {"name": "tiny", "params_sha256": D.model_fingerprint(model)}
+    # the layers a feature model exposes do not change its identity
+    same = from_feature_fn(_fn, model.params, ["in", "sq"])
+    assert D.model_fingerprint(same) == ident["params_sha256"]
+    other = from_feature_fn(_fn, {"w": model.params["w"] * 2}, ["in", "sq"])
+    with pytest.raises(ValueError, match="fitted on model 'tiny'"):
+        D.load(path, other)
+    np.testing.assert_array_equal(
+        D.load(path, same).score(blobs(2, 3, 0, 1)), det.score(blobs(2, 3, 0, 1))
+    )
+    doc = json.loads(path.read_text())
+    del doc["model"]
+    (tmp_path / "old.json").write_text(json.dumps(doc))
+    with pytest.warns(UserWarning, match="does not record which model"):
+        old = D.load(tmp_path / "old.json", other)
+    assert old.model is other
+
+
+def test_sweep_load_for_model_reads_each_file_once(tmp_path, monkeypatch):
+    import pathlib
+
+    from jaxadv.sweep.detection import load_for_model
+
+    nets = [jaxadv.from_nnx(Sower(nnx.Rngs(i))) for i in (0, 1)]
+    fm = with_features(nets[0], ["pixels"])
+    xc = blobs(0, 40, 0.0, 1.0)
+    yc = np.asarray(jnp.argmax(fm.features(jnp.asarray(xc))[0], axis=1)).astype(np.int32)
+    kd = D.KernelDensity(model=fm, bandwidth=0.3).fit(xc, yc)
+    path = D.save(kd, tmp_path / "kd.json")
+    reads = []
+    real = pathlib.Path.read_text
+    monkeypatch.setattr(
+        pathlib.Path, "read_text", lambda self, *a, **k: reads.append(self) or real(self, *a, **k)
+    )
+    entry = {"label": "kd", "detector": str(path), "model": "m"}
+    dets = load_for_model([entry], nets[0], SHAPE, lambda p: p, error=ValueError)
+    assert reads == [path]
+    np.testing.assert_array_equal(dets["kd"].score(xc[:3]), kd.score(xc[:3]))
+    with pytest.raises(ValueError, match="fitted on another model"):
+        load_for_model([entry], nets[1], SHAPE, lambda p: p, error=ValueError)
+
+
 def test_clear_errors(tmp_path):
     model = tiny_model()
     xc, yc = blobs(0, 20, 0.0, 1.0), np.zeros(20, np.int32)

@@ -3,6 +3,7 @@ storage grid, exact save / load round trips, and the re-check outside the attack
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import jax
@@ -52,6 +53,36 @@ def test_fmn_overshoot_puts_points_strictly_past_the_boundary(threat_cls):
     assert bool(jnp.all(durable_.norm <= plain.norm * 1.5 + 0.05))
 
 
+_OVERSHOOT = {
+    "cw": lambda o: jaxadv.CW(
+        threat=jaxadv.L2Ball(eps=math.inf), num_steps=100, num_binary_steps=6, overshoot=o
+    ),
+    "ddn": lambda o: jaxadv.DDN(threat=jaxadv.L2Ball(eps=math.inf), num_steps=100, overshoot=o),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_OVERSHOOT))
+def test_cw_and_ddn_overshoot_puts_points_strictly_past_the_boundary(name):
+    """CW and DDN take FMN's and FAB's ``overshoot`` (same name, default, rule)."""
+    model, x, y = _setup()
+    over = 0.05
+    plain = _OVERSHOOT[name](0.0)(0, model, x, y)
+    durable_ = _OVERSHOOT[name](over)(0, model, x, y)
+    assert bool(jnp.all(plain.success)) and bool(jnp.all(durable_.success))
+    # the per-example margin finalize recomputes on the returned point clears the overshoot
+    assert float(jnp.min(durable_.loss)) > over
+    # ... where the paper's rule stops closer to the boundary
+    assert float(jnp.median(plain.loss)) < over
+    assert bool(jnp.all(durable_.norm <= plain.norm * 1.5 + 0.05))
+    # the default is FMN's and FAB's, and it already keeps every point off the boundary
+    t = jaxadv.L2Ball(eps=math.inf)
+    default = {"cw": jaxadv.CW, "ddn": jaxadv.DDN}[name](threat=t).overshoot
+    assert float(default) == pytest.approx(jaxadv.FMN(threat=t).overshoot)
+    assert float(default) == pytest.approx(jaxadv.FAB(threat=t).overshoot) == 1e-3
+    default = dataclasses.replace(_OVERSHOOT[name](0.0), overshoot=default)(0, model, x, y)
+    assert bool(jnp.all(default.success)) and float(jnp.min(default.loss)) > 1e-3
+
+
 @pytest.mark.parametrize("targeted", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_success_margin_is_the_success_rule(targeted):
     model, x, y = _setup()
@@ -71,6 +102,7 @@ def test_success_margin_is_the_success_rule(targeted):
 _MINNORM = {
     "fmn": lambda t: jaxadv.FMN(threat=t, num_steps=60),
     "ddn": lambda t: jaxadv.DDN(threat=t, num_steps=60),
+    "cw": lambda t: jaxadv.CW(threat=t, num_steps=100, num_binary_steps=6),
     "deepfool": lambda t: jaxadv.DeepFool(threat=t, overshoot=0.0),
     "fab": lambda t: jaxadv.FAB(threat=t, num_steps=30),
 }

@@ -244,13 +244,13 @@ class FAB(AbstractAttack):
         thr_x = thr.astype(x.dtype)
 
         def adversarial(logits):
-            if any_wrong or tgt is None:
-                m = L.margin(logits, y)
-            else:
-                m = L.margin_targeted(logits, tgt)
-            by_margin = (m.astype(jnp.float32) > thr) & jnp.all(jnp.isfinite(logits), axis=1)
-            by_label = L.label_success(jnp.argmax(logits, axis=1), y, None if any_wrong else tgt)
-            return jnp.where(thr > 0, by_margin, by_label)
+            return L.is_adversarial(
+                logits,
+                y,
+                None if any_wrong else tgt,
+                success_margin=threat.success_margin,
+                overshoot=self.overshoot,
+            )
 
         def hyperplane(x1):
             """The linearised boundary at ``x1``: value ``f[B]`` and gradient ``w[B, D]``."""

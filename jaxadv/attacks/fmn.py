@@ -93,8 +93,9 @@ class FMN(AbstractAttack):
         thr = thr.astype(jnp.float32)
 
         def adversarial(logits):
-            m_adv = -bnd(logits, lbl).astype(jnp.float32)
-            return jnp.where(thr > 0, m_adv > thr, L.is_adversarial(logits, y, target))
+            return L.is_adversarial(
+                logits, y, target, success_margin=threat.success_margin, overshoot=self.overshoot
+            )
 
         def fmn_step(k, s):
             delta = s.delta

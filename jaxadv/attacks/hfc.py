@@ -18,9 +18,9 @@ import numpy as np
 
 from jaxadv import _validate as V
 from jaxadv import losses as L
-from jaxadv._batch import bcast
 from jaxadv._struct import pytree_dataclass, replace, static
 from jaxadv.attacks.base import AbstractAttack
+from jaxadv.attacks.momentum import momentum_step
 from jaxadv.result import AttackResult, finalize
 from jaxadv.threats import L1Ball, L2Ball, LinfBall
 
@@ -202,8 +202,9 @@ def momentum_pgd(
     momentum: Array,
     random_start: bool,
 ) -> tuple[Array, Array]:
-    """``num_steps`` of ascent on ``objective(x_adv) -> (value[B], aux[B])`` with MI-FGSM momentum
-    (``g ← μ·g + ∇/‖∇‖_1``; ``μ = 0`` is BIM / PGD), projected to the threat set each step.
+    """``num_steps`` of ascent on ``objective(x_adv) -> (value[B], aux[B])`` by MI-FGSM's update
+    (:func:`jaxadv.attacks.momentum.momentum_step`; ``momentum = 0`` is BIM / PGD), projected to
+    the threat set each step.
 
     Returns the last iterate and ``aux`` recorded before every step, ``[B, num_steps]``.
     """
@@ -218,9 +219,7 @@ def momentum_pgd(
     def step(carry, _):
         xa, g = carry
         d, aux = grad(xa)
-        l1 = jnp.sum(jnp.abs(d.reshape(d.shape[0], -1)), axis=1)
-        g = momentum * g + d / bcast(jnp.maximum(l1, 1e-12), d)
-        xa = threat.project(x, xa + threat.ascent_step(g, step_size))
+        xa, g = momentum_step(threat, x, xa, g, d, decay=momentum, step_size=step_size)
         return (xa, g), aux
 
     x0 = threat.random_init(keys, x) if random_start else x

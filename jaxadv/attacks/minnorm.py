@@ -46,11 +46,18 @@ def _box(threat: Any, x: Array) -> tuple[Array, Array]:
     return lo, hi
 
 
-def _success(logits: Array, y: Array, target: Array | None = None, kappa: float = 0.0) -> Array:
+def _success(
+    logits: Array,
+    y: Array,
+    target: Array | None = None,
+    kappa: float = 0.0,
+    overshoot: float | Array | None = None,
+) -> Array:
     """The library's success rule on finite logits only (a NaN row's argmax is 0: read naively it
     could count as misclassified and steer the search). ``kappa``: the threat's
-    ``success_margin`` (static), so the search aims past the margin :func:`finalize` demands."""
-    ok = L.is_adversarial(logits, y, target, success_margin=kappa)
+    ``success_margin`` (static), so the search aims past the margin :func:`finalize` demands;
+    ``overshoot``: the attack's headroom past it (:func:`jaxadv.losses.is_adversarial`)."""
+    ok = L.is_adversarial(logits, y, target, success_margin=kappa, overshoot=overshoot)
     return ok & jnp.all(jnp.isfinite(logits), axis=1)
 
 
@@ -85,14 +92,14 @@ class CW(AbstractAttack):
     which keeps ``x'`` inside the box ``[lo, hi]`` without clipping, with Adam from ``w`` at ``x``.
     The constant ``c`` starts at ``initial_const`` and is searched per example over
     ``num_binary_steps`` runs: multiplied by 10 until a run finds a point whose margin is at least
-    ``kappa``, then bisected between the largest failing and smallest succeeding ``c``; with 10 or
+    ``kappa`` (and past ``threat.success_margin + overshoot``), then bisected between the largest failing and smallest succeeding ``c``; with 10 or
     more binary steps the last one uses the smallest succeeding ``c`` (``upper``), as the authors'
     code does. Each run restarts Adam from ``x``. Per example the smallest perturbation over all
     runs whose margin reaches ``kappa`` is returned (``x`` itself when none does).
 
     Defaults are those of the authors' code and of foolbox 3 (``L2CarliniWagnerAttack``): 9 binary
     steps, 10,000 Adam steps of size 0.01 per binary step, ``initial_const = 1e-3``, ``kappa = 0``,
-    early abort on. These are expensive; minimum-norm comparisons in the literature often use far
+    early abort on; except ``overshoot`` (default ``1e-3``, ``0`` is the authors' rule). These are expensive; minimum-norm comparisons in the literature often use far
     fewer steps (e.g. 100–1,000).
 
     Deviations: early abort (every ``ceil(num_steps / 10)`` steps, stop the run if the loss did not
@@ -109,6 +116,12 @@ class CW(AbstractAttack):
         step_size: Adam's learning rate.
         confidence: the margin ``kappa`` a point must reach to count (``>= 0``).
         initial_const: the first ``c``.
+        overshoot: logit headroom (a leaf, default ``1e-3``), as FMN's and FAB's: a point counts
+            only when its margin exceeds ``threat.success_margin + overshoot``, and the hinge
+            aims at ``max(kappa, threat.success_margin + overshoot)``, so the returned point lies
+            strictly past the boundary and keeps its label under re-evaluation (issue 19; its
+            margin is ``res.loss``). ``0`` with ``success_margin=0`` is the paper's rule, bit for
+            bit. The final success is still decided by :func:`~jaxadv.result.finalize`.
         abort_early: stop an Adam run once its loss stalls (static).
 
     Queries: one per Adam step run (a forward and backward pass) plus the final re-evaluation.
@@ -133,6 +146,7 @@ class CW(AbstractAttack):
         "step_size": V.positive(),
         "confidence": V.Range(0.0, math.inf),
         "initial_const": V.positive(),
+        "overshoot": V.Range(0.0, math.inf),
     }
 
     threat: Any
@@ -142,9 +156,10 @@ class CW(AbstractAttack):
     confidence: float | Array = 0.0
     initial_const: float | Array = 1e-3
     abort_early: bool = static(default=True)
+    overshoot: float | Array = 1e-3
 
     def __post_init__(self) -> None:
-        float32_fields(self, "step_size", "confidence", "initial_const")
+        float32_fields(self, "step_size", "confidence", "initial_const", "overshoot")
 
     def run(self, keys, model, x, y, *, target=None) -> AttackResult:
         b = x.shape[0]
@@ -154,6 +169,9 @@ class CW(AbstractAttack):
         # arctanh(+-1) is infinite: pull pixels at the bounds in by a hair (the authors' 0.999999)
         w0 = jnp.arctanh(jnp.clip((x - mid) / half, -1.0, 1.0) * (1 - 1e-6))
         kappa = jnp.asarray(self.confidence, dt)
+        # the hinge aims past the margin a point must clear to count (0: the paper's, bit for bit)
+        thr = jnp.asarray(self.threat.success_margin, jnp.float32) + self.overshoot
+        aim = jnp.maximum(kappa, thr.astype(dt))
         lr = jnp.asarray(self.step_size, dt)
         b1, b2 = 0.9, 0.999
         period = math.ceil(self.num_steps / 10)
@@ -163,7 +181,7 @@ class CW(AbstractAttack):
             logits = model(xa)
             m = _margin(logits, y, target)
             dist2 = jnp.sum(jnp.square((xa - x).reshape(b, -1)), axis=1)
-            per = dist2 + c * jnp.maximum(kappa - m, 0.0)
+            per = dist2 + c * jnp.maximum(aim - m, 0.0)
             return jnp.sum(per), (per, logits, xa, m, dist2)
 
         # canonical_convs: fast convolution input-gradients on XLA:CPU inside the loop
@@ -178,7 +196,9 @@ class CW(AbstractAttack):
 
             def adam_step(i, s: CWState):
                 g, (per, logits, xa, m, dist2) = grad_fn(s.w, consts)
-                succ = _success(logits, y, target, self.threat.success_margin) & (m >= kappa)
+                succ = _success(logits, y, target, self.threat.success_margin, self.overshoot) & (
+                    m >= kappa
+                )
                 t = (jnp.asarray(i, jnp.int32) + 1).astype(dt)
                 mom = b1 * s.m + (1 - b1) * g
                 vel = b2 * s.v + (1 - b2) * jnp.square(g)
@@ -262,6 +282,11 @@ class DDN(AbstractAttack):
         gamma: the factor by which the norm grows or shrinks, in ``(0, 1)``.
         init_norm: ``eps_0``, the first norm.
         alpha_init, alpha_final: the step length's cosine schedule.
+        overshoot: logit headroom (a leaf, default ``1e-3``), as FMN's and FAB's: a point counts
+            as adversarial (for the norm update and the best point) only when its margin exceeds
+            ``threat.success_margin + overshoot``, so the returned point lies strictly past the
+            boundary and keeps its label under re-evaluation (issue 19; its margin is
+            ``res.loss``). ``0`` with ``success_margin=0`` is the paper's argmax rule, bit for bit.
 
     Queries: one per step (a forward and backward pass), one for the last iterate, one for the
     final re-evaluation.
@@ -286,6 +311,7 @@ class DDN(AbstractAttack):
         "init_norm": V.positive(),
         "alpha_init": V.positive(),
         "alpha_final": V.positive(),
+        "overshoot": V.Range(0.0, math.inf),
     }
 
     threat: Any
@@ -294,9 +320,10 @@ class DDN(AbstractAttack):
     init_norm: float | Array = 1.0
     alpha_init: float | Array = 1.0
     alpha_final: float | Array = 0.01
+    overshoot: float | Array = 1e-3
 
     def __post_init__(self) -> None:
-        float32_fields(self, "gamma", "init_norm", "alpha_init", "alpha_final")
+        float32_fields(self, "gamma", "init_norm", "alpha_init", "alpha_final", "overshoot")
 
     def run(self, keys, model, x, y, *, target=None) -> AttackResult:
         b = x.shape[0]
@@ -312,7 +339,7 @@ class DDN(AbstractAttack):
         def ddn_step(i, s: DDNState):
             xa = x + s.delta
             g, _, logits = loss_grad(model, loss_fn, xa, lbl)
-            succ = _success(logits, y, target, self.threat.success_margin)
+            succ = _success(logits, y, target, self.threat.success_margin, self.overshoot)
             noise = jax.vmap(lambda k: jax.random.normal(k, x.shape[1:], dt))(fold_keys(keys, i))
             g = bsel(_l2(g) == 0, noise, g)
             g = g / bcast(jnp.maximum(_l2(g), _TINY), g)
@@ -343,7 +370,7 @@ class DDN(AbstractAttack):
             out.best,
             Scored(
                 point=last,
-                success=_success(logits, y, target, self.threat.success_margin),
+                success=_success(logits, y, target, self.threat.success_margin, self.overshoot),
                 score=-_l2(last),
             ),
         )

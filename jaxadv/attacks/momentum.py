@@ -24,6 +24,21 @@ Array = jax.Array
 _TINY = 1e-12
 
 
+def momentum_step(
+    threat: Any, x: Array, xa: Array, m: Array, g: Array, *, decay: Array, step_size: Array
+) -> tuple[Array, Array]:
+    """The MI-FGSM update, the one momentum rule of the library (:class:`MIFGSM`, and HFC /
+    the adaptive attack of :mod:`jaxadv.attacks.hfc`): ``m ← decay·m + g / ‖g‖_1`` (the paper's
+    L1 normalisation, per example; the TF reference divides by ``mean|g|``, which scales ``m`` by
+    ``D`` and, the ascent steps being scale invariant, moves nothing but rounding), then
+    ``xa ← proj(xa + ascent_step(m, step_size))`` in the threat's norm. ``decay = 0`` is BIM /
+    I-FGSM. Returns ``(xa, m)``."""
+    b = g.shape[0]
+    l1 = jnp.sum(jnp.abs(g.reshape(b, -1)), axis=1)
+    m = decay * m + g / bcast(jnp.maximum(l1, _TINY), g)
+    return threat.project(x, xa + threat.ascent_step(m, step_size)), m
+
+
 @register
 @pytree_dataclass
 class MIFGSM(AbstractAttack):
@@ -39,8 +54,8 @@ class MIFGSM(AbstractAttack):
       translation`` Gaussian kernel (``translation_nsig`` standard deviations across it, as the
       reference ``norm.pdf(linspace(-nsig, nsig, size))``; zero borders); ``1`` is the delta kernel.
 
-    One step: ``g = TI(grad)``, ``m = decay * m + g / mean|g|``, ``x = proj(x + ascent_step(m,
-    step_size))`` in the threat model's norm (the sign step under L∞, the normalised step under
+    One step: ``g = TI(grad)``, ``m = decay * m + g / ||g||_1`` (:func:`momentum_step`),
+    ``x = proj(x + ascent_step(m, step_size))`` in the threat model's norm (the sign step under L∞, the normalised step under
     L2). With ``decay=0`` and no option this is I-FGSM: :class:`~jaxadv.PGD` without a random
     start and with the same step. As in PGD the best iterate is kept (a success beats a failure,
     then the higher loss); when the gradient is not taken at the iterate itself (NI or DI) the
@@ -145,13 +160,11 @@ class MIFGSM(AbstractAttack):
             g, per, logits = loss_grad(lambda z: model(view(i, z)), loss_fn, xg, lbl)
             if kernel is not None:
                 g = T.separable_filter(g, kernel, mode="constant")
-            mean_abs = jnp.mean(jnp.abs(g.reshape(b, -1)), axis=1)
-            m = decay * m + g / bcast(jnp.maximum(mean_abs, _TINY), g)
+            xn, m = momentum_step(threat, x, xa, m, g, decay=decay, step_size=step)
             if rescore:
                 logits = model(xa)
                 per = loss_fn(logits, lbl)
             succ = L.is_adversarial(logits, y, target)
-            xn = threat.project(x, xa + threat.ascent_step(m, step))
             return (xn, m), Scored(point=xa, success=succ, score=per)
 
         out = iterate(

@@ -6,7 +6,16 @@ Example:
     ['BayesianUncertainty', 'DNNDetector', 'KernelDensity', 'LID', 'LogisticRegression', 'Mahalanobis']
 """
 
-from jaxadv.detect.common import LogisticRegression, fit_logistic, load, read, save
+from jaxadv.detect.common import (
+    LogisticRegression,
+    attach,
+    fit_logistic,
+    load,
+    model_fingerprint,
+    read,
+    read_with_model_id,
+    save,
+)
 from jaxadv.detect.detectors import (
     LID,
     BayesianUncertainty,
@@ -24,12 +33,15 @@ __all__ = [
     "KernelDensity",
     "LogisticRegression",
     "Mahalanobis",
+    "attach",
     "evaluate",
     "fit_logistic",
     "lid_mle",
     "load",
+    "model_fingerprint",
     "rates",
     "read",
+    "read_with_model_id",
     "save",
     "tpr_at_tnr",
 ]

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import pathlib
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -141,29 +143,84 @@ def _from_plain(v: Any, model: Any) -> Any:
     return v
 
 
-def save(detector: Any, path: str | pathlib.Path) -> pathlib.Path:
+def model_fingerprint(model: Any) -> str:
+    """SHA-256 of a model's parameters (every array leaf of ``model.params``: dtype, shape and
+    bytes, in tree order), the identity :func:`save` records and :func:`load` checks. The
+    feature layers picked by :func:`jaxadv.features.with_features` do not enter it, nor PRNG
+    key leaves (a dropout layer's RNG state is not a weight and may advance between runs)."""
+    h = hashlib.sha256()
+    for leaf in jax.tree_util.tree_leaves(getattr(model, "params", model)):
+        if isinstance(leaf, (jax.Array, np.ndarray, np.generic)):
+            if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+                continue
+            a = np.ascontiguousarray(np.asarray(leaf))
+            h.update(f"{a.dtype.str}{a.shape}".encode())
+            h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def save(detector: Any, path: str | pathlib.Path, *, model_name: str | None = None) -> pathlib.Path:
     """Write a fitted detector (its settings and fitted arrays, not the model) to a JSON file.
 
-    Arrays are stored as their raw bytes, so :func:`load` restores them bit for bit.
+    Arrays are stored as their raw bytes, so :func:`load` restores them bit for bit. The file also
+    records which model the detector was fitted on: ``model_name`` (free text, e.g. the model's
+    name or path; shown in errors) and :func:`model_fingerprint` of the detector's model, which
+    :func:`load` compares with the model it is given.
     """
     check_fitted(detector)
     path = pathlib.Path(path)
-    path.write_text(json.dumps({"jaxadv_detector": 1, "detector": _to_plain(detector)}))
+    ident = {"name": model_name, "params_sha256": model_fingerprint(detector.model)}
+    doc = {"jaxadv_detector": 1, "detector": _to_plain(detector), "model": ident}
+    path.write_text(json.dumps(doc))
     return path
 
 
 def load(path: str | pathlib.Path, model: Any) -> Any:
     """Read a detector written by :func:`save` and attach ``model`` (the
-    :class:`jaxadv.features.FeatureModel` it was fitted on; its layer names must match)."""
-    det = read(path, model)
-    layers = getattr(det, "layers", None)
+    :class:`jaxadv.features.FeatureModel` it was fitted on; its layer names must match and, when
+    the file records it, its parameters' fingerprint)."""
+    det, ident = read_with_model_id(path)
+    return attach(det, model, ident, source=path)
+
+
+def attach(detector: Any, model: Any, model_id: dict | None, *, source: Any = "detector") -> Any:
+    """``detector`` (read by :func:`read_with_model_id`) with ``model`` attached, after checking
+    that ``model`` exposes its layers and is the model it was fitted on.
+
+    Raises:
+        ValueError: a layer is missing, or the file's fingerprint is not ``model``'s.
+
+    Warns:
+        UserWarning: the file predates the recorded model identity (it cannot be checked).
+    """
+    layers = getattr(detector, "layers", None)
     missing = [n for n in (layers or ()) if n not in model.layers]
     if missing:
         raise ValueError(
             f"the detector reads layers {missing} that the model does not expose "
             f"(model.layers = {model.layers}); build it with with_features(..., layers=...)"
         )
-    return det
+    want = (model_id or {}).get("params_sha256")
+    if want is None:
+        warnings.warn(
+            f"{source} does not record which model it was fitted on (written before jaxadv "
+            "recorded it); make sure it is this model's, or fit and save it again",
+            UserWarning,
+            stacklevel=2,
+        )
+    elif want != model_fingerprint(model):
+        name = (model_id or {}).get("name")
+        fitted = f"model {name!r}" if name else "another model"
+        raise ValueError(
+            f"{source} was fitted on {fitted} (parameter fingerprint {want[:12]}…), not on the "
+            "model given here; load it with the model it was fitted on, or fit the detector on "
+            "this model's features and save it again"
+        )
+    return dataclasses.replace(detector, model=model) if _has_model(detector) else detector
+
+
+def _has_model(det: Any) -> bool:
+    return any(f.name == "model" for f in dataclasses.fields(det))
 
 
 def read(path: str | pathlib.Path, model: Any = None) -> Any:
@@ -173,6 +230,14 @@ def read(path: str | pathlib.Path, model: Any = None) -> Any:
     Raises:
         ValueError: unreadable, not a detector file, malformed, or not fitted.
     """
+    det, _ = read_with_model_id(path, model)
+    return det
+
+
+def read_with_model_id(path: str | pathlib.Path, model: Any = None) -> tuple[Any, dict | None]:
+    """:func:`read`, also returning the model identity the file records (``{"name",
+    "params_sha256"}``, ``None`` in files written before it was recorded): one read of the file
+    for :func:`attach`."""
     path = pathlib.Path(path)
     try:
         doc = json.loads(path.read_text())
@@ -188,7 +253,12 @@ def read(path: str | pathlib.Path, model: Any = None) -> Any:
         raise ValueError(f"{path} does not hold a detector")
     if not getattr(det, "fitted", False):
         raise ValueError(f"{path} holds a {type(det).__name__} that is not fitted")
-    return det
+    ident = doc.get("model")
+    if ident is not None and not (
+        isinstance(ident, dict) and isinstance(ident.get("params_sha256"), str)
+    ):
+        raise ValueError(f"{path} holds a malformed model identity ({ident!r})")
+    return det, ident
 
 
 def check_fitted(detector: Any) -> None:

@@ -112,7 +112,7 @@ def load_for_model(
     """
     import jax.numpy as jnp
 
-    from jaxadv.detect import load, read
+    from jaxadv.detect import attach, read_with_model_id
     from jaxadv.features import with_features
 
     out = {}
@@ -120,12 +120,12 @@ def load_for_model(
         where = f"detector {e['label']!r} ({e['detector']}) on model {e['model']!r}"
         path = resolve(e["detector"])
         try:
-            bare = read(path)
+            bare, ident = read_with_model_id(path)  # the file is read once
             layers = tuple(getattr(bare, "layers", ()) or ())
             head = getattr(bare, "head_layer", None)
             layers += (head,) if head and head not in layers else ()
             fm = with_features(model, layers=layers or None)
-            det = load(path, fm)
+            det = attach(bare, fm, ident, source=path)
             h, w, k = (int(v) for v in image_shape)
             s = det.score(jnp.zeros((1, h, w, k), jnp.float32))
             if s.shape != (1,):
