@@ -266,7 +266,8 @@ class FAB(AbstractAttack):
 
         # canonical_convs keeps the convolution input-gradients (and the max-pool gradient) on
         # XLA:CPU's fast path inside the step loop, as for PGD / APGD (jaxadv/_xla_cpu.py):
-        # without it FAB-T ran about 2.5x slower than the official code on CPU (issue 13).
+        # without it AutoAttack's FAB-T stage took 2.3x as long on the digits SmallCNN (issue 13,
+        # benchmarks/fab_t_speed.py).
         gap_grad = canonical_convs(jax.grad(gap, has_aux=True))
         all_grads = canonical_convs(all_grads)
 
