@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import jaxadv
-from jaxadv._struct import pytree_dataclass, static
+from jaxadv._struct import pytree_dataclass, replace, static
 from jaxadv.attacks.autoattack import (
     EOTLogits,
     RandomizedModel,
@@ -411,3 +411,32 @@ def test_a_clean_error_inside_kappa_is_attacked(compact):
     res = aa(jax.random.key(0), model, x, y) if compact else aa.run(keys, model, jnp.asarray(x), y)
     np.testing.assert_array_equal(res.queries, np.full(6, 2 + 1))  # stage 0 saw every point
     assert bool(jnp.all(res.success)) and float(jnp.min(res.loss)) > 0.2
+
+
+@pytest.mark.parametrize("name", ["fab-t", "fab"])
+def test_compacted_fab_stages_equal_the_pure_run(name):
+    """AutoAttack's host path runs FAB / FAB-T run by run on the rows no earlier run broke
+    (_compact): same verdicts, points and queries as the pure FAB.run on the whole batch, with
+    examples broken by the first target, by a later one, and by none."""
+    k1, k2 = jax.random.split(jax.random.key(3))
+    # a linear model whose classes 3 and 4 are the easy ones: some examples resist their first
+    # FAB-T target (second-highest logit) and fall to a later one
+    w = jax.random.normal(k1, (12, 5)) * jnp.array([[1.0, 1.0, 1.0, 3.0, 3.0]])
+    model = jaxadv.from_apply(lambda w, x: x.reshape(x.shape[0], -1) @ w, w)
+    x = jax.random.uniform(k2, (24, 2, 2, 3))
+    y = jnp.argmax(model(x), axis=1)
+    threat = jaxadv.LinfBall(eps=0.06)
+    aa = jaxadv.AutoAttack.standard(threat, version="custom", attacks=(name,), num_steps=6)
+    if name == "fab":  # two runs: a random restart after the first
+        aa = replace(aa, attacks=(replace(aa.attacks[0], num_restarts=2),))
+    keys = example_keys(jax.random.key(0), x.shape[0])
+    pure = aa.run(keys, model, x, y)
+    compact = aa(jax.random.key(0), model, x, y)
+    np.testing.assert_array_equal(compact.success, pure.success)
+    np.testing.assert_array_equal(compact.adv, pure.adv)
+    np.testing.assert_array_equal(compact.queries, pure.queries)
+    # broken by the first run, by a later one (FAB-T), and never: three query counts (two for
+    # FAB's two runs)
+    q = np.asarray(pure.queries)
+    assert 0 < int(pure.success.sum()) < x.shape[0]
+    assert len(set(q.tolist())) == (3 if name == "fab-t" else 2)

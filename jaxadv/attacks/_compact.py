@@ -1,4 +1,5 @@
-"""APGD and APGD-T stages that drop each example at its first success (AutoAttack's host path).
+"""APGD, APGD-T and FAB-T stages that drop each example at its first success (AutoAttack's host
+path).
 
 Inside one jitted attack every row of the batch is computed until the loop ends, whether its
 example is broken or not: after APGD-CE's first few steps most of an AutoAttack batch is broken
@@ -7,13 +8,15 @@ and the rest of the 100 steps would be spent on them. Called from :meth:`AutoAtt
 (:data:`SEGMENTS`, fractions of the steps) and, between segments, drop the rows whose best point
 already succeeds, compacting the others into a smaller padded block (the engine's
 :func:`jaxadv.engine.layout.bucket`). APGD-T likewise runs each target only on the rows no earlier
-target broke, as the reference does.
+target broke, as the reference does, and FAB-T runs each target (each restart) only on the rows
+no earlier run broke inside ``eps``, as the reference's ``FABAttack.perturb`` does.
 
 What stays the same: a row keeps its state and keys across segments, so a row that is not dropped
 runs exactly the steps it runs in :meth:`APGD.run` (one restart); a dropped row has a successful
 best point, which stays successful. So each example's verdict is the one of the uncompacted
 attack; only the point returned for a broken example (its first successful best point rather than
-the last one) and the gradient evaluations charged (the ones spent) differ.
+the last one) and the gradient evaluations charged (the ones spent) differ. FAB's runs are not
+cut: a row runs exactly the runs it runs in :meth:`FAB.run`, so its verdict and point are the same.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import numpy as np
 
 from jaxadv import losses as L
 from jaxadv.attacks.apgd import APGD, APGDT
+from jaxadv.attacks.fab import FAB
 from jaxadv.engine import layout
 from jaxadv.result import AttackResult, finalize
 
@@ -40,7 +44,10 @@ def segment_ends(num_steps: int) -> list[int]:
 
 
 def supports(atk) -> bool:
-    """Whether :func:`run` can run this stage (APGD / APGD-T with one restart, no unrolling)."""
+    """Whether :func:`run` can run this stage (APGD / APGD-T with one restart, no unrolling;
+    FAB, FAB-T)."""
+    if type(atk) is FAB:
+        return True
     return type(atk) in (APGD, APGDT) and atk.num_restarts == 1 and atk.unroll == 1
 
 
@@ -60,6 +67,21 @@ def _targets(model, x, y, kappa):
     whether ``x`` is already broken (past the success margin ``kappa``)."""
     logits = model(x)
     return jnp.argsort(logits, axis=1), L.is_adversarial(logits, y, success_margin=kappa)
+
+
+@jax.jit
+def _fab_clean(atk, model, x, y):
+    """FAB-T's target order ``order[B, C]`` and which rows it attacks (correctly classified)."""
+    logits = model(x)
+    return jnp.argsort(logits, axis=1), jnp.argmax(logits, axis=1) == y
+
+
+@jax.jit
+def _fab_attempt(atk, keys, model, x, y, tgt, j):
+    """FAB's run ``j`` (traced: one program for every target) on every row of ``x``."""
+    cand, spent = atk.attempt(keys, model, x, y, tgt, j, jnp.ones((x.shape[0],), bool))
+    eps = jnp.asarray(atk.threat.eps, x.dtype)
+    return cand.point, cand.success & (-cand.score <= eps), spent
 
 
 @functools.partial(jax.jit, static_argnames="kappa")
@@ -137,11 +159,41 @@ def _apgdt_rows(atk: APGDT, keys, model, x, y, cap: int):
     return adv, q
 
 
+def _fab_rows(atk: FAB, keys, model, x, y, cap: int):
+    """FAB (untargeted) or FAB-T on the rows of ``x`` as :meth:`FAB.run` runs it, but run ``j``
+    only on the rows no earlier run broke inside ``eps`` (the reference's rule), compacted into
+    blocks of at most ``cap``: a row's runs, and so its verdict and point, are those of
+    :meth:`FAB.run`."""
+    order, todo = _fab_clean(atk, model, x, y)
+    order, todo = np.asarray(order), np.asarray(todo).copy()
+    c = order.shape[1]
+    fab_t = atk.num_target_classes is not None
+    n_t = atk.num_targets(c) if fab_t else 1
+    adv, q = x, np.ones(x.shape[0], np.int32)
+    for j in range(n_t * atk.num_restarts):
+        rows = np.nonzero(todo)[0]
+        if rows.size == 0:
+            break
+        pad = layout.pad_rows(rows, layout.bucket(rows.size, cap))
+        t = jnp.asarray(order[pad, c - 2 - j // atk.num_restarts]) if fab_t else None
+        j_ = jnp.asarray(j, jnp.int32)
+        point, won, spent = _fab_attempt(atk, keys[pad], model, x[pad], y[pad], t, j_)
+        won = np.asarray(won)[: rows.size]
+        q[rows] += np.asarray(spent)[: rows.size]
+        hit = np.nonzero(won)[0]
+        if hit.size:
+            adv = adv.at[rows[hit]].set(point[hit])
+            todo[rows[hit]] = False
+    return adv, q
+
+
 def run(atk, keys, model, x, y, n: int) -> AttackResult:
     """The stage ``atk`` (:func:`supports` it) on the first ``n`` rows of the padded block
     ``x``; the padding rows are returned as they are (unattacked)."""
     cap = x.shape[0]
-    if isinstance(atk, APGDT):
+    if isinstance(atk, FAB):
+        adv, q = _fab_rows(atk, keys[:n], model, x[:n], y[:n], cap)
+    elif isinstance(atk, APGDT):
         adv, q = _apgdt_rows(atk, keys[:n], model, x[:n], y[:n], cap)
     else:
         adv, _, q = _apgd_rows(atk, keys[:n], model, x[:n], y[:n], None, cap)

@@ -405,7 +405,9 @@ class AutoAttack(AbstractAttack):
     merges by mask. The verdict per example is the same both ways; called directly, APGD-CE and
     APGD-T (one restart) also run in segments and drop the points already broken after each, so a
     broken example keeps its *first* successful point (not the highest-loss one) and is charged the
-    queries it used (:mod:`jaxadv.attacks._compact`).
+    queries it used, and FAB / FAB-T run each target (restart) only on the points no earlier one
+    broke, as the reference does (same verdicts, points and queries as the pure run)
+    (:mod:`jaxadv.attacks._compact`).
 
     ``res.info``: ``stage_success`` ``bool[B, S]`` (broken after stage ``s``: robust accuracy per
     stage is ``1 - stage_success.mean(0)``) and ``flags``, a dict of ``bool[B]`` reproducing the
@@ -552,7 +554,8 @@ class AutoAttack(AbstractAttack):
                 t0 = time.perf_counter()
                 pad = layout.pad_rows(idx, layout.bucket(idx.size, b))  # the engine's rule
                 if smodel is model and _compact.supports(atk):
-                    # APGD / APGD-T: each example stops at its first success (same verdicts)
+                    # APGD / APGD-T: each example stops at its first success (same verdicts);
+                    # FAB / FAB-T: each run only on the rows no earlier run broke
                     res = _compact.run(atk, keys[pad], model, x[pad], y[pad], idx.size)
                 else:
                     res = run_jit(atk, keys[pad], smodel, x[pad], y[pad], None)  # keys: see run()

@@ -23,6 +23,7 @@ from jaxadv import _validate as V
 from jaxadv import losses as L
 from jaxadv._batch import bsel
 from jaxadv._struct import pytree_dataclass, replace, static
+from jaxadv._xla_cpu import canonical_convs
 from jaxadv.attacks.base import AbstractAttack, register
 from jaxadv.attacks.driver import Best, Scored, iterate, keep_best, masked
 from jaxadv.result import AttackResult, finalize
@@ -252,22 +253,31 @@ class FAB(AbstractAttack):
                 overshoot=self.overshoot,
             )
 
+        def gap(z):
+            logits = model(z)
+            rows = jnp.arange(b)
+            per = logits[rows, tgt] - logits[rows, y]
+            return jnp.sum(per), per
+
+        def all_grads(z):
+            logits, vjp = jax.vjp(model, z)
+            eye = jnp.eye(logits.shape[1], dtype=logits.dtype)
+            return logits, jax.vmap(lambda e: vjp(jnp.broadcast_to(e, logits.shape))[0])(eye)
+
+        # canonical_convs keeps the convolution input-gradients (and the max-pool gradient) on
+        # XLA:CPU's fast path inside the step loop, as for PGD / APGD (jaxadv/_xla_cpu.py):
+        # without it AutoAttack's FAB-T stage took 2.3x as long on the digits SmallCNN (issue 13,
+        # benchmarks/fab_t_speed.py).
+        gap_grad = canonical_convs(jax.grad(gap, has_aux=True))
+        all_grads = canonical_convs(all_grads)
+
         def hyperplane(x1):
             """The linearised boundary at ``x1``: value ``f[B]`` and gradient ``w[B, D]``."""
             if tgt is not None:
-
-                def gap(z):
-                    logits = model(z)
-                    rows = jnp.arange(b)
-                    per = logits[rows, tgt] - logits[rows, y]
-                    return jnp.sum(per), per
-
-                g, f = jax.grad(gap, has_aux=True)(x1)
+                g, f = gap_grad(x1)
                 return f - thr_x.astype(f.dtype), g.reshape(b, -1)
-            logits, vjp = jax.vjp(model, x1)
+            logits, grads = all_grads(x1)
             ncls = logits.shape[1]
-            eye = jnp.eye(ncls, dtype=logits.dtype)
-            grads = jax.vmap(lambda e: vjp(jnp.broadcast_to(e, logits.shape))[0])(eye)
             grads = jnp.moveaxis(grads.reshape(ncls, b, -1), 0, 1)  # [B, C, D]
             true_logit = jnp.take_along_axis(logits, y[:, None], axis=1)
             df = logits - true_logit - thr_x.astype(logits.dtype)
@@ -305,6 +315,27 @@ class FAB(AbstractAttack):
             best=Best.empty(x),
         )
 
+    def num_targets(self, ncls: int) -> int:
+        """FAB-T's number of targets with ``ncls`` classes (target ``t`` of a row is
+        ``argsort(clean logits)[C - 2 - t]``, the ``(t + 2)``-th highest clean logit)."""
+        return min(self.num_target_classes, ncls - 1)
+
+    def attempt(self, keys, model, x, y, tgt, j, active) -> tuple[Scored, Array]:
+        """Run ``j`` (target ``j // num_restarts``, restart ``j % num_restarts``; ``j`` may be
+        traced) on the ``active`` rows, against ``tgt[B]`` (``None``: untargeted): the run's best
+        point per row (masked to ``active``) and the queries it charged. Row for row the same
+        whichever other rows are attacked with it (AutoAttack drops the broken ones)."""
+        restart = j % self.num_restarts
+        rkeys = jax.vmap(lambda k: jax.random.fold_in(k, j))(keys)
+        rand = jax.vmap(lambda k, xi: _random_start(self.threat, k, xi[None])[0])(rkeys, x)
+        x_start = jnp.where(restart > 0, rand, x)
+        zero = jnp.zeros((x.shape[0],), jnp.int32)
+        fab_t = self.num_target_classes is not None
+        loop = self._single(model, x, y, tgt, fab_t, x_start, active, zero)
+        cand = loop.best
+        scored = Scored(point=cand.point, success=cand.success, score=cand.score)
+        return masked(scored, active), loop.queries
+
     def run(self, keys, model, x, y, *, target=None) -> AttackResult:
         if target is not None and self.num_target_classes is not None:
             raise ValueError(
@@ -318,29 +349,21 @@ class FAB(AbstractAttack):
         clean_ok = jnp.argmax(logits0, axis=1) == y
         eps = jnp.asarray(threat.eps, x.dtype)
         fab_t = self.num_target_classes is not None
-        n_targets = min(self.num_target_classes, ncls - 1) if fab_t else 1
+        n_targets = self.num_targets(ncls) if fab_t else 1
         order = jnp.argsort(logits0, axis=1)  # ascending: the top class is last
         runs = n_targets * self.num_restarts
 
         def one_run(j, carry):
             best, done, queries = carry
-            t_idx, restart = j // self.num_restarts, j % self.num_restarts
             if fab_t:
-                tgt = order[:, ncls - 2 - t_idx]  # the (t_idx + 2)-th highest clean logit
+                tgt = order[:, ncls - 2 - j // self.num_restarts]
             else:
                 tgt = target
-            rkeys = jax.vmap(lambda k: jax.random.fold_in(k, j))(keys)
-            rand = jax.vmap(lambda k, xi: _random_start(threat, k, xi[None])[0])(rkeys, x)
-            x_start = jnp.where(restart > 0, rand, x)
             active = clean_ok & ~done
-            loop = self._single(model, x, y, tgt, fab_t, x_start, active, queries)
-            cand = loop.best
-            best = keep_best(
-                best,
-                masked(Scored(point=cand.point, success=cand.success, score=cand.score), active),
-            )
+            cand, spent = self.attempt(keys, model, x, y, tgt, j, active)
+            best = keep_best(best, cand)
             done = done | (best.success & (-best.score <= eps))
-            return best, done, loop.queries
+            return best, done, queries + spent
 
         carry = (Best.empty(x), jnp.zeros((b,), bool), jnp.ones((b,), jnp.int32))
         best, done, queries = jax.lax.fori_loop(0, runs, one_run, carry)
