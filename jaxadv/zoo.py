@@ -107,16 +107,16 @@ _ARCHS: dict[str, tuple[str, dict[str, Any]]] = {
 # Epochs per (architecture, objective): sized so each entry builds in minutes on a 2-core CPU
 # (measured times in benchmarks/ZOO.md). Adversarial versions: the SmallCNN and the VGG.
 _PLAN = {
-    ("cnn", "clean"): 15,
-    ("resnet18", "clean"): 8,
-    ("vgg", "clean"): 10,
-    ("densenet", "clean"): 10,
-    ("cnn", "madry"): 8,
-    ("cnn", "trades"): 8,
-    ("cnn", "mart"): 8,
-    ("vgg", "madry"): 6,
-    ("vgg", "trades"): 6,
-    ("vgg", "mart"): 6,
+    ("cnn", "clean"): 10,
+    ("resnet18", "clean"): 6,
+    ("vgg", "clean"): 8,
+    ("densenet", "clean"): 8,
+    ("cnn", "madry"): 6,
+    ("vgg", "madry"): 5,
+    ("cnn", "trades"): 6,
+    ("cnn", "mart"): 6,
+    ("vgg", "trades"): 5,
+    ("vgg", "mart"): 5,
 }
 
 
@@ -207,6 +207,7 @@ def build(
 
     import jaxadv
     from jaxadv import checkpoint
+    from jaxadv.report import git_commit
     from jaxadv.splits import training_splits
     from jaxadv.train import evaluate, random_shift, train
     from jaxadv.train_options import make_optimizer
@@ -293,6 +294,7 @@ def build(
             "final_train_loss": hist[-1]["loss"],
         },
         "device": f"{d.platform} ({platform.machine()}, {os.cpu_count()} cores)",
+        "git_commit": git_commit(),
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     return checkpoint.save(out, net, meta)
