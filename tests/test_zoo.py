@@ -70,6 +70,7 @@ def test_cli_list(tmp_path, capsys):
     assert "not built" in out
 
 
+@pytest.mark.slow  # three short trainings: ~2 min on the loaded 2-core CI machine
 def test_build_is_deterministic_by_seed_and_loads(pneumonia_path, tmp_path):
     metas = []
     for sub, seed in (("a", 0), ("b", 0), ("c", 1)):
