@@ -12,12 +12,15 @@ def _cmd_list(args: argparse.Namespace) -> int:
     from jaxadv import zoo
 
     cache = args.cache_dir
+    if args.markdown:
+        print(zoo.markdown_table(cache), end="")
+        return 0
     print(f"zoo cache: {cache if cache is not None else zoo.cache_dir()}")
     print(f"{'name':<16} {'architecture':<12} {'objective':<9} {'epochs':>6}  status")
     for name, e in zoo.ZOO.items():
         status = "not built"
         if zoo.is_built(name, cache):
-            meta = json.loads(zoo._path(name, cache).with_suffix(".json").read_text())
+            meta = json.loads(zoo._located(name, cache).with_suffix(".json").read_text())
             status = f"built, test acc {100 * meta['test_accuracy']:.2f}%"
         print(f"{name:<16} {e.architecture:<12} {e.objective:<9} {e.epochs:>6}  {status}")
     return 0
@@ -51,6 +54,7 @@ def add_zoo_parser(sub: Any) -> None:
     zs = z.add_subparsers(dest="zoo_command", required=True)
     ls = zs.add_parser("list", help="the zoo's models and whether they are built")
     ls.add_argument("--cache-dir", default=None, help="zoo cache (default $JAXADV_CACHE/zoo, ...)")
+    ls.add_argument("--markdown", action="store_true", help="a Markdown table (benchmarks/ZOO.md)")
     ls.set_defaults(func=_cmd_list)
     b = zs.add_parser("build", help="train zoo models on PneumoniaMNIST and cache them")
     b.add_argument("names", nargs="*", metavar="NAME", help="zoo models (default: all)")

@@ -26,6 +26,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import pathlib
@@ -300,14 +301,56 @@ def build(
     return checkpoint.save(out, net, meta)
 
 
-def is_built(name: str, cache: PathLike | None = None) -> bool:
-    """Whether zoo model ``name`` is in the cache."""
+def _shipped(name: str) -> pathlib.Path:
+    return pathlib.Path(__file__).resolve().parent / "assets" / "zoo" / f"{name}.msgpack"
+
+
+def _located(name: str, cache: PathLike | None) -> pathlib.Path:
+    """Where model ``name`` is: the cache when built there, else the copy shipped in
+    ``jaxadv/assets/zoo`` (which may not exist)."""
     p = _path(entry(name).name, cache)
+    if p.exists() and p.with_suffix(".json").exists():
+        return p
+    return _shipped(entry(name).name)
+
+
+def is_built(name: str, cache: PathLike | None = None) -> bool:
+    """Whether zoo model ``name`` is in the cache or shipped with the package."""
+    p = _located(name, cache)
     return p.exists() and p.with_suffix(".json").exists()
 
 
+def markdown_table(cache: PathLike | None = None) -> str:
+    """A Markdown table of the built zoo models: test and PGD robust accuracy, size, training time,
+    commit and device, read from each model's metadata (nothing is re-measured)."""
+    rows = [
+        "| model | architecture | objective | epochs | test acc (%) | PGD robust acc (%) | params "
+        "| file | train time | commit | device |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, e in ZOO.items():
+        if not is_built(name, cache):
+            rows.append(
+                f"| `{name}` | {e.architecture} | {e.objective} | {e.epochs} | not built "
+                "| | | | | | |"
+            )
+            continue
+        m = json.loads(_located(name, cache).with_suffix(".json").read_text())
+        r = m.get("robust_accuracy")
+        robust = "-" if r is None else f"{100 * r['value']:.2f}"
+        rows.append(
+            f"| `{name}` | {e.architecture} | {e.objective} | {m['zoo']['epochs']} | "
+            f"{100 * m['test_accuracy']:.2f} | "
+            f"{robust} | "
+            f"{m['num_params']:,} | {m['bytes'] / 1e6:.2f} MB | {m['training']['seconds']:.0f} s "
+            f"| {m.get('git_commit')} | {m['device']}, JAX {m['versions']['jax']} |"
+        )
+    return "\n".join(rows) + "\n"
+
+
 def load(name: str, cache: PathLike | None = None) -> tuple[Any, dict[str, Any]]:
-    """A built zoo model as ``(module, meta)`` (module in eval mode).
+    """A built zoo model as ``(module, meta)`` (module in eval mode): from the cache, else the
+    copy shipped in ``jaxadv/assets/zoo``.
 
     Raises:
         FileNotFoundError: not built yet (the message says which command builds it).
@@ -315,13 +358,12 @@ def load(name: str, cache: PathLike | None = None) -> tuple[Any, dict[str, Any]]
     from jaxadv import checkpoint
 
     e = entry(name)
-    p = _path(e.name, cache)
     if not is_built(e.name, cache):
         raise FileNotFoundError(
-            f"zoo model {e.name!r} is not built in {p.parent}: run "
+            f"zoo model {e.name!r} is not built in {_path(e.name, cache).parent}: run "
             f"`jaxadv zoo build {e.name} --data PNEUMONIAMNIST.npz`"
         )
-    return checkpoint.load(p)
+    return checkpoint.load(_located(e.name, cache))
 
 
 def model(name: str, cache: PathLike | None = None) -> Any:
