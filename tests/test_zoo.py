@@ -86,3 +86,10 @@ def test_build_is_deterministic_by_seed_and_loads(pneumonia_path, tmp_path):
         yt = d["test_labels"].reshape(-1).astype(np.int32)
     acc = evaluate(module, xt, yt, mean=meta["mean"], std=meta["std"])
     assert acc == pytest.approx(meta["test_accuracy"])
+    # loading by name: a cache holding cnn_clean's files gives a ready model with the same accuracy
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    for suffix in (".msgpack", ".json"):
+        (cache / f"cnn_clean{suffix}").write_bytes((tmp_path / "a" / f"tiny{suffix}").read_bytes())
+    assert zoo.is_built("cnn_clean", cache)
+    assert evaluate(zoo.model("cnn_clean", cache), xt, yt) == pytest.approx(acc)
