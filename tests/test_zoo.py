@@ -41,7 +41,8 @@ def test_cache_dir_follows_environment(monkeypatch, tmp_path):
     assert zoo.cache_dir() == tmp_path / "x" / "jaxadv" / "zoo"
 
 
-def test_load_unbuilt_and_unknown_names(tmp_path):
+def test_load_unbuilt_and_unknown_names(tmp_path, monkeypatch):
+    monkeypatch.setattr(zoo, "_shipped", lambda name: tmp_path / "none" / f"{name}.msgpack")
     with pytest.raises(FileNotFoundError, match="run `jaxadv zoo build cnn_clean"):
         zoo.load("cnn_clean", tmp_path)
     with pytest.raises(ValueError, match="unknown zoo model 'nope'"):
@@ -52,7 +53,10 @@ def test_load_unbuilt_and_unknown_names(tmp_path):
     "argv, message",
     [
         (["zoo", "build", "nope", "--data", "x.npz"], "unknown zoo model 'nope'"),
-        (["zoo", "build", "cnn_clean", "--data", "missing.npz"], "missing.npz not found"),
+        (
+            ["zoo", "build", "cnn_clean", "--force", "--data", "missing.npz"],
+            "missing.npz not found",
+        ),
     ],
 )
 def test_cli_user_errors_are_one_line(argv, message, tmp_path, capsys):
@@ -62,7 +66,17 @@ def test_cli_user_errors_are_one_line(argv, message, tmp_path, capsys):
     assert not list(tmp_path.iterdir())
 
 
-def test_cli_list(tmp_path, capsys):
+def test_shipped_zoo_matches_the_registry_and_loads():
+    for name, e in zoo.ZOO.items():
+        module, meta = zoo.load(name, "/nonexistent-zoo-cache")
+        assert meta["zoo"]["epochs"] == e.epochs and meta["zoo"]["objective"] == e.objective
+        assert meta["architecture"] == e.architecture and meta["kwargs"] == dict(e.kwargs)
+    m = zoo.model("cnn_clean", "/nonexistent-zoo-cache")
+    assert m(np.zeros((2, 28, 28, 1), np.float32)).shape == (2, 2)
+
+
+def test_cli_list(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(zoo, "_shipped", lambda name: tmp_path / "none" / f"{name}.msgpack")
     assert main(["zoo", "list", "--cache-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     for name in zoo.ZOO:
