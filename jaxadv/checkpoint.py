@@ -91,9 +91,11 @@ def register_architecture(
 
 
 def _register_builtins() -> None:
-    from jaxadv.nn import SmallCNN, UNet, resnet18, resnet50
+    from jaxadv.nn import VGG, DenseNet, SmallCNN, UNet, resnet18, resnet50
 
     register_architecture("small_cnn", SmallCNN)
+    register_architecture("vgg", VGG)
+    register_architecture("densenet", DenseNet)
     register_architecture("unet", UNet)
     register_architecture("resnet18", resnet18)
     register_architecture("resnet50", resnet50)

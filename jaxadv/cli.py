@@ -578,6 +578,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_train_parser(sub)
 
+    from jaxadv.cli_zoo import add_zoo_parser
+
+    add_zoo_parser(sub)
+
     from jaxadv.sweep.config import builtin_names
 
     sw = sub.add_parser(

@@ -7,6 +7,7 @@ Everything here is deterministic by key and off by default; :func:`jaxadv.train.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -86,6 +87,9 @@ def class_weight_vector(spec: Sequence[float] | str | None, y: Any) -> np.ndarra
     return w
 
 
+# Cached: equal arguments give the same object, so train()'s compiled step (static on the optimiser)
+# is reused instead of recompiled.
+@functools.lru_cache(maxsize=64)
 def make_optimizer(
     learning_rate: float = 1e-3,
     *,

@@ -263,7 +263,9 @@ def write_models_md(out: pathlib.Path) -> None:
         "split is 74% pneumonia, so test accuracy is well below validation accuracy for models of "
         "this size). Robust accuracy: PGD-20 at the PGD-AT training eps (L∞ "
         f"{eps_note}), a quick record, not a robustness claim: evaluate with AutoAttack for "
-        "that. The segmentation target `unet_isic` is documented in UNET.md.\n\n"
+        "that. The segmentation target `unet_isic` is documented in UNET.md; ten more "
+        "classification targets (SmallCNN, ResNet-18, VGG- and DenseNet-style; PGD-AT, TRADES, "
+        "MART) are in `jaxadv.zoo` (`assets/zoo`, benchmarks/ZOO.md).\n\n"
         "| model | training | test acc (%) | PGD-20 robust acc (%) | params | file | train time |\n"
         "|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n\n" + "\n".join(details)
     )

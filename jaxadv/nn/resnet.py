@@ -135,6 +135,9 @@ class ResNet(nnx.Module):
         stem: ``'cifar'`` (3x3 stride-1 conv, no pooling; for 32x32 inputs) or ``'imagenet'``
             (7x7 stride-2 conv and 3x3 stride-2 max pool; for 224x224 inputs).
         bn_momentum: batch-norm momentum in torch's convention (see the module docstring).
+        width: channels of the stem and first stage (64, torchvision's); the stages have
+            ``width * (1, 2, 4, 8)``. Narrower widths give CPU-sized networks of the same depth
+            (the zoo's ``resnet18`` uses 8).
         rngs: NNX random streams for the initialisation.
 
     Call: ``x[B, H, W, K] -> logits[B, C]``, no normalisation applied (give ``mean``/``std`` to
@@ -152,6 +155,7 @@ class ResNet(nnx.Module):
         *,
         stem: Stem = "imagenet",
         bn_momentum: float = BN_MOMENTUM,
+        width: int = 64,
         rngs: nnx.Rngs,
     ):
         if stem not in ("cifar", "imagenet"):
@@ -162,15 +166,19 @@ class ResNet(nnx.Module):
             raise ValueError(
                 f"num_classes and in_channels must be positive, got {num_classes}, {in_channels}"
             )
+        if int(width) < 1:
+            raise ValueError(f"width must be positive, got {width}")
         self.stem = stem
+        base = int(width)
         if stem == "imagenet":
-            self.conv1 = _conv(in_channels, 64, 7, 2, rngs=rngs)
+            self.conv1 = _conv(in_channels, base, 7, 2, rngs=rngs)
         else:
-            self.conv1 = _conv(in_channels, 64, 3, 1, rngs=rngs)
-        self.bn1 = _bn(64, bn_momentum, rngs=rngs)
-        width = 64
+            self.conv1 = _conv(in_channels, base, 3, 1, rngs=rngs)
+        self.bn1 = _bn(base, bn_momentum, rngs=rngs)
+        width = base
         stages = []
-        for i, (channels, n) in enumerate(zip((64, 128, 256, 512), layers, strict=True)):
+        widths = (base, 2 * base, 4 * base, 8 * base)
+        for i, (channels, n) in enumerate(zip(widths, layers, strict=True)):
             blocks = []
             for j in range(int(n)):
                 stride = 2 if (i > 0 and j == 0) else 1
@@ -202,9 +210,11 @@ def resnet18(
     *,
     stem: Stem = "cifar",
     bn_momentum: float = BN_MOMENTUM,
+    width: int = 64,
     rngs: nnx.Rngs,
 ) -> ResNet:
-    """ResNet-18 (BasicBlock, ``(2, 2, 2, 2)``), CIFAR stem by default for 32x32 inputs.
+    """ResNet-18 (BasicBlock, ``(2, 2, 2, 2)``), CIFAR stem by default for 32x32 inputs;
+    ``width`` as in :class:`ResNet`.
 
     Example:
         >>> import jax.numpy as jnp
@@ -222,6 +232,7 @@ def resnet18(
         in_channels,
         stem=stem,
         bn_momentum=bn_momentum,
+        width=width,
         rngs=rngs,
     )
 
