@@ -1,10 +1,11 @@
-"""Feature-space detectors against PGD and HFC on PneumoniaMNIST (issue 16, a small measured table).
+"""Feature-space detectors against PGD, MI-FGSM and HFC on PneumoniaMNIST (issue 16).
 
-For each shipped reference SmallCNN and each eps: the detectors (KD, BU, LID, Mahalanobis, DNN)
+For each model (a shipped reference name or a checkpoint path, as ``jaxadv attack --model``
+takes) and each eps: the detectors (KD, BU, LID, Mahalanobis, DNN)
 are fitted on ``--n-train`` training images (a seeded random subset) and their PGD adversarial examples (the reference
 attack, same eps); HFC's per-class GMMs are fitted on the same clean training images. Then, on the
 clean-correct test images, targeted PGD (target = the other class; on 2 classes this is the
-untargeted attack) and HFC (same steps, same step size) are run, and every detector is evaluated
+untargeted attack), MI-FGSM (decay 1) and HFC (same steps, same step size) are run, and every detector is evaluated
 on each attack's *successful* examples (AUC, TPR at TNR 90/95 %, denominators given).
 
     python benchmarks/detection.py --models small_cnn_clean --eps 2 4
@@ -30,8 +31,8 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))  # this 
 import jaxadv  # noqa: E402
 import jaxadv.detect as D  # noqa: E402
 from jaxadv.attacks.hfc import HFC, Adaptive, hfc_prior  # noqa: E402
-from jaxadv.checkpoint import reference_model  # noqa: E402
 from jaxadv.features import with_features  # noqa: E402
+from jaxadv.vocab import load_model  # noqa: E402
 
 HERE = pathlib.Path(__file__).resolve().parent
 DATA = HERE.parent.parent / "shared" / "data" / "pneumoniamnist.npz"
@@ -43,7 +44,7 @@ def _images(d, split):
 
 
 def run(name: str, eps255: float, n_train: int, steps: int, data, adaptive: bool) -> dict:
-    fm = with_features(reference_model(name))
+    fm = with_features(load_model(name))
     xtr, ytr = _images(data, "train")
     idx = np.random.default_rng(0).permutation(len(ytr))[:n_train]  # the split is sorted by class
     xtr, ytr = xtr[idx], ytr[idx]
@@ -79,6 +80,7 @@ def run(name: str, eps255: float, n_train: int, steps: int, data, adaptive: bool
 
     attacks = {
         "PGD": pgd,
+        "MI-FGSM": jaxadv.MIFGSM(threat=threat, num_steps=steps, step_size=step, decay=1.0),
         "HFC": HFC(threat=threat, prior=prior, lam=1.0, num_steps=steps, step_size=step),
     }
     out["attacks"] = {}
