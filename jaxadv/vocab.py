@@ -98,13 +98,38 @@ def check_dataset_name(name: str) -> None:
 
 
 # ----------------------------------------------------------------------------- models
+def zoo_path(spec: str) -> str:
+    """The checkpoint file of a ``zoo:NAME`` spec (:mod:`jaxadv.zoo`: the cache, else the copy
+    shipped with the package); any other spec unchanged.
+
+    Raises:
+        SpecError: an unknown zoo name (the message lists them) or a model not built yet (it says
+            which command builds it).
+    """
+    if not str(spec).startswith("zoo:"):
+        return spec
+    from jaxadv import zoo
+
+    name = str(spec)[4:]
+    if name not in zoo.ZOO:
+        raise SpecError(f"unknown zoo model {name!r}; the zoo has {', '.join(zoo.ZOO)}")
+    if not zoo.is_built(name):
+        raise SpecError(
+            f"zoo model {name!r} is not built: run `jaxadv zoo build {name} --data "
+            "PNEUMONIAMNIST.npz`"
+        )
+    return str(zoo._located(name, None))
+
+
 def load_model(spec: str):
-    """A :class:`jaxadv.Model` from a shipped reference name or a checkpoint path."""
+    """A :class:`jaxadv.Model` from a shipped reference name, a ``zoo:NAME`` or a checkpoint
+    path."""
     from jaxadv import checkpoint
 
     ref = reference_name(spec)
     if ref is not None:
         return checkpoint.reference_model(ref)
+    spec = zoo_path(spec)
     check_model_name(spec)
     from jaxadv.models import from_nnx
 
@@ -129,10 +154,12 @@ def check_model_name(spec: str) -> None:
 
     if reference_name(spec) is not None:
         return
+    spec = zoo_path(spec)
     if not pathlib.Path(spec).exists():
         raise SpecError(
             f"model {spec!r} not found: give a shipped reference model "
-            f"({', '.join(checkpoint.REFERENCE_MODELS)}) or a checkpoint saved by `jaxadv train`"
+            f"({', '.join(checkpoint.REFERENCE_MODELS)}), zoo:NAME (`jaxadv zoo list`) or a "
+            "checkpoint saved by `jaxadv train`"
         )
 
 

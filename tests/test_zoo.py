@@ -107,3 +107,27 @@ def test_build_is_deterministic_by_seed_and_loads(pneumonia_path, tmp_path):
         (cache / f"cnn_clean{suffix}").write_bytes((tmp_path / "a" / f"tiny{suffix}").read_bytes())
     assert zoo.is_built("cnn_clean", cache)
     assert evaluate(zoo.model("cnn_clean", cache), xt, yt) == pytest.approx(acc)
+
+
+def test_zoo_names_are_model_specs(tmp_path, capsys, monkeypatch):
+    """``zoo:NAME`` works wherever a model is named: `jaxadv attack --model`, sweep configs."""
+    from jaxadv import sweep, vocab
+
+    monkeypatch.setenv("JAXADV_CACHE", str(tmp_path / "empty"))  # the shipped copies only
+    m = vocab.load_model("zoo:cnn_clean")
+    want = zoo.model("cnn_clean")
+    x = np.full((2, 28, 28, 1), 0.5, np.float32)
+    np.testing.assert_array_equal(np.asarray(m(x)), np.asarray(want(x)))
+    cfg = sweep.load_config(
+        {"models": ["zoo:vgg_clean"], "datasets": ["default"], "attacks": ["fgsm"], "eps": [0]}
+    )
+    assert cfg.data["models"][0]["label"] == "zoo-vgg_clean"
+    assert cfg.input_fingerprints()["zoo:vgg_clean"] is not None  # a rebuilt model: new hash
+    with pytest.raises(sweep.ConfigError, match="unknown zoo model 'nope'; the zoo has cnn_clean"):
+        sweep.load_config(
+            {"models": ["zoo:nope"], "datasets": ["default"], "attacks": ["fgsm"], "eps": [0]}
+        )
+    argv = ["attack", "--model", "zoo:nope", "--eps", "0", "--out", str(tmp_path / "o")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "unknown zoo model 'nope'" in err and "\n" not in err

@@ -205,6 +205,13 @@ class SweepConfig:
 
         if path_or_name in checkpoint.REFERENCE_MODELS + checkpoint.SEGMENTATION_MODELS:
             return path_or_name
+        if path_or_name.startswith("zoo:"):  # the zoo's file; left as given when not built
+            from jaxadv.vocab import zoo_path
+
+            try:
+                return zoo_path(path_or_name)
+            except SpecError:
+                return path_or_name
         p = pathlib.Path(path_or_name).expanduser()
         return str(p if p.is_absolute() else pathlib.Path(self.base_dir) / p)
 
