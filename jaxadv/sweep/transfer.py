@@ -40,7 +40,7 @@ def parse(raw: Any, models: Sequence[dict], where: str, *, error: type) -> list[
     ``all``); a list holds surrogates, each a model label, a list of labels (an ensemble) or a
     mapping ``{ensemble: [labels], label: name}``.
     """
-    from jaxadv.sweep.config import _label
+    from jaxadv.sweep._fields import _label, _unique
 
     by_label = {m["label"]: m for m in models}
     if raw == "all" and "all" not in by_label:
@@ -80,15 +80,7 @@ def parse(raw: Any, models: Sequence[dict], where: str, *, error: type) -> list[
         if not isinstance(label, str) or not label.strip():
             raise error(f"{at}.label: must be a non-empty string, got {label!r}")
         out.append({"label": _label(label), "models": [dict(by_label[n]) for n in names]})
-    seen: dict[str, int] = {}
-    for i, e in enumerate(out):
-        k = e["label"].casefold()
-        if k in seen:
-            raise error(
-                f"{where}[{i}] and {where}[{seen[k]}] share the label {e['label']!r}; give an "
-                "ensemble a distinct 'label'"
-            )
-        seen[k] = i
+    _unique(out, where)  # the config's one rule for labels (case-insensitive, file-safe)
     return out
 
 
