@@ -37,6 +37,7 @@ def parse(raw: Any, models: Sequence[dict], resolve: Any, *, error: type) -> lis
         error: the exception type to raise (``ConfigError``).
     """
     from jaxadv.detect import read
+    from jaxadv.sweep._fields import _keys
 
     if isinstance(raw, (str, Mapping)):
         raw = [raw]
@@ -49,12 +50,7 @@ def parse(raw: Any, models: Sequence[dict], resolve: Any, *, error: type) -> lis
         d = {"detector": d} if isinstance(d, str) else d
         if not isinstance(d, Mapping):
             raise error(f"{where}: must be a file name or a mapping with 'detector'")
-        unknown = sorted(set(d) - _ENTRY_KEYS)
-        if unknown:
-            raise error(
-                f"{where}: unknown key(s) {', '.join(unknown)}; allowed: "
-                f"{', '.join(sorted(_ENTRY_KEYS))}"
-            )
+        _keys(d, _ENTRY_KEYS, where)
         spec = d.get("detector")
         if not isinstance(spec, str) or not spec.strip():
             raise error(f"{where}.detector: must be the path of a detector file, got {spec!r}")

@@ -85,7 +85,7 @@ def attack_entry(
     Raises:
         ConfigError: naming the entry and the setting.
     """
-    from jaxadv.sweep.config import ConfigError
+    from jaxadv.sweep._fields import ConfigError, _keys
     from jaxadv.vocab import SpecError, parse_eps
 
     for k in _NO_UNIVERSAL:
@@ -130,11 +130,7 @@ def attack_entry(
     fit = a.get("fit", {}) or {}
     if not isinstance(fit, Mapping):
         raise ConfigError(f"{where}.fit: must be a mapping with {', '.join(sorted(_FIT_KEYS))}")
-    unknown = sorted(set(fit) - _FIT_KEYS)
-    if unknown:
-        raise ConfigError(
-            f"{where}.fit: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(_FIT_KEYS))}"
-        )
+    _keys(fit, _FIT_KEYS, f"{where}.fit")
     fit = {**FIT_DEFAULTS, **fit}
     for k in ("epochs", "batch_size", "num_examples"):
         v = fit[k]
