@@ -310,6 +310,7 @@ def test_cli_success_margin_grid_and_recheck(tmp_path, capsys):
     threat = res["manifest"]["attack_config"]["threat"]
     assert threat["success_margin"] == 0.5 and threat["grid"] == 8
     assert res["recheck"]["mode"] == "jit" and res["recheck"]["num_flipped"] == 0
+    assert [r["recheck_flips"] for r in res["rows"]] == [0, 0]  # every eps, every example
     assert main([*argv, "--success-margin", "-1", "--out", str(out)]) == 2
     assert "success_margin must be" in capsys.readouterr().err
 
