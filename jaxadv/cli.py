@@ -316,7 +316,7 @@ def _cmd_attack(args: argparse.Namespace) -> int:
         args, attack, model, ds, eps, n, rule=rule, **cli_durable.evaluate_kwargs(args, n)
     )
     rows = [{"attack": args.attack, **r} for r in ev.summary()]
-    recheck = cli_durable.recheck_report(ev, model, args)
+    recheck = cli_durable.recheck_report(ev)
     report.write_json(
         out / "results.json",
         {

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import os
 import pathlib
 
@@ -57,6 +59,33 @@ def linear_model(num_classes: int = 2, shape=(4, 4, 1), seed: int = 0):
 
 def _linear_apply(p, x):
     return x.reshape(x.shape[0], -1) @ p["w"] + p["b"][None, :]
+
+
+def _ulp_apply(params, x):
+    """A 2-class affine model whose jitted logits differ from its eager ones: traced, class 1
+    gains one ulp (as if XLA's fusion rounded differently)."""
+    z = x.reshape(x.shape[0], -1) @ params["w"] + params["b"][None, :]
+    if isinstance(x, jax.core.Tracer):
+        z1 = jax.lax.stop_gradient(z[:, 1])  # nextafter has no derivative: add the ulp as data
+        z = z.at[:, 1].add(jnp.nextafter(z1, jnp.float32(jnp.inf)) - z1)
+    return z
+
+
+@functools.partial(jax.tree_util.register_dataclass, data_fields=["params"], meta_fields=[])
+@dataclasses.dataclass(frozen=True)
+class UlpModel:
+    """The model of :func:`_ulp_apply` (used by the durable-success tests)."""
+
+    params: dict
+
+    def __call__(self, x):
+        return _ulp_apply(self.params, x)
+
+
+def ulp_model():
+    """2 classes on 4x4x1 images: eager logits tie at x = 0.5 everywhere, jitted ones do not."""
+    w = jnp.zeros((16, 2), jnp.float32).at[:, 1].set(1.0 / 16)
+    return UlpModel(params={"w": w, "b": jnp.array([0.5, 0.0], jnp.float32)})
 
 
 @pytest.fixture(autouse=True, scope="module")

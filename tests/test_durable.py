@@ -10,11 +10,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import UlpModel as _Wrap
 from conftest import float_images_npz, linear_model
+from conftest import ulp_model as _ulp_model
 
 import jaxadv
 from jaxadv import durable
-from jaxadv._struct import pytree_dataclass
 from jaxadv.result import finalize
 from jaxadv.threats import grid_bits
 
@@ -258,29 +259,6 @@ def test_save_refuses_off_grid_images(tmp_path):
 
 
 # ------------------------------------------------------------------ jit vs eager by an ulp
-def _ulp_apply(params, x):
-    """A 2-class affine model whose jitted logits differ from its eager ones: traced, class 1
-    gains one ulp (as if XLA's fusion rounded differently)."""
-    z = x.reshape(x.shape[0], -1) @ params["w"] + params["b"][None, :]
-    if isinstance(x, jax.core.Tracer):
-        z1 = jax.lax.stop_gradient(z[:, 1])  # nextafter has no derivative: add the ulp as data
-        z = z.at[:, 1].add(jnp.nextafter(z1, jnp.float32(jnp.inf)) - z1)
-    return z
-
-
-@pytree_dataclass
-class _Wrap:
-    params: dict
-
-    def __call__(self, x):
-        return _ulp_apply(self.params, x)
-
-
-def _ulp_model():
-    w = jnp.zeros((16, 2), jnp.float32).at[:, 1].set(1.0 / 16)
-    return _Wrap(params={"w": w, "b": jnp.array([0.5, 0.0], jnp.float32)})
-
-
 def test_ulp_model_flips_without_margin_and_not_with_it():
     model = _ulp_model()
     x = jnp.full((1, *SHAPE), 0.2)
@@ -332,6 +310,7 @@ def test_cli_success_margin_grid_and_recheck(tmp_path, capsys):
     threat = res["manifest"]["attack_config"]["threat"]
     assert threat["success_margin"] == 0.5 and threat["grid"] == 8
     assert res["recheck"]["mode"] == "jit" and res["recheck"]["num_flipped"] == 0
+    assert [r["recheck_flips"] for r in res["rows"]] == [0, 0]  # every eps, every example
     assert main([*argv, "--success-margin", "-1", "--out", str(out)]) == 2
     assert "success_margin must be" in capsys.readouterr().err
 
@@ -375,3 +354,36 @@ def test_cli_grid_dataset_is_the_data_sets_bit_depth(tmp_path, capsys):
     assert "not stored as uint8/uint16 images (float32)" in err and "Traceback" not in err
     assert main([*argv, "--grid", "float32", "--out", str(tmp_path / "g")]) == 2
     assert "or 'dataset'" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ re-check inside evaluate
+@pytest.mark.parametrize("cascade", [False, True])
+def test_evaluate_recheck_counts_every_flip_and_none_with_margin(cascade):
+    """FGSM steps 0.375 -> 0.5 exactly, where only the jitted logits of the ulp model say
+    class 1: every reported success flips when re-checked eagerly, none under a margin."""
+    model = _ulp_model()
+    x, y = np.full((6, *SHAPE), 0.375, np.float32), np.zeros(6, np.int32)
+
+    def run(kappa, mode):
+        attack = jaxadv.FGSM(threat=jaxadv.LinfBall(eps=0.0, success_margin=kappa))
+        kw = {"key": 0, "batch_size": 4, "cascade": cascade, "recheck": mode}
+        return jaxadv.evaluate(attack, model, (x, y), [0.0, 0.125], **kw)
+
+    ev = run(0.0, "eager")
+    assert ev.recheck == "eager" and ev.per_eps["recheck_flipped"].shape == (2, 6)
+    assert ev.per_eps["success"][1].all()  # reported inside the attack's program
+    assert [r["recheck_flips"] for r in ev.summary()] == [0, 6]
+    assert [r["recheck_flips"] for r in run(0.0, "jit").summary()] == [0, 0]  # traced: ulp too
+    safe = run(1e-4, "eager")
+    assert not safe.per_eps["success"].any()
+    assert [r["recheck_flips"] for r in safe.summary()] == [0, 0]
+    plain = jaxadv.evaluate(
+        jaxadv.FGSM(threat=jaxadv.LinfBall(eps=0.0)), model, (x, y), [0.1], key=0
+    )
+    assert plain.recheck is None and "recheck_flips" not in plain.summary()[0]
+
+
+def test_evaluate_refuses_an_unknown_recheck_mode():
+    model, x, y = _setup(n=2)
+    with pytest.raises(ValueError, match="recheck must be one of eager, jit, float64"):
+        jaxadv.evaluate(None, model, (x, y), [0.0], key=0, recheck="xla")

@@ -78,6 +78,8 @@ def test_margin_and_grid_are_hashed_and_attack_entries_override():
         ({"grid": 7.5}, "grid must be a bit depth"),
         ({"attacks": [{"attack": "pgd", "grid": 0}]}, "attacks[0]: grid must be"),
         ({"attacks": [{"attack": "pgd", "success_margin": -0.1}]}, "attacks[0]: success_margin"),
+        ({"recheck": "xla"}, "recheck: must be one of eager, jit, float64"),
+        ({"recheck": "eager", "attacks": [{"attack": "pgd", "multilabel": "any"}]}, "multi-label"),
     ],
 )
 def test_bad_margin_or_grid_is_one_clear_error(patch, msg, tmp_path, capsys):
@@ -145,3 +147,70 @@ def test_run_records_and_reports_margin_and_grid(tmp_path):
     cfg_resumed = sweep.run_sweep(cfg, out, devices=jax.devices()[:1])
     assert cfg_resumed.computed == [] and len(cfg_resumed.skipped) == 2
     assert pathlib.Path(out / "report" / "report.html").is_file()
+
+
+# ------------------------------------------------------------------ recheck
+def test_configs_without_recheck_keep_their_hashes():
+    plain = sweep.load_config(GRID)
+    assert plain.hash == "4326a4029f4eb873" and plain.cells()[0].hash == "2b3aa22d5877db91"
+    eager = sweep.load_config({**GRID, "recheck": "eager"})
+    assert eager.hash != plain.hash and eager.cells()[0].hash != plain.cells()[0].hash
+    assert eager.cells()[0].id == plain.cells()[0].id and eager.cells()[0].recheck == "eager"
+    from jaxadv.sweep import recheck
+    from jaxadv.sweep.storage import encode_array
+
+    short = {"recheck_flipped": encode_array(np.zeros((1, 6), np.bool_))}  # one eps of two
+    assert "must be 2 lists of 6 booleans" in recheck.check_fields(short, 2, 6)
+
+
+def test_sweep_recheck_flips_without_margin_and_not_with_it(tmp_path, monkeypatch):
+    """The ulp model (jitted logits one ulp apart from eager ones): FGSM steps 0.375 -> 0.5,
+    where only the attack's program calls it class 1. Every such success flips when re-checked
+    eagerly; with a success margin none is reported, so none flips. Class-1 images are clean
+    errors, successes by a wide margin that no re-check rejects."""
+    from conftest import ulp_model
+
+    import jaxadv.sweep.runner as runner
+
+    monkeypatch.setattr(runner, "load_model", lambda spec: ulp_model())
+    arrays = {}
+    for split in ("train", "val", "test"):
+        arrays[f"{split}_images"] = np.full((6, 4, 4), 0.375, np.float32)
+        arrays[f"{split}_labels"] = np.array([[0], [0], [0], [0], [1], [1]], np.int64)
+    np.savez(tmp_path / "half.npz", **arrays)
+    cfg = sweep.load_config(
+        {
+            **GRID,
+            "seeds": [0],
+            "eps": [0, 1],
+            "eps_scale": 8,  # eps 1/8: 0.375 + 0.125 is exactly 0.5
+            "datasets": [str(tmp_path / "half.npz")],
+            "attacks": ["fgsm", {"attack": "fgsm", "success_margin": 1e-4}],
+            "recheck": "eager",
+        }
+    )
+    out = tmp_path / "r"
+    assert sweep.run_sweep(cfg, out, devices=jax.devices()[:2]).complete
+    recs = SweepDir(out).load()
+    plain, kappa = (recs[c.id] for c in cfg.cells())
+    assert plain["cell"]["recheck"] == "eager"
+    flips = decode_array(plain["results"]["recheck_flipped"], np.bool_)
+    success = decode_array(plain["results"]["success"], np.bool_)
+    assert success[1].all() and success[0].tolist() == [False] * 4 + [True] * 2
+    assert flips.tolist() == [[False] * 6, [True] * 4 + [False] * 2]
+    assert decode_array(kappa["results"]["success"], np.bool_)[:, 4:].all()
+    assert not decode_array(kappa["results"]["recheck_flipped"], np.bool_).any()
+    assert main(["report", str(out)]) == 0
+    rows = [
+        json.loads(line) for line in (out / "report" / "results.jsonl").read_text().splitlines()
+    ]
+    got = {(r["attack"], r["eps"]): r["recheck_flips"] for r in rows}
+    assert got == {
+        ("fgsm", 0.0): 0,
+        ("fgsm", 0.125): 4,
+        ("fgsm-k0.0001", 0.0): 0,
+        ("fgsm-k0.0001", 0.125): 0,
+    }
+    assert all(r["recheck"] == "eager" for r in rows)
+    md = (out / "report" / "report.md").read_text()
+    assert "| recheck |" in md and "recheck_flips |" in md

@@ -96,6 +96,9 @@ class Evaluation:
         detector_scores: with ``detectors=``: ``{name: (clean f32[N], adv f32[E, N])}``, each
             detector's score of the clean image and of the adversarial at every budget (budget 0:
             the clean image); ``None`` otherwise.
+        recheck: the re-check mode (``'eager'``, ``'jit'``, ``'float64'``) with ``recheck=``;
+            then ``per_eps['recheck_flipped']`` ``bool[E, N]`` marks the reported successes that
+            the re-check rejects (:func:`jaxadv.durable.recheck`; budget 0: the clean image).
     """
 
     eps: np.ndarray
@@ -117,6 +120,7 @@ class Evaluation:
     clean_logits: np.ndarray | None = None
     clean_dense: dict[str, np.ndarray] | None = None
     detector_scores: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
+    recheck: str | None = None
 
     @property
     def robust_accuracy(self) -> np.ndarray:
@@ -242,6 +246,7 @@ def evaluate(
     rule: Any = None,
     target: Any = None,
     detectors: Mapping[str, Any] | None = None,
+    recheck: str | None = None,
 ) -> Evaluation:
     """Run ``attack`` on every example of ``data`` at every budget of ``eps``.
 
@@ -280,6 +285,11 @@ def evaluate(
         detectors: fitted feature-space detectors (:mod:`jaxadv.detect`) by name: each scores
             the clean images and the adversarials of every budget inside the loop (no image is
             kept), returned in ``detector_scores``. Classification only.
+        recheck: ``'eager'``, ``'jit'`` or ``'float64'``: re-evaluate every example's
+            adversarial at every budget outside the attack's compiled program
+            (:func:`jaxadv.durable.recheck`, argmax rule) and mark the reported successes it
+            rejects in ``per_eps['recheck_flipped']``; ``summary()`` rows then count them
+            (``recheck_flips``). Integer labels only.
 
     Dense targets: a dense attack (``jaxadv.SegPGD``, ``DAG``, ``ASMA``), a model returning
     per-pixel logits ``[B, H, W, C]`` and masks as labels (a segmentation data set, or
@@ -318,6 +328,7 @@ def evaluate(
     ds = _as_dataset(data, dense)
     if detectors and dense:
         raise ValueError("detectors= scores classifiers' inputs; a dense evaluation has none")
+    _check_recheck(recheck, dense or rule is not None or isinstance(attack, ml.MultiLabel))
     dense_rule = None
     if dense:
         dense_rule, target = D.resolve(attack, model, ds, rule, target)
@@ -391,6 +402,7 @@ def evaluate(
     # a multi-class model's logits, for the macro AUC under attack (kept under a rule anyway)
     run.keep_logits = rule is None and not dense and 2 < num_classes <= MAX_AUC_CLASSES
     run.detectors = {n: layout.replicate(d, mesh) for n, d in (detectors or {}).items()}
+    run.recheck = (recheck, model) if recheck else None
     if dense:
         run.set_dense(dense_rule, target)
     steps = layout.chunks(idx.size, per_dev * mesh.devices.size)
@@ -407,6 +419,7 @@ def evaluate(
         for f in parts[0]
     }
     det = {n: (cat.pop(_DC + n), cat.pop(_DA + n)) for n in run.detectors} or None
+    cat.pop("clean_recheck", None)  # budget 0 of per_eps['recheck_flipped']
     clean_dense = D.split_clean(cat) if dense else None
     empty = np.zeros((0, h, w, k), np.float32)
     return Evaluation(
@@ -429,13 +442,25 @@ def evaluate(
         clean_logits=cat.pop("clean_logits", None),
         clean_dense=clean_dense,
         detector_scores=det,
+        recheck=recheck,
     )
 
 
+def _check_recheck(mode: Any, unsupported: bool) -> None:
+    from jaxadv.durable import RECHECK_MODES
+
+    if mode is not None and mode not in RECHECK_MODES:
+        raise ValueError(f"recheck must be one of {', '.join(RECHECK_MODES)} or None, got {mode!r}")
+    if mode is not None and unsupported:
+        raise ValueError(
+            "recheck= re-checks the argmax rule of integer labels; leave it out for multi-label "
+            "rules and dense (segmentation) evaluations"
+        )
+
+
 #: Per-example fields of the clean pass (example axis first); the others are per eps.
-_CLEAN = ("y", "clean_correct", "clean_margin", "clean_score", "clean_logits") + tuple(
-    f"clean_{k}" for k in programs.DENSE_FIELDS
-)
+_CLEAN = ("y", "clean_correct", "clean_margin", "clean_score", "clean_logits", "clean_recheck")
+_CLEAN += tuple(f"clean_{k}" for k in programs.DENSE_FIELDS)
 
 #: Prefixes of the detector scores' fields (clean ``[b]``, per eps ``[E, b]``) inside the loop.
 _DC, _DA = "clean_det:", "det:"
@@ -468,6 +493,7 @@ class _Runner:
         self.dense_rule, self.target = None, None  # dense evaluations: see set_dense
         self.keep_logits = False  # integer labels: keep the logits [.., C] as well
         self.detectors: dict[str, Any] = {}  # name -> fitted detector (replicated)
+        self.recheck: tuple[str, Any] | None = None  # (mode, the model as given, not replicated)
         self.sample: np.ndarray | None = None  # adversarials of the first examples
         self.sample_clean: np.ndarray | None = None
         self.steps = 0
@@ -509,6 +535,9 @@ class _Runner:
         host = layout.to_host({**per, **met})
         if self.dense_rule is not None:  # no positive-class score for a dense target
             host["score"] = np.full(host["success"].shape, np.nan, np.float32)
+        if self.recheck is not None:
+            flips = [self._flipped(advs[j], gy, host["success"][j]) for j in range(eps.size)]
+            host["recheck_flipped"] = np.stack(flips)
         return {k: v[:, :b] for k, v in host.items()}, advs
 
     def _clean(self, gx, gy, gt, b: int) -> dict[str, np.ndarray]:
@@ -523,7 +552,18 @@ class _Runner:
         for n, det in self.detectors.items():
             clean[_DC + n] = _detector_score(gx, det)
         host = layout.to_host({**clean, "y": gy})
+        if self.recheck is not None:  # budget 0: the clean image is its own adversarial
+            host["clean_recheck"] = self._flipped(gx, gy, ~host["clean_correct"])
         return {k: v[:b] for k, v in host.items()}
+
+    def _flipped(self, adv, gy, success: np.ndarray) -> np.ndarray:
+        """``bool[B]``: reported successes at ``adv[B, ...]`` that the re-check outside the
+        attack's program rejects (on the host, every process re-checks the whole batch)."""
+        from jaxadv.durable import recheck
+
+        mode, model = self.recheck
+        host = layout.to_host({"adv": adv, "y": gy})
+        return recheck(model, host["adv"], host["y"], success, mode=mode)["flipped"]
 
     @staticmethod
     def _unattacked(clean: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -542,6 +582,8 @@ class _Runner:
         if "clean_logits" in clean:  # per-finding (multi-label) or per-class logits
             out["logits"] = clean["clean_logits"]
         out.update(D.unattacked(clean))
+        if "clean_recheck" in clean:
+            out["recheck_flipped"] = clean["clean_recheck"]
         out.update({_DA + k[len(_DC) :]: v for k, v in clean.items() if k.startswith(_DC)})
         return out
 

@@ -132,7 +132,9 @@ def summary_rows(
         size field present, and ``auc`` / ``auc_under_attack`` when scores are given; with
         ``labels`` also ``majority_baseline`` (accuracy of always answering the commonest class),
         ``balanced_clean_accuracy`` and ``balanced_robust_accuracy`` (mean over the classes
-        present of the per-class clean / robust accuracy).
+        present of the per-class clean / robust accuracy). With ``per_eps['recheck_flipped']``
+        also ``recheck_flips``: how many of the ``num_examples - num_robust`` reported successes
+        the re-check outside the attack's program rejects.
     """
     cc = np.asarray(clean_correct, bool)
     n = int(cc.size)
@@ -157,6 +159,8 @@ def summary_rows(
             robust_accuracy=float((~succ).mean()) if n else math.nan,
             attack_success_rate=float(att.sum() / cc.sum()) if cc.sum() else math.nan,
         )
+        if "recheck_flipped" in per_eps:  # reported successes a re-check rejects
+            row["recheck_flips"] = int(np.asarray(per_eps["recheck_flipped"][j], bool).sum())
         for name in SIZE_FIELDS:
             if name in per_eps:
                 v = np.asarray(per_eps[name][j], np.float64)[att]

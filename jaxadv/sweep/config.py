@@ -28,6 +28,7 @@ from typing import Any
 
 from jaxadv.cli_segmentation import is_segmentation_model
 from jaxadv.sweep import detection as det
+from jaxadv.sweep import recheck as rc
 from jaxadv.sweep import segmentation as seg
 from jaxadv.sweep import transfer as tr
 from jaxadv.sweep import universal as univ
@@ -87,6 +88,7 @@ _TOP = {
     "attacks": "list of attacks",
     "detectors": "fitted detector files (jaxadv.detect.save), each with the model it belongs to",
     "surrogate": "models (labels of models:, 'all', or ensembles) every attack is crafted on",
+    "recheck": "re-check every success outside the attack's program: eager, jit or float64",
 }
 _MODEL_KEYS = {"model", "label"}
 _DATA_KEYS = {
@@ -136,6 +138,7 @@ class Cell:
             ``kind``); empty without ``detectors:``.
         surrogate: the surrogate entry (``label``, ``models``) of a transfer cell, crafted on it
             and evaluated on ``model`` (:mod:`jaxadv.sweep.transfer`); ``None``: white box.
+        recheck: the re-check mode of ``recheck:`` (:mod:`jaxadv.sweep.recheck`); ``None``: off.
     """
 
     id: str
@@ -146,6 +149,7 @@ class Cell:
     seed: int
     detectors: tuple[dict, ...] = ()
     surrogate: dict | None = None
+    recheck: str | None = None
 
     def spec(self) -> dict[str, Any]:
         out = {
@@ -160,6 +164,8 @@ class Cell:
             out["detectors"] = [dict(d) for d in self.detectors]
         if self.surrogate:
             out["surrogate"] = copy.deepcopy(self.surrogate)
+        if self.recheck:
+            out["recheck"] = self.recheck
         return out
 
 
@@ -552,6 +558,8 @@ def validate(raw: Any, *, base_dir: str, source: str) -> SweepConfig:
     if raw.get("surrogate") is not None:  # only when given: configs without it keep their hash
         out["surrogate"] = tr.parse(raw["surrogate"], models, "surrogate", error=ConfigError)
     tr.check(out, error=ConfigError)
+    if raw.get("recheck") is not None:  # only when given: configs without it keep their hash
+        out["recheck"] = rc.parse(raw["recheck"], attacks, error=ConfigError)
     if raw.get("detectors") is not None:  # only when given: configs without it keep their hash
         resolve = SweepConfig(data=out, base_dir=base_dir, source=source).resolve
         out["detectors"] = det.parse(raw["detectors"], models, resolve, error=ConfigError)
@@ -612,9 +620,13 @@ def expand(cfg: SweepConfig) -> list[Cell]:
                         what["detectors"] = [{**e, "content": fps.get(e["detector"])} for e in dets]
                     if sur:  # only then: white-box cells keep their hash
                         what["surrogate"] = tr.hashed(sur, fps)
+                    if d.get("recheck"):  # only then: cells without it keep their hash
+                        what["recheck"] = d["recheck"]
                     h = sha256(what)[:16]
                     a_, dets_ = copy.deepcopy(a_), tuple(dets)
-                    cells.append(Cell(cid, h, dict(m), dict(ds), a_, int(s), dets_, sur))
+                    cells.append(
+                        Cell(cid, h, dict(m), dict(ds), a_, int(s), dets_, sur, d.get("recheck"))
+                    )
     return cells
 
 
@@ -641,6 +653,8 @@ def _check_normalised(d: Any) -> None:
                     "(A-Z a-z 0-9 . _ -, no '__', at most 48 characters)"
                 )
         _unique(list(entries), what)
+    if d.get("recheck") is not None:
+        rc.parse(d["recheck"], d["attacks"], error=ConfigError)
     for i, e in enumerate(d.get("detectors") or ()):
         if not (
             isinstance(e, Mapping)

@@ -45,7 +45,7 @@ from jaxadv.report import (
     jsonl_text,
     md_table,
 )
-from jaxadv.sweep import detection, transfer
+from jaxadv.sweep import detection, recheck, transfer
 from jaxadv.sweep import segmentation as seg
 from jaxadv.sweep import universal as univ
 from jaxadv.sweep.storage import (
@@ -92,7 +92,7 @@ def decode(rec: Mapping[str, Any]) -> CellData:
     c, r = rec["cell"], rec["results"]
     eps = [float(e) for e in c["attack"]["eps"]]
     cc = decode_array(r["clean_correct"], np.bool_)
-    per_eps = {k: decode_array(r[k], dt) for k, dt in PER_EXAMPLE.items()}
+    per_eps = {k: decode_array(r[k], dt) for k, dt in PER_EXAMPLE.items()} | recheck.per_eps(r)
     labels = decode_array(r["labels"], np.int32)
     binary = rec.get("num_classes") == 2 and labels.ndim == 1
     rule = str(rec.get("rule") or "")
@@ -150,11 +150,11 @@ def decode(rec: Mapping[str, Any]) -> CellData:
 
 
 def _durable(rec: Mapping[str, Any]) -> dict[str, Any]:
-    """The success margin and storage grid a cell ran with (as its threat recorded them; ``grid:
-    dataset`` appears resolved), only where they differ from the plain argmax rule."""
+    """The success margin, storage grid (as its threat recorded them; ``grid: dataset`` appears
+    resolved) and re-check mode a cell ran with, only where they differ from the plain rule."""
     threat = (rec.get("attack_config") or {}).get("threat")
     threat = threat if isinstance(threat, Mapping) else {}
-    out = {}
+    out = {"recheck": rec["cell"]["recheck"]} if rec["cell"].get("recheck") else {}
     if threat.get("success_margin"):
         out["success_margin"] = threat["success_margin"]
     if threat.get("grid") is not None:
@@ -546,8 +546,9 @@ def _write_report(
         "clean_accuracy",
         "worst_case_robust_accuracy",
     ]
-    durable_cols = [k for k in ("success_margin", "grid") if any(k in r for r in rows)]
+    durable_cols = [k for k in ("success_margin", "grid", "recheck") if any(k in r for r in rows)]
     res_cols[3:3] = durable_cols
+    res_cols += ["recheck_flips"] if "recheck" in durable_cols else []
     if tm_rows:  # transfer cells: the surrogate each was crafted on
         res_cols.insert(3, "surrogate")
         size_cols.insert(3, "surrogate")

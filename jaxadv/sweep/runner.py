@@ -28,7 +28,7 @@ from jaxadv.engine import EvaluationStopped, evaluate
 from jaxadv.engine.layout import block_size, data_mesh, num_steps
 from jaxadv.engine.summary import PER_EXAMPLE
 from jaxadv.surrogate import Transfer
-from jaxadv.sweep import detection, transfer
+from jaxadv.sweep import detection, recheck, transfer
 from jaxadv.sweep import segmentation as seg
 from jaxadv.sweep import universal as univ
 from jaxadv.sweep.config import Cell, SweepConfig, diff_keys, expand, shard_cells
@@ -280,6 +280,7 @@ def _run_cell(
                 rule=rule,
                 target=target,
                 detectors=res.detectors(cell),
+                recheck=cell.recheck,
             )
     except EvaluationStopped:
         return None
@@ -301,6 +302,7 @@ def _run_cell(
     if dense:  # per-image Dice, IoU, ...; labels: foreground pixels of the true masks
         results.update(seg.results(ev))
     results.update(detection.results(ev))  # detector scores: clean [N], adversarial [E, N]
+    results.update(recheck.results(ev))  # reported successes a re-check rejects [E, N]
     samples = None
     if ev.adv.shape[0]:
         k = ev.adv.shape[0]

@@ -34,7 +34,7 @@ import numpy as np
 
 from jaxadv._io import UnsafePathError, check_inside, fsync_dir, path_inside, write_atomic
 from jaxadv.engine.summary import PER_EXAMPLE
-from jaxadv.sweep import detection
+from jaxadv.sweep import detection, recheck
 from jaxadv.sweep import segmentation as seg
 from jaxadv.sweep.config import (
     ConfigError,
@@ -292,6 +292,8 @@ def check_cell_fields(rec: dict[str, Any]) -> str | None:
         why = seg.check_fields(r, dense, len(eps), n.size)  # per-image Dice, IoU, ...
         if why is None:  # detector scores: clean [N], adversarial [E, N]
             why = detection.check_fields(r, len(eps), n.size)
+        if why is None:  # re-checked flips [E, N]
+            why = recheck.check_fields(r, len(eps), n.size)
         if why is not None:
             return why
         lab = decode_array(r.get("labels"), np.int64)
