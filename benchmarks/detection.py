@@ -43,6 +43,11 @@ def _images(d, split):
     return x, d[f"{split}_labels"][:, 0].astype(np.int32)
 
 
+def _has_dropout(fm) -> bool:
+    has = getattr(fm.feature_fn, "has_dropout", None)  # BU's own test
+    return has is not None and bool(has(fm.params))
+
+
 def run(name: str, eps255: float, n_train: int, steps: int, data, adaptive: bool) -> dict:
     fm = with_features(load_model(name))
     xtr, ytr = _images(data, "train")
@@ -65,7 +70,10 @@ def run(name: str, eps255: float, n_train: int, steps: int, data, adaptive: bool
     timings = {"reference_pgd_s": time.perf_counter() - t}
     dets = {
         "KD": D.KernelDensity(model=fm),
-        "BU": D.BayesianUncertainty(model=fm),
+        # a model without dropout (ResNet) gets BU's dropout head on its last feature layer
+        "BU": D.BayesianUncertainty(
+            model=fm, head_layer=None if _has_dropout(fm) else fm.layers[-1]
+        ),
         "LID": D.LID(model=fm),
         "MAHA": D.Mahalanobis(model=fm),
         "DNN": D.DNNDetector(model=fm),
