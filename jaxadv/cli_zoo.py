@@ -21,7 +21,12 @@ def _cmd_list(args: argparse.Namespace) -> int:
         status = "not built"
         if zoo.is_built(name, cache):
             meta = json.loads(zoo._located(name, cache).with_suffix(".json").read_text())
-            status = f"built, test acc {100 * meta['test_accuracy']:.2f}%"
+            acc = meta.get("test_accuracy") if isinstance(meta, dict) else None
+            status = (
+                "built"
+                if not isinstance(acc, (int, float))
+                else f"built, test acc {100 * acc:.2f}%"
+            )
         print(f"{name:<16} {e.architecture:<12} {e.objective:<9} {e.epochs:>6}  {status}")
     return 0
 

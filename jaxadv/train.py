@@ -171,8 +171,7 @@ def _objective(
 # One module-level jit with the configuration static: jax caches the compiled step on (graphdef,
 # optimiser, normalisation, augmentation), so a second train() with the same model structure and
 # settings reuses it instead of retracing (a fresh jit per call cost 7-12 s each time).
-@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4, 5))
-def _train_step(
+def _step(
     gd_train,
     gd_eval,
     tx,
@@ -207,6 +206,18 @@ def _train_step(
         params = optax.apply_updates(params, updates)
     correct = jnp.sum(jnp.argmax(logits, axis=1) == y)
     return params, rest, opt_state, loss, correct
+
+
+_train_step = jax.jit(_step, static_argnums=(0, 1, 2, 3, 4, 5))
+
+
+def _hashable(*vs: Any) -> bool:
+    try:
+        for v in vs:
+            hash(v)
+    except TypeError:
+        return False
+    return True
 
 
 def _as_key(key: Array | int) -> Array:
@@ -509,7 +520,12 @@ def train(
     bs = min(batch_size, n)
     steps = n // bs
     mean_a, std_a = _static_norm(mean), _static_norm(std)
-    tx = optimizer if optimizer is not None else _default_optimizer(float(learning_rate))
+    if optimizer is not None:
+        tx = optimizer
+    elif callable(learning_rate):  # an optax schedule: its own Adam (compiled per call)
+        tx = optax.adam(learning_rate)
+    else:
+        tx = _default_optimizer(float(learning_rate))
 
     key = _as_key(key)
     k_rng, k_shuffle, k_step = jax.random.split(key, 3)
@@ -520,7 +536,10 @@ def train(
     work.train()
     gd_train, params, rest = nnx.split(work, nnx.Param, ...)
     opt_state = tx.init(params)
-    step_fn = functools.partial(_train_step, gd_train, gd_eval, tx, mean_a, std_a, augment)
+    if _hashable(tx, augment):  # the cached step (see the docstring)
+        step_fn = functools.partial(_train_step, gd_train, gd_eval, tx, mean_a, std_a, augment)
+    else:  # an unhashable optimiser or augmentation: a step compiled for this call only
+        step_fn = jax.jit(functools.partial(_step, gd_train, gd_eval, tx, mean_a, std_a, augment))
 
     logger.info(
         "training %s on %d examples: %d epochs x %d steps of %d%s%s",

@@ -273,7 +273,13 @@ def build(
             "start, key=seed",
             "eps": e.eps,
         }
-    kept = max((h for h in hist if h.get("best")), key=lambda h: h["epoch"])
+    best = [h for h in hist if h.get("best")]
+    if not best:  # e.g. every validation metric NaN: nothing to keep
+        raise ValueError(
+            f"zoo build {e.name}: no epoch improved the validation metric (diverged?); try "
+            "another learning rate or more epochs"
+        )
+    kept = max(best, key=lambda h: h["epoch"])
     d = jax.devices()[0]
     meta = {
         "architecture": e.architecture,
@@ -336,15 +342,22 @@ def markdown_table(cache: PathLike | None = None) -> str:
             )
             continue
         m = json.loads(_located(name, cache).with_suffix(".json").read_text())
-        r = m.get("robust_accuracy")
-        robust = "-" if r is None else f"{100 * r['value']:.2f}"
-        rows.append(
-            f"| `{name}` | {e.architecture} | {e.objective} | {m['zoo']['epochs']} | "
-            f"{100 * m['test_accuracy']:.2f} | "
-            f"{robust} | "
-            f"{m['num_params']:,} | {m['bytes'] / 1e6:.2f} MB | {m['training']['seconds']:.0f} s "
-            f"| {m.get('git_commit')} | {m['device']}, JAX {m['versions']['jax']} |"
-        )
+        try:
+            r = m.get("robust_accuracy")
+            robust = "-" if r is None else f"{100 * r['value']:.2f}"
+            rows.append(
+                f"| `{name}` | {e.architecture} | {e.objective} | {m['zoo']['epochs']} | "
+                f"{100 * m['test_accuracy']:.2f} | "
+                f"{robust} | "
+                f"{m['num_params']:,} | {m['bytes'] / 1e6:.2f} MB | "
+                f"{m['training']['seconds']:.0f} s | {m.get('git_commit')} | {m['device']}, "
+                f"JAX {m['versions']['jax']} |"
+            )
+        except (AttributeError, KeyError, TypeError, ValueError):  # not written by build()
+            rows.append(
+                f"| `{name}` | {e.architecture} | {e.objective} | {e.epochs} | metadata "
+                "incomplete: rebuild with `jaxadv zoo build --force` | | | | | | |"
+            )
     return "\n".join(rows) + "\n"
 
 

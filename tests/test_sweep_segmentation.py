@@ -188,6 +188,19 @@ def test_image_and_mask_folders_give_the_npz_rows(ran, files, tmp_path):
     assert "masks" not in sweep.load_config(_cfg(files)).data["datasets"][0]
 
 
+def test_mask_folder_content_is_part_of_the_cell_hash(files, tmp_path):
+    """Re-exported masks in the same folder must not resume stale Dice / IoU cells."""
+    from PIL import Image
+
+    img, msk = _png_folders(files, tmp_path)
+    raw = _cfg(files, attacks=["segpgd"])
+    raw["datasets"] = [{"data": str(img), "masks": str(msk)}]
+    before = sweep.load_config(raw).cells()[0].hash
+    m = np.asarray(Image.open(msk / "case0_mask.png"))
+    Image.fromarray((1 - m).astype(np.uint8)).save(msk / "case0_mask.png")
+    assert sweep.load_config(raw).cells()[0].hash != before
+
+
 def test_bad_mask_folder_entries_are_refused(files, tmp_path):
     img, msk = _png_folders(files, tmp_path)
     bad = [

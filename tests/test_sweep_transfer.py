@@ -199,7 +199,7 @@ def test_sweep_matrix_diagonal_is_white_box_report_resume_and_merge(tmp_path):
     md = (rep.parent / "report.md").read_text()
     assert "## Transfer matrix: tr at 8/255 on default" in md
     assert "| surrogate \\ target | small_cnn_clean | small_cnn_pgdat |" in md
-    assert (rep.parent / "transfer_tr_default.png").is_file()
+    assert (rep.parent / "transfer__tr__default.png").is_file()
     with open(rep.parent / "transfer_matrix.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 4  # eps 0 (clean accuracy) is left out

@@ -112,6 +112,26 @@ def test_second_train_call_does_not_recompile():
     assert _train_step._cache_size() == size, "a second train() call recompiled its step"
 
 
+def test_unhashable_augmentation_and_schedules_still_train():
+    """What worked before the step was cached keeps working: an augmentation object that cannot
+    be hashed (compiled for that call only) and an optax schedule as the learning rate."""
+    import optax
+
+    class Flip:  # defines __eq__ without __hash__: unhashable
+        def __eq__(self, other):
+            return isinstance(other, Flip)
+
+        def __call__(self, key, x):
+            return x[:, :, ::-1, :]
+
+    x, y = _synthetic()
+    hist = train(_tiny(seed=0), x, y, epochs=1, batch_size=32, key=0, augment=Flip())
+    assert len(hist) == 1 and np.isfinite(hist[0]["loss"])
+    sched = optax.linear_schedule(1e-3, 1e-4, 4)
+    hist = train(_tiny(seed=0), x, y, epochs=1, batch_size=32, key=0, learning_rate=sched)
+    assert len(hist) == 1 and np.isfinite(hist[0]["loss"])
+
+
 def test_same_seed_identical_weights_and_mode_untouched():
     x, y = _synthetic()
     nets = [_tiny(), _tiny(), _tiny()]

@@ -239,6 +239,8 @@ class SweepConfig:
             out[m["model"]] = _model_fingerprint(self.resolve(m["model"]))
         for d in self.data["datasets"]:
             out[d["data"]] = _data_fingerprint(self.resolve(d["data"]))
+            if d.get("masks") is not None:  # a segmentation mask folder decides results too
+                out[d["masks"]] = _data_fingerprint(self.resolve(d["masks"]))
         for d in self.data.get("detectors") or ():  # a refitted detector recomputes its cells
             out[d["detector"]] = _data_fingerprint(self.resolve(d["detector"]))
         return out
@@ -613,6 +615,8 @@ def expand(cfg: SweepConfig) -> list[Cell]:
                     a_ = {k: v for k, v in a.items() if k != "surrogate"}  # the cell's own below
                     what = {"model": m, "dataset": ds, "attack": a_, "seed": s}
                     inputs = {"model": fps.get(m["model"]), "data": fps.get(ds["data"])}
+                    if ds.get("masks") is not None:  # only then: other cells keep their hash
+                        inputs["masks"] = fps.get(ds["masks"])
                     if any(inputs.values()):  # the files' content decides the results too
                         what["inputs"] = inputs
                     dets = det.for_model(d, m["label"])

@@ -289,7 +289,7 @@ def heatmaps(rows: Sequence[Mapping[str, Any]]) -> list[tuple[str, bytes]]:
             ax.set_title(f"{a} at {el}", fontsize=8)
         cax = fig.add_axes((1 - 1.0 / width, bh / height, 0.15 / width, ph / height))
         fig.colorbar(im, cax=cax, label="target robust accuracy")
-        out.append((f"transfer_{a}_{ds}", figure_png(fig)))
+        out.append((f"transfer__{a}__{ds}", figure_png(fig)))
     return out
 
 
