@@ -350,7 +350,12 @@ def add_train_parser(sub: Any) -> None:
     )
     t.add_argument("--image-size", type=int, default=None)
     t.add_argument("--channels", type=int, default=None)
-    t.add_argument("--arch", default="small_cnn", help="small_cnn, resnet18 or resnet50")
+    t.add_argument(
+        "--arch",
+        default="small_cnn",
+        help="small_cnn (default), resnet18, resnet50, vgg or densenet (their default sizes; the "
+        "zoo's CPU-sized variants: jaxadv zoo build)",
+    )
     t.add_argument("--epochs", type=int, default=5)
     t.add_argument("--batch-size", type=int, default=128)
     t.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (Adam / AdamW)")
