@@ -501,6 +501,14 @@ def load_reference(name: str) -> tuple[nnx.Module, dict[str, Any]]:
     return module, meta
 
 
+def as_target(module: nnx.Module, meta: dict[str, Any]) -> Any:
+    """A loaded checkpoint ``(module, meta)`` as a ready attack target (:class:`jaxadv.Model`,
+    eval mode, the normalisation its metadata records baked in): the one rule for every loader."""
+    from jaxadv.models import from_nnx
+
+    return from_nnx(module, mean=meta.get("mean"), std=meta.get("std"))
+
+
 def reference_model(name: str) -> Any:
     """A shipped reference model as a ready attack target (:class:`jaxadv.Model`, eval mode,
     normalisation baked in so inputs are pixels in ``[0, 1]``).
@@ -512,10 +520,7 @@ def reference_model(name: str) -> Any:
         >>> model(jnp.zeros((3, 28, 28, 1))).shape
         (3, 2)
     """
-    from jaxadv.models import from_nnx
-
-    module, meta = load_reference(name)
-    return from_nnx(module, mean=meta.get("mean"), std=meta.get("std"))
+    return as_target(*load_reference(name))
 
 
 __all__ = [
@@ -523,6 +528,7 @@ __all__ = [
     "REFERENCE_MODELS",
     "SEGMENTATION_MODELS",
     "CheckpointError",
+    "as_target",
     "build_module",
     "load",
     "load_reference",

@@ -91,13 +91,11 @@ def make_attack(name: str, norm: str, num_steps: int | None, options: dict[str, 
 def load_model(spec: str) -> Any:
     """A ready :class:`jaxadv.Model` for a segmentation model name or checkpoint."""
     from jaxadv import checkpoint
-    from jaxadv.models import from_nnx
 
     name = str(spec).strip().lower()
     if name in checkpoint.SEGMENTATION_MODELS:
         return checkpoint.reference_model(name)
-    module, meta = checkpoint.load(pathlib.Path(spec))
-    return from_nnx(module, mean=meta.get("mean"), std=meta.get("std"))
+    return checkpoint.as_target(*checkpoint.load(pathlib.Path(spec)))
 
 
 def check(args: Any, *, options: dict[str, Any]) -> Any:

@@ -131,13 +131,10 @@ def load_model(spec: str):
         return checkpoint.reference_model(ref)
     spec = zoo_path(spec)
     check_model_name(spec)
-    from jaxadv.models import from_nnx
-
     try:
-        module, meta = checkpoint.load(pathlib.Path(spec))
+        return checkpoint.as_target(*checkpoint.load(pathlib.Path(spec)))
     except checkpoint.CheckpointError as e:
         raise SpecError(str(e)) from e
-    return from_nnx(module, mean=meta.get("mean"), std=meta.get("std"))
 
 
 def reference_name(spec: str) -> str | None:

@@ -382,10 +382,9 @@ def load(name: str, cache: PathLike | None = None) -> tuple[Any, dict[str, Any]]
 def model(name: str, cache: PathLike | None = None) -> Any:
     """A built zoo model as a ready attack target (:class:`jaxadv.Model`, eval mode,
     normalisation baked in: inputs are pixels in ``[0, 1]``)."""
-    from jaxadv.models import from_nnx
+    from jaxadv import checkpoint
 
-    module, meta = load(name, cache)
-    return from_nnx(module, mean=meta.get("mean"), std=meta.get("std"))
+    return checkpoint.as_target(*load(name, cache))
 
 
 __all__ = [
