@@ -536,7 +536,8 @@ class _Runner:
         if self.dense_rule is not None:  # no positive-class score for a dense target
             host["score"] = np.full(host["success"].shape, np.nan, np.float32)
         if self.recheck is not None:
-            flips = [self._flipped(advs[j], gy, host["success"][j]) for j in range(eps.size)]
+            yh = layout.to_host({"y": gy})["y"]  # once per batch, not once per eps
+            flips = [self._flipped(advs[j], yh, host["success"][j]) for j in range(eps.size)]
             host["recheck_flipped"] = np.stack(flips)
         return {k: v[:, :b] for k, v in host.items()}, advs
 
@@ -553,17 +554,18 @@ class _Runner:
             clean[_DC + n] = _detector_score(gx, det)
         host = layout.to_host({**clean, "y": gy})
         if self.recheck is not None:  # budget 0: the clean image is its own adversarial
-            host["clean_recheck"] = self._flipped(gx, gy, ~host["clean_correct"])
+            host["clean_recheck"] = self._flipped(gx, host["y"], ~host["clean_correct"])
         return {k: v[:b] for k, v in host.items()}
 
-    def _flipped(self, adv, gy, success: np.ndarray) -> np.ndarray:
-        """``bool[B]``: reported successes at ``adv[B, ...]`` that the re-check outside the
-        attack's program rejects (on the host, every process re-checks the whole batch)."""
+    def _flipped(self, adv, y: np.ndarray, success: np.ndarray) -> np.ndarray:
+        """``bool[B]``: reported successes at ``adv[B, ...]`` (labels ``y``, on the host) that the
+        re-check outside the attack's program rejects (on the host, every process re-checks the
+        whole batch)."""
         from jaxadv.durable import recheck
 
         mode, model = self.recheck
-        host = layout.to_host({"adv": adv, "y": gy})
-        return recheck(model, host["adv"], host["y"], success, mode=mode)["flipped"]
+        x = layout.to_host({"adv": adv})["adv"]
+        return recheck(model, x, y, success, mode=mode)["flipped"]
 
     @staticmethod
     def _unattacked(clean: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
