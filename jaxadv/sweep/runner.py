@@ -23,6 +23,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from jaxadv import cli_segmentation
 from jaxadv._progress import Progress, StopOnSigint
 from jaxadv.engine import EvaluationStopped, evaluate
 from jaxadv.engine.layout import block_size, data_mesh, num_steps
@@ -173,7 +174,7 @@ class _Resources:
     def model(self, entry: dict, dense: bool = False) -> Any:
         spec = self.cfg.resolve(entry["model"])
         if self._model is None or self._model[0] != spec:
-            self._model = (spec, seg.load_model(spec) if dense else load_model(spec))
+            self._model = (spec, cli_segmentation.load_model(spec) if dense else load_model(spec))
         return self._model[1]
 
     def dataset(self, entry: dict, dense: bool = False) -> Any:

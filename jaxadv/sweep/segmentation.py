@@ -59,7 +59,7 @@ def attack_entry(
         ConfigError: a setting that does not apply to a segmentation attack, or a bad option.
     """
     from jaxadv import cli_segmentation
-    from jaxadv.sweep.config import ConfigError
+    from jaxadv.sweep._fields import ConfigError, _int
 
     for k in _NO_DENSE:
         if a.get(k) not in (None, 0, 0.0):
@@ -78,9 +78,7 @@ def attack_entry(
             f"{where}.options.masks: a mask folder belongs to the data set: "
             "datasets: [{data: IMAGE_FOLDER, masks: MASK_FOLDER}]"
         )
-    steps = a.get("num_steps", num_steps)
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ConfigError(f"{where}.num_steps: must be an integer >= 1, got {steps!r}")
+    steps = _int(a.get("num_steps", num_steps), f"{where}.num_steps", lo=1)
     entry = {
         "label": "",
         "attack": name,
@@ -198,13 +196,6 @@ REPORT_TEXT = (
 
 
 # ----------------------------------------------------------------------------- runner
-def load_model(spec: str) -> Any:
-    """The segmentation model of a resolved model spec."""
-    from jaxadv import cli_segmentation
-
-    return cli_segmentation.load_model(spec)
-
-
 def load_data(spec: str, entry: Mapping[str, Any], masks: str | None = None) -> Any:
     """The segmentation data set of a resolved data spec and its normalised entry; ``masks``: the
     resolved mask folder of an image-folder entry."""
@@ -399,7 +390,6 @@ __all__ = [
     "check_tasks",
     "is_dense",
     "load_data",
-    "load_model",
     "overlay_png",
     "results",
     "sample_masks",

@@ -85,7 +85,7 @@ def attack_entry(
     Raises:
         ConfigError: naming the entry and the setting.
     """
-    from jaxadv.sweep._fields import ConfigError, _keys
+    from jaxadv.sweep._fields import ConfigError, _int, _keys
     from jaxadv.vocab import SpecError, parse_eps
 
     for k in _NO_UNIVERSAL:
@@ -133,11 +133,7 @@ def attack_entry(
     _keys(fit, _FIT_KEYS, f"{where}.fit")
     fit = {**FIT_DEFAULTS, **fit}
     for k in ("epochs", "batch_size", "num_examples"):
-        v = fit[k]
-        if (v is not None or k != "num_examples") and (
-            isinstance(v, bool) or not isinstance(v, int) or v < 1
-        ):
-            raise ConfigError(f"{where}.fit.{k}: must be an integer >= 1, got {v!r}")
+        _int(fit[k], f"{where}.fit.{k}", lo=1, none_ok=k == "num_examples")
     if fit["num_examples"] is not None and fit["num_examples"] < fit["batch_size"]:
         raise ConfigError(
             f"{where}.fit: num_examples={fit['num_examples']} is below batch_size="
@@ -321,7 +317,7 @@ def evaluate_cell(
     )
     if fit["num_examples"] is not None and fit["num_examples"] < len(train):
         train = train.get(np.arange(fit["num_examples"]))
-    n_fit = len(train) if not isinstance(train, tuple) else int(train[1].shape[0])
+    n_fit = len(train)
     key = jax.random.key(cell.seed)
     fits_dir.mkdir(parents=True, exist_ok=True)
     evs, fits, images = [], [], []
