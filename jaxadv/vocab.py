@@ -110,15 +110,10 @@ def zoo_path(spec: str) -> str:
         return spec
     from jaxadv import zoo
 
-    name = str(spec)[4:]
-    if name not in zoo.ZOO:
-        raise SpecError(f"unknown zoo model {name!r}; the zoo has {', '.join(zoo.ZOO)}")
-    if not zoo.is_built(name):
-        raise SpecError(
-            f"zoo model {name!r} is not built: run `jaxadv zoo build {name} --data "
-            "PNEUMONIAMNIST.npz`"
-        )
-    return str(zoo._located(name, None))
+    try:
+        return str(zoo.locate(str(spec)[4:]))
+    except (ValueError, FileNotFoundError) as e:
+        raise SpecError(str(e)) from e
 
 
 def load_model(spec: str):

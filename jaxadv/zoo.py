@@ -147,7 +147,7 @@ def entry(name: str | ZooEntry) -> ZooEntry:
     if isinstance(name, ZooEntry):
         return name
     if name not in ZOO:
-        raise ValueError(f"unknown zoo model {name!r}; choose from {', '.join(ZOO)}")
+        raise ValueError(f"unknown zoo model {name!r}; the zoo has {', '.join(ZOO)}")
     return ZOO[name]
 
 
@@ -314,16 +314,33 @@ def _shipped(name: str) -> pathlib.Path:
 def _located(name: str, cache: PathLike | None) -> pathlib.Path:
     """Where model ``name`` is: the cache when built there, else the copy shipped in
     ``jaxadv/assets/zoo`` (which may not exist)."""
-    p = _path(entry(name).name, cache)
+    e = entry(name)
+    p = _path(e.name, cache)
     if p.exists() and p.with_suffix(".json").exists():
         return p
-    return _shipped(entry(name).name)
+    return _shipped(e.name)
 
 
 def is_built(name: str, cache: PathLike | None = None) -> bool:
     """Whether zoo model ``name`` is in the cache or shipped with the package."""
     p = _located(name, cache)
     return p.exists() and p.with_suffix(".json").exists()
+
+
+def locate(name: str, cache: PathLike | None = None) -> pathlib.Path:
+    """The checkpoint file of built zoo model ``name`` (the cache's, else the shipped copy).
+
+    Raises:
+        ValueError: an unknown name (the message lists the zoo).
+        FileNotFoundError: not built yet (the message says which command builds it).
+    """
+    e = entry(name)
+    if not is_built(e.name, cache):
+        raise FileNotFoundError(
+            f"zoo model {e.name!r} is not built in {_path(e.name, cache).parent}: run "
+            f"`jaxadv zoo build {e.name} --data PNEUMONIAMNIST.npz`"
+        )
+    return _located(e.name, cache)
 
 
 def markdown_table(cache: PathLike | None = None) -> str:
@@ -370,13 +387,7 @@ def load(name: str, cache: PathLike | None = None) -> tuple[Any, dict[str, Any]]
     """
     from jaxadv import checkpoint
 
-    e = entry(name)
-    if not is_built(e.name, cache):
-        raise FileNotFoundError(
-            f"zoo model {e.name!r} is not built in {_path(e.name, cache).parent}: run "
-            f"`jaxadv zoo build {e.name} --data PNEUMONIAMNIST.npz`"
-        )
-    return checkpoint.load(_located(e.name, cache))
+    return checkpoint.load(locate(name, cache))
 
 
 def model(name: str, cache: PathLike | None = None) -> Any:
@@ -395,6 +406,7 @@ __all__ = [
     "cache_dir",
     "entry",
     "is_built",
+    "locate",
     "load",
     "model",
 ]
