@@ -311,6 +311,7 @@ def surrogate_from_queries(
     pick = np.asarray(jax.random.permutation(k_pick, n))[:budget]
     xq = x[np.sort(pick)]
     yq = _target_labels(target, xq, query_batch_size)
+    counts = np.bincount(yq, minlength=t_classes)  # every answer, before the hold-out split
     n_val = int(round(float(val_fraction) * budget))
     order = np.asarray(jax.random.permutation(k_split, budget))
     val = None
@@ -328,7 +329,6 @@ def surrogate_from_queries(
         want = _target_labels(target, eval_x, query_batch_size)
         got = _target_labels(model, eval_x, query_batch_size)
         agreement = float(np.mean(want == got))
-    counts = np.bincount(np.concatenate([yq] + ([val[1]] if val else [])), minlength=t_classes)
     return QueriedSurrogate(
         model=model,
         queries=int(budget),
